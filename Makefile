@@ -1,0 +1,29 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: demo test install install-dev bench lint
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q -e .
+
+install-dev: $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+
+# Run the whole job on the embedded default (SQLite + outbox) with sample data.
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash sample/demo.sh
+
+# Install the dev extras and run the whole test suite (PostgreSQL half needs
+# NEWSLETTER_TEST_DATABASE_URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test).
+test: install-dev
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install-dev
+	$(PY) benchmarks/import_speed.py

@@ -1,0 +1,279 @@
+"""Load `config.toml`, apply `NEWSLETTER_<SECTION>_<KEY>` overrides, validate.
+
+The schema is the dataclasses below: a key the dataclasses do not name is an error,
+and so is a value of the wrong type, so a typo never silently falls back to a default.
+Every key must also appear, commented, in `config.example.toml` (a test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from newsletter.errors import ConfigError
+
+EXAMPLE_SECRET = "change-me-to-a-long-random-string"
+
+
+class Secret(str):
+    """A string whose repr hides its value, so logs and tracebacks never show it."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+@dataclass(frozen=True)
+class NewsletterSettings:
+    name: str = "Trade Weekly"
+    from_address: str = "Trade Weekly <newsletter@example.com>"
+    reply_to: str = ""
+    base_url: str = "http://127.0.0.1:8000"
+    postal_address: str = "Trade Weekly, 1 Example Street, 12345 Example City"
+    timezone: str = "UTC"
+    secret_key: Secret = Secret(EXAMPLE_SECRET)
+    send_day: str = "friday"
+    send_time: str = "09:00"
+    templates_dir: str = ""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///newsletter.db"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 25
+    username: str = ""
+    password: Secret = Secret("")
+    starttls: bool = False
+    ssl: bool = False
+    timeout: float = 30.0
+    concurrency: int = 8
+    rate_per_second: float = 0.0
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    transport: str = "smtp"
+    outbox_dir: str = "outbox"
+
+
+@dataclass(frozen=True)
+class CategorySettings:
+    slug: str
+    name: str
+    limit: int = 6
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    name: str
+    url: str
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    newsletter: NewsletterSettings = field(default_factory=NewsletterSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    categories: tuple[CategorySettings, ...] = ()
+    feeds: tuple[FeedSettings, ...] = ()
+    path: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the config are relative to the config file's folder."""
+        return self.path.parent if self.path else Path.cwd()
+
+    def resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made relative to the config file."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            rest = url[len(prefix) :]
+            if rest and not rest.startswith("/"):
+                return prefix + str(self.resolve(rest))
+        return url
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.newsletter.timezone)
+
+
+SECTIONS: dict[str, type] = {
+    "newsletter": NewsletterSettings,
+    "database": DatabaseSettings,
+    "smtp": SmtpSettings,
+    "delivery": DeliverySettings,
+}
+ARRAYS: dict[str, type] = {"categories": CategorySettings, "feeds": FeedSettings}
+ENV_PREFIX = "NEWSLETTER_"
+# Short aliases the contract promises besides the generic NEWSLETTER_<SECTION>_<KEY>.
+ENV_ALIASES = {"NEWSLETTER_SECRET_KEY": ("newsletter", "secret_key")}
+CHOICES = {("delivery", "transport"): ("smtp", "outbox")}
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _field_type(cls: type, name: str) -> type:
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _coerce(value: object, kind: type, where: str, source: str, *, from_env: bool) -> object:
+    """Check (TOML) or parse (env strings) a value; the error names the key and the fix."""
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{where} {value!r} is not {expected}; fix {source}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise fail("true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise fail("a whole number")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail("a number")
+    if isinstance(value, str):
+        return Secret(value) if kind is Secret else value
+    raise fail("a string")
+
+
+def _build(cls: type, data: Mapping[str, object], where: str, source: str) -> object:
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where} unknown key '{key}' in {source}; see config.example.toml for the keys")
+        values[key] = _coerce(value, _field_type(cls, key), f"{where} {key}", source, from_env=False)
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where} missing required key '{missing[0]}' in {source}")
+    return cls(**values)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    found: dict[tuple[str, str], str] = {}
+    for name, value in environ.items():
+        if name in ENV_ALIASES:
+            found[ENV_ALIASES[name]] = value
+            continue
+        if not name.startswith(ENV_PREFIX) or name in ("NEWSLETTER_CONFIG", "NEWSLETTER_TEST_DATABASE_URL"):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section, cls in SECTIONS.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                if key in {f.name for f in dataclasses.fields(cls)}:
+                    found[(section, key)] = value
+                else:
+                    raise ConfigError(f"environment variable {name} names no setting [{section}] {key}")
+                break
+    return found
+
+
+def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, must_exist: bool = True) -> Settings:
+    """Read the TOML file (if any), apply env overrides, validate everything.
+
+    Raises ConfigError with one line naming the file and key."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, object] = {}
+    source = "the environment"
+    cfg_path: Path | None = None
+    if path is not None:
+        cfg_path = Path(path).resolve()
+        source = str(path)
+        if cfg_path.exists():
+            try:
+                data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or run 'newsletter init' in a new folder") from exc
+        elif must_exist:
+            raise ConfigError(f"{path}: config file not found; run 'newsletter init' or pass --config PATH")
+    for key in data:
+        if key not in SECTIONS and key not in ARRAYS:
+            raise ConfigError(f"unknown section [{key}] in {source}; see config.example.toml for the sections")
+    env = _env_overrides(environ)
+    sections: dict[str, object] = {}
+    for name, cls in SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{name}] must be a table in {source}")
+        built = _build(cls, raw, f"[{name}]", source)
+        changes = {}
+        for (section, key), value in env.items():
+            if section == name:
+                env_name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+                changes[key] = _coerce(value, _field_type(cls, key), f"[{section}] {key} (from {env_name})",
+                                       f"the environment variable {env_name}", from_env=True)
+        sections[name] = dataclasses.replace(built, **changes)  # type: ignore[type-var]
+    arrays: dict[str, tuple[object, ...]] = {}
+    for name, cls in ARRAYS.items():
+        raw_list = data.get(name, [])
+        if not isinstance(raw_list, list):
+            raise ConfigError(f"[[{name}]] must be an array of tables in {source}")
+        arrays[name] = tuple(_build(cls, item, f"[[{name}]] #{i + 1}", source) for i, item in enumerate(raw_list))
+    settings = Settings(path=cfg_path, **sections, **arrays)  # type: ignore[arg-type]
+    _validate(settings, source)
+    return settings
+
+
+def _validate(settings: Settings, source: str) -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(settings, section), key)
+        if value not in allowed:
+            raise ConfigError(f"[{section}] {key} {value!r} must be one of {', '.join(allowed)}; fix {source}")
+    try:
+        settings.tz
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"[newsletter] timezone {settings.newsletter.timezone!r} is not a known time zone "
+                          f"(e.g. 'Europe/Berlin'); fix {source}") from exc
+    if settings.newsletter.send_day.lower() not in WEEKDAYS:
+        raise ConfigError(f"[newsletter] send_day {settings.newsletter.send_day!r} must be a weekday name "
+                          f"like 'friday'; fix {source}")
+    hh, _, mm = settings.newsletter.send_time.partition(":")
+    if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        raise ConfigError(f"[newsletter] send_time {settings.newsletter.send_time!r} must be HH:MM; fix {source}")
+    slugs = [c.slug for c in settings.categories]
+    if len(slugs) != len(set(slugs)):
+        raise ConfigError(f"[[categories]] slugs must be unique, got {', '.join(slugs)}; fix {source}")
+    for feed in settings.feeds:
+        if feed.category and feed.category not in slugs:
+            raise ConfigError(f"[[feeds]] {feed.name!r} category {feed.category!r} is not a configured "
+                              f"[[categories]] slug; fix {source}")
+    if settings.smtp.concurrency < 1:
+        raise ConfigError(f"[smtp] concurrency must be at least 1; fix {source}")

@@ -1,0 +1,61 @@
+"""The one error tree of the package. Every module raises these; the CLI and the
+web app catch them at the edge. This module imports nothing from the package.
+
+    NewsletterError
+     ├── ConfigError            bad or missing setting (names the key and file)
+     ├── InvalidInput           bad user input (names file/line/field)
+     ├── NotFound               a subscriber, issue or article that does not exist
+     ├── InvalidToken           a forged, truncated, expired or wrong-purpose link token
+     ├── Conflict               an operation that the current state forbids
+     └── DeliveryError          raised only by the sending engine
+          ├── TransientDeliveryError   4xx reply: retry later
+          ├── PermanentDeliveryError   5xx reply: the recipient bounced
+          └── TransportUnavailable     connect/timeout/drop: reconnect and retry
+"""
+
+from __future__ import annotations
+
+
+class NewsletterError(Exception):
+    """Root of every error the tool reports to a person."""
+
+
+class ConfigError(NewsletterError):
+    """A setting is unknown, mistyped or missing."""
+
+
+class InvalidInput(NewsletterError):
+    """Input given by a user (a file, an option, a form field) is not acceptable."""
+
+
+class NotFound(NewsletterError):
+    """The named thing does not exist."""
+
+
+class InvalidToken(NewsletterError):
+    """A link token is forged, truncated, expired or meant for another purpose."""
+
+
+class Conflict(NewsletterError):
+    """The request cannot be done in the current state (e.g. changing a sent issue)."""
+
+
+class DeliveryError(NewsletterError):
+    """A message could not be handed to the mail server."""
+
+    def __init__(self, message: str, *, code: int | None = None, reply: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reply = reply
+
+
+class TransientDeliveryError(DeliveryError):
+    """The server answered 4xx: try again later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The server answered 5xx for the recipient: it bounced."""
+
+
+class TransportUnavailable(DeliveryError):
+    """The connection failed, timed out or dropped: reconnect and retry."""

@@ -1,0 +1,245 @@
+"""Shared fixtures: a fresh database per test on SQLite and PostgreSQL, a real SMTP
+server (aiosmtpd) on a free port with per-recipient faults, and a config file.
+
+PostgreSQL: every test gets its own schema in the database named by
+NEWSLETTER_TEST_DATABASE_URL. Without that variable the PostgreSQL half is skipped
+locally, but never in CI (CI=true): there a missing or unreachable server fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AiosmtpdServer
+from aiosmtpd.smtp import Envelope, Session
+from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+
+from newsletter import config as config_mod
+from newsletter.db import make_engine, session_factory, upgrade
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CORPORA = Path(os.environ.get("NEWSLETTER_CORPORA", SHARED / "corpora"))
+PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No NEWSLETTER_* setting from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_") and name != "NEWSLETTER_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+
+
+def _pg_schema_url() -> Iterator[str]:
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("NEWSLETTER_TEST_DATABASE_URL is not set in CI: PostgreSQL tests must run")
+        pytest.skip("set NEWSLETTER_TEST_DATABASE_URL to run the PostgreSQL half")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    except Exception as exc:  # noqa: BLE001 - any failure here means "PostgreSQL unreachable"
+        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database URL of each kind, private to this test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield from _pg_schema_url()
+
+
+@pytest.fixture
+def engine(db_url: str, settings: config_mod.Settings) -> Iterator[Engine]:
+    """A migrated database (Alembic head) with the test config's categories."""
+    eng = make_engine(db_url)
+    upgrade(eng, settings)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[DbSession]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def session(sessions: sessionmaker[DbSession]) -> Iterator[DbSession]:
+    with sessions.begin() as s:
+        yield s
+
+
+CONFIG_TEMPLATE = """
+[newsletter]
+name = "Test Weekly"
+from_address = "Test Weekly <news@example.com>"
+reply_to = "editor@example.com"
+base_url = "http://127.0.0.1:8000"
+postal_address = "1 Test Street, Testville"
+timezone = "Europe/Berlin"
+secret_key = "test-secret-key-0123456789abcdef"
+
+[database]
+url = "{db_url}"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+timeout = 10
+concurrency = 4
+max_attempts = 3
+
+[delivery]
+transport = "smtp"
+outbox_dir = "outbox"
+
+[[categories]]
+slug = "news"
+name = "News"
+limit = 6
+
+[[categories]]
+slug = "products"
+name = "Products"
+limit = 6
+
+[[categories]]
+slug = "events"
+name = "Events"
+limit = 6
+"""
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A config.toml in tmp_path pointing at this test's database (and SMTP server, if any)."""
+    db = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else f"sqlite:///{tmp_path / 'test.db'}"
+    port = request.getfixturevalue("smtp_server").port if "smtp_server" in request.fixturenames else 2525
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG_TEMPLATE.format(db_url=db, smtp_port=port), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def settings(config_path: Path) -> config_mod.Settings:
+    return config_mod.load(config_path, environ={})
+
+
+# --- a real SMTP server ---------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> Message:
+        return message_from_bytes(self.data)
+
+
+@dataclass
+class Faults:
+    """Per-recipient faults: reply codes at RCPT or after DATA, or a dropped connection."""
+
+    rcpt: dict[str, str] = field(default_factory=dict)          # addr -> reply line, e.g. "550 5.1.1 no such user"
+    data: dict[str, list[str]] = field(default_factory=dict)    # addr -> replies to give in turn, then accept
+    drop_on_data: set[str] = field(default_factory=set)          # addr -> close the connection mid-DATA (once)
+    delay: float = 0.0                                           # seconds before answering DATA
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.faults = Faults()
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server: AiosmtpdServer, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        reply = self.faults.rcpt.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: AiosmtpdServer, session: Session, envelope: Envelope) -> str:
+        if self.faults.delay:
+            await asyncio.sleep(self.faults.delay)
+        for rcpt in envelope.rcpt_tos:
+            key = rcpt.lower()
+            if key in self.faults.drop_on_data:
+                self.faults.drop_on_data.discard(key)
+                session.transport.close()
+                return "421 closing"
+            queue = self.faults.data.get(key)
+            if queue:
+                return queue.pop(0)
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 OK queued"
+
+
+@dataclass
+class SmtpServer:
+    host: str
+    port: int
+    handler: RecordingHandler
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages
+
+    @property
+    def faults(self) -> Faults:
+        return self.handler.faults
+
+    def recipients(self) -> list[str]:
+        return [r for m in self.messages for r in m.rcpt_tos]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """aiosmtpd on 127.0.0.1 and a free port, recording every accepted message."""
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port,
+                            server_kwargs={"data_size_limit": 10_000_000})
+    controller.start()
+    try:
+        yield SmtpServer("127.0.0.1", port, handler)
+    finally:
+        controller.stop()
+
+
+PYTHON = sys.executable

@@ -41,6 +41,14 @@ class NewsletterSettings:
     send_day: str = "friday"
     send_time: str = "09:00"
     templates_dir: str = ""
+    subject: str = "{name} — week {week_number}, {date}"
+
+
+@dataclass(frozen=True)
+class ArticlesSettings:
+    excerpt_length: int = 300
+    default_category: str = ""
+    fetch_timeout: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    articles: ArticlesSettings = field(default_factory=ArticlesSettings)
     categories: tuple[CategorySettings, ...] = ()
     feeds: tuple[FeedSettings, ...] = ()
     path: Path | None = None
@@ -122,6 +131,7 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "smtp": SmtpSettings,
     "delivery": DeliverySettings,
+    "articles": ArticlesSettings,
 }
 ARRAYS: dict[str, type] = {"categories": CategorySettings, "feeds": FeedSettings}
 ENV_PREFIX = "NEWSLETTER_"
@@ -275,5 +285,15 @@ def _validate(settings: Settings, source: str) -> None:
         if feed.category and feed.category not in slugs:
             raise ConfigError(f"[[feeds]] {feed.name!r} category {feed.category!r} is not a configured "
                               f"[[categories]] slug; fix {source}")
+    if settings.articles.default_category and settings.articles.default_category not in slugs:
+        raise ConfigError(f"[articles] default_category {settings.articles.default_category!r} is not a configured "
+                          f"[[categories]] slug; fix {source}")
+    if settings.articles.excerpt_length < 20:
+        raise ConfigError(f"[articles] excerpt_length must be at least 20 characters; fix {source}")
+    try:
+        settings.newsletter.subject.format(name="", week="", week_number=0, year=0, date="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"[newsletter] subject {settings.newsletter.subject!r} uses an unknown placeholder ({exc}); "
+                          f"use {{name}}, {{week}}, {{week_number}}, {{year}}, {{date}}; fix {source}") from exc
     if settings.smtp.concurrency < 1:
         raise ConfigError(f"[smtp] concurrency must be at least 1; fix {source}")

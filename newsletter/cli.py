@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
 from newsletter import config as config_mod
-from newsletter import db
-from newsletter.errors import NewsletterError
+from newsletter import db, subscribers
+from newsletter.errors import InvalidInput, NewsletterError
+from newsletter.models import SubscriberStatus
 
 console = Console()
 err_console = Console(stderr=True)
@@ -127,6 +128,107 @@ def db_upgrade(ctx: typer.Context) -> None:
     c = get(ctx)
     db.upgrade(c.engine, c.settings)
     console.print("database is at the newest schema")
+
+
+def _status(value: str | None) -> SubscriberStatus | None:
+    if value is None:
+        return None
+    try:
+        return SubscriberStatus(value.lower())
+    except ValueError:
+        raise InvalidInput(f"--status {value!r} must be one of {', '.join(SubscriberStatus)}") from None
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    ctx: typer.Context,
+    email: str = typer.Argument(..., help="The address to add."),
+    name: str = typer.Option("", "--name", help="Display name used in the greeting."),
+    categories: str = typer.Option("", "--categories", help="Comma-separated category slugs; none = all."),
+    pending: bool = typer.Option(False, "--pending", help="Add as pending (not mailed until confirmed)."),
+) -> None:
+    """Add one subscriber (active unless --pending).
+
+    Example: newsletter subscribers add ada@example.com --name "Ada" --categories news,events
+    """
+    c = get(ctx)
+    status = SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE
+    with c.sessions.begin() as s:
+        sub = subscribers.add(s, email, name=name, categories=categories.split(","), status=status, source="cli")
+        console.print(f"added {sub.email} ({sub.status})")
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV file with an email column.", exists=True, dir_okay=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change without writing."),
+) -> None:
+    """Import subscribers from a CSV file (UTF-8 or Latin-1, ',' or ';', header names matched loosely).
+
+    Extra columns are kept as attributes. Nobody who unsubscribed, bounced or complained is re-activated.
+
+    Example: newsletter subscribers import members.csv --dry-run
+    """
+    c = get(ctx)
+    with c.sessions.begin() as s, file.open("rb") as fp:
+        report = subscribers.import_csv(s, fp, source=str(file), dry_run=dry_run)
+        if dry_run:
+            s.rollback()
+    for row_error in report.invalid:
+        typer.echo(f"{file}:{row_error}", err=True)
+    console.print(("dry run: " if dry_run else "") + report.summary)
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    ctx: typer.Context,
+    file: Path | None = typer.Argument(None, help="Output CSV; omitted = standard output."),
+    status: str | None = typer.Option(None, "--status", help="Only this status."),
+) -> None:
+    """Export subscribers as CSV (re-importable to the same state).
+
+    Example: newsletter subscribers export backup.csv
+    """
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        if file is None:
+            subscribers.export_csv(s, sys.stdout, status=_status(status))
+            return
+        with file.open("w", encoding="utf-8", newline="") as fp:
+            n = subscribers.export_csv(s, fp, status=_status(status))
+    err_console.print(f"exported {n} subscribers to {file}")
+
+
+@subscribers_app.command("list")
+def subscribers_list(
+    ctx: typer.Context,
+    status: str | None = typer.Option(None, "--status", help="pending, active, unsubscribed, bounced, complained."),
+) -> None:
+    """List subscribers with their status and categories.
+
+    Example: newsletter subscribers list --status active
+    """
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        rows = [[sub.email, sub.name, sub.status, ",".join(subscribers.category_slugs(s, sub)) or "all"]
+                for sub in subscribers.list_subscribers(s, _status(status))]
+        counts = subscribers.counts_by_status(s)
+    print_table("Subscribers", ["email", "name", "status", "categories"], rows)
+    err_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no subscribers")
+
+
+@subscribers_app.command("unsubscribe")
+def subscribers_unsubscribe(ctx: typer.Context, email: str = typer.Argument(..., help="The address.")) -> None:
+    """Unsubscribe an address at once (recorded as an admin unsubscribe).
+
+    Example: newsletter subscribers unsubscribe ada@example.com
+    """
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        sub = subscribers.require(s, email)
+        changed = subscribers.unsubscribe(s, sub, source="admin")
+    console.print(f"unsubscribed {sub.email}" if changed else f"{sub.email} was already {sub.status}")
 
 
 def main() -> None:

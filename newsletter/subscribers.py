@@ -68,7 +68,7 @@ def require(session: Session, email: str) -> Subscriber:
 
 def _category_ids(session: Session, slugs: Iterable[str]) -> list[int]:
     wanted = [s.strip() for s in slugs if s.strip()]
-    known = dict(session.execute(select(Category.slug, Category.id)).tuples().all())
+    known = dict(session.execute(select(Category.slug, Category.id)).all())
     unknown = [s for s in wanted if s not in known]
     if unknown:
         raise InvalidInput(f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)) or 'none'} "
@@ -156,7 +156,7 @@ def list_subscribers(session: Session, status: SubscriberStatus | None = None) -
 
 
 def counts_by_status(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)).tuples()
+    rows = session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status))
     return {str(status): n for status, n in rows}
 
 
@@ -186,7 +186,7 @@ class RowError:
     reason: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.value!r} {self.reason} (row skipped)"
+        return f"{self.line}: {self.value!r} {self.reason} (row skipped)"
 
 
 @dataclass
@@ -350,7 +350,7 @@ def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = 
     if len(data) > MAX_IMPORT_BYTES:
         raise InvalidInput(f"{source}: larger than {MAX_IMPORT_BYTES // 2**20} MB; split the file")
     report = ImportReport(dry_run=dry_run)
-    category_ids = dict(session.execute(select(Category.slug, Category.id)).tuples().all())
+    category_ids = dict(session.execute(select(Category.slug, Category.id)).all())
     rows = _parse_rows(_decode(data, source), source, category_ids, report)
     now = utcnow()
     consent = f"import:{source.rsplit('/', 1)[-1]}"

@@ -77,6 +77,12 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    subscribe_per_address_per_hour: int = 3
+    subscribe_per_client_per_hour: int = 20
+
+
+@dataclass(frozen=True)
 class CategorySettings:
     slug: str
     name: str
@@ -97,6 +103,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     articles: ArticlesSettings = field(default_factory=ArticlesSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     categories: tuple[CategorySettings, ...] = ()
     feeds: tuple[FeedSettings, ...] = ()
     path: Path | None = None
@@ -132,6 +139,7 @@ SECTIONS: dict[str, type] = {
     "smtp": SmtpSettings,
     "delivery": DeliverySettings,
     "articles": ArticlesSettings,
+    "web": WebSettings,
 }
 ARRAYS: dict[str, type] = {"categories": CategorySettings, "feeds": FeedSettings}
 ENV_PREFIX = "NEWSLETTER_"

@@ -1,0 +1,94 @@
+"""Config loading: TOML, env overrides, one-line errors naming the key and the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from newsletter import config
+from newsletter.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_loads_with_its_defaults() -> None:
+    settings = config.load(EXAMPLE, environ={})
+    assert settings.smtp.port == 25
+    assert [c.slug for c in settings.categories][:2] == ["news", "case-studies"]
+
+
+def test_every_setting_is_documented_in_the_example_and_nothing_else() -> None:
+    """Each key the loader knows appears in config.example.toml (commented or set)."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    uncommented = "\n".join(re.sub(r"^# ?", "", line) for line in text.splitlines()
+                            if not line.startswith("# ") or re.match(r"^# ?(\[|\w+ = )", line))
+    documented = tomllib.loads(uncommented)
+    for section, cls in {**config.SECTIONS, **config.ARRAYS}.items():
+        assert section in documented, f"[{section}] missing from config.example.toml"
+        table = documented[section][0] if isinstance(documented[section], list) else documented[section]
+        for f in dataclasses.fields(cls):
+            assert f.name in table, f"[{section}] {f.name} missing from config.example.toml"
+        assert set(table) <= {f.name for f in dataclasses.fields(cls)}, f"[{section}] documents unknown keys"
+
+
+def test_env_overrides_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\nport = 25\n")
+    settings = config.load(path, environ={"NEWSLETTER_SMTP_PORT": "2525", "NEWSLETTER_SMTP_STARTTLS": "true",
+                                          "NEWSLETTER_DATABASE_URL": "sqlite:////tmp/x.db",
+                                          "NEWSLETTER_SECRET_KEY": "from-env"})
+    assert settings.smtp.port == 2525
+    assert settings.smtp.starttls is True
+    assert settings.database_url == "sqlite:////tmp/x.db"
+    assert settings.newsletter.secret_key == "from-env"
+
+
+def test_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, '[database]\nurl = "sqlite:///data/n.db"\n'), environ={})
+    assert settings.database_url == f"sqlite:///{tmp_path}/data/n.db"
+
+
+def test_secrets_are_hidden_in_reprs(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, '[smtp]\npassword = "hunter2"\n'), environ={})
+    assert "hunter2" not in repr(settings)
+    assert settings.smtp.password == "hunter2"
+
+
+@pytest.mark.parametrize("text, environ, message", [
+    ("[smtp]\nprot = 25\n", {},
+     "[smtp] unknown key 'prot' in {path}; see config.example.toml for the keys"),
+    ('[smtp]\nport = "abc"\n', {},
+     "[smtp] port 'abc' is not a whole number; fix {path}"),
+    ("", {"NEWSLETTER_SMTP_PORT": "abc"},
+     "[smtp] port (from NEWSLETTER_SMTP_PORT) 'abc' is not a whole number; "
+     "fix the environment variable NEWSLETTER_SMTP_PORT"),
+    ("[[categories]]\nname = \"News\"\n", {},
+     "[[categories]] #1 missing required key 'slug' in {path}"),
+    ('[delivery]\ntransport = "pigeon"\n', {},
+     "[delivery] transport 'pigeon' must be one of smtp, outbox; fix {path}"),
+    ('[newsletter]\ntimezone = "Mars/Olympus"\n', {},
+     "[newsletter] timezone 'Mars/Olympus' is not a known time zone (e.g. 'Europe/Berlin'); fix {path}"),
+    ("[smpt]\n", {}, "unknown section [smpt] in {path}; see config.example.toml for the sections"),
+    ("", {"NEWSLETTER_SMTP_PROT": "1"}, "environment variable NEWSLETTER_SMTP_PROT names no setting [smtp] prot"),
+])
+def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, environ: dict[str, str],
+                                                     message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        config.load(path, environ=environ)
+    assert str(exc.value) == message.format(path=path)
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid TOML"):
+        config.load(path, environ={})

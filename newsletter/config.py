@@ -42,6 +42,7 @@ class NewsletterSettings:
     send_time: str = "09:00"
     templates_dir: str = ""
     subject: str = "{name} — week {week_number}, {date}"
+    unsubscribe_mailto: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,21 @@ class SmtpSettings:
     concurrency: int = 8
     rate_per_second: float = 0.0
     max_attempts: int = 5
+    retry_delay: float = 60.0
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
     transport: str = "smtp"
     outbox_dir: str = "outbox"
+    max_age_hours: float = 72.0
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    selector: str = ""
+    domain: str = ""
+    private_key_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     articles: ArticlesSettings = field(default_factory=ArticlesSettings)
     web: WebSettings = field(default_factory=WebSettings)
     categories: tuple[CategorySettings, ...] = ()
@@ -140,6 +151,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "articles": ArticlesSettings,
     "web": WebSettings,
+    "dkim": DkimSettings,
 }
 ARRAYS: dict[str, type] = {"categories": CategorySettings, "feeds": FeedSettings}
 ENV_PREFIX = "NEWSLETTER_"
@@ -303,5 +315,9 @@ def _validate(settings: Settings, source: str) -> None:
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"[newsletter] subject {settings.newsletter.subject!r} uses an unknown placeholder ({exc}); "
                           f"use {{name}}, {{week}}, {{week_number}}, {{year}}, {{date}}; fix {source}") from exc
+    dkim = settings.dkim
+    if any((dkim.selector, dkim.domain, dkim.private_key_path)) and not all((dkim.selector, dkim.domain,
+                                                                            dkim.private_key_path)):
+        raise ConfigError(f"[dkim] selector, domain and private_key_path must all be set (or all empty); fix {source}")
     if settings.smtp.concurrency < 1:
         raise ConfigError(f"[smtp] concurrency must be at least 1; fix {source}")

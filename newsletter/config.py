@@ -93,6 +93,29 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class BouncesSettings:
+    return_path_domain: str = ""
+    return_path_local: str = "bounces"
+    soft_bounce_limit: int = 3
+    soft_bounce_issues: int = 5
+    max_message_bytes: int = 10_000_000
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_ssl: bool = True
+    imap_username: str = ""
+    imap_password: Secret = Secret("")
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str = ""
+    imap_timeout: float = 30.0
+    ses_certificate: str = ""
+    ses_topic_arn: str = ""
+    sendgrid_public_key: str = ""
+    postmark_username: str = ""
+    postmark_password: Secret = Secret("")
+    mailgun_signing_key: Secret = Secret("")
+
+
+@dataclass(frozen=True)
 class CategorySettings:
     slug: str
     name: str
@@ -115,6 +138,7 @@ class Settings:
     dkim: DkimSettings = field(default_factory=DkimSettings)
     articles: ArticlesSettings = field(default_factory=ArticlesSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    bounces: BouncesSettings = field(default_factory=BouncesSettings)
     categories: tuple[CategorySettings, ...] = ()
     feeds: tuple[FeedSettings, ...] = ()
     path: Path | None = None
@@ -151,6 +175,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "articles": ArticlesSettings,
     "web": WebSettings,
+    "bounces": BouncesSettings,
     "dkim": DkimSettings,
 }
 ARRAYS: dict[str, type] = {"categories": CategorySettings, "feeds": FeedSettings}
@@ -321,3 +346,7 @@ def _validate(settings: Settings, source: str) -> None:
         raise ConfigError(f"[dkim] selector, domain and private_key_path must all be set (or all empty); fix {source}")
     if settings.smtp.concurrency < 1:
         raise ConfigError(f"[smtp] concurrency must be at least 1; fix {source}")
+    bounces = settings.bounces
+    if not 1 <= bounces.soft_bounce_limit <= bounces.soft_bounce_issues:
+        raise ConfigError(f"[bounces] soft_bounce_limit {bounces.soft_bounce_limit} must be at least 1 and at most "
+                          f"soft_bounce_issues ({bounces.soft_bounce_issues}); fix {source}")

@@ -1,0 +1,95 @@
+"""The classifier against real bounces, complaints and non-bounces (no database)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from newsletter.bounces import Kind, classify
+from conftest import CORPORA
+
+CORPUS = CORPORA / "bounces"
+
+
+def _expected() -> list[dict[str, str]]:
+    with (CORPUS / "expected.tsv").open(encoding="utf-8", newline="") as fp:
+        return list(csv.DictReader(fp, delimiter="\t"))
+
+
+def _right(row: dict[str, str]) -> bool:
+    findings = classify((CORPUS / row["file"]).read_bytes()).findings
+    if row["kind"] in ("autoreply", "delivered"):
+        return not findings
+    want = Kind.COMPLAINT if row["feedback"] == "1" else Kind.HARD if row["hard"] == "1" else Kind.SOFT
+    addresses = {row["recipient"], row["recipient_alt"]} - {""}
+    return any(f.recipient in addresses and f.kind == want for f in findings)
+
+
+@pytest.mark.skipif(not (CORPUS / "expected.tsv").exists(), reason="bounce corpus not available")
+def test_corpus_at_least_90_percent_right() -> None:
+    rows = _expected()
+    wrong = [f"{r['file']} {r['recipient']} {r['reason']}" for r in rows if not _right(r)]
+    right = len(rows) - len(wrong)
+    print(f"bounce corpus: {right}/{len(rows)} right ({right / len(rows):.1%}); wrong: {wrong}")
+    assert right / len(rows) >= 0.90, wrong
+
+
+@pytest.mark.skipif(not (CORPUS / "expected.tsv").exists(), reason="bounce corpus not available")
+def test_non_bounces_and_every_complaint() -> None:
+    rows = _expected()
+    for row in rows:
+        if row["kind"] in ("autoreply", "delivered", "feedback"):
+            assert _right(row), row["file"]
+
+
+def _dsn(recipient: str, status: str, diagnostic: str, *, to: str = "news@example.com") -> bytes:
+    return f"""From: Mail Delivery System <MAILER-DAEMON@mx.example.net>
+To: {to}
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <dsn-1@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+I'm sorry to have to inform you that your message could not be delivered.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; {recipient}
+Action: failed
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+
+--B--
+""".encode()
+
+
+def test_dsn_fields_and_severity() -> None:
+    report = classify(_dsn("Bob@Example.ORG", "5.1.1", "550 5.1.1 <bob@example.org>: User unknown"))
+    assert report.message_id == "<dsn-1@mx.example.net>"
+    [finding] = report.findings
+    assert (finding.recipient, finding.kind, finding.status) == ("bob@example.org", Kind.HARD, "5.1.1")
+    assert "User unknown" in finding.diagnostic
+    [full] = classify(_dsn("amy@example.org", "5.2.2", "552 5.2.2 Mailbox full")).findings
+    assert full.kind == Kind.SOFT
+    [later] = classify(_dsn("amy@example.org", "4.4.1", "451 4.4.1 try again later")).findings
+    assert later.kind == Kind.SOFT
+
+
+def test_verp_token_is_read_from_the_envelope_headers() -> None:
+    raw = b"Delivered-To: bounces+WzEsMl0.abc-DEF_123@bounce.example.com\n" + _dsn("x@example.org", "5.1.1", "550")
+    assert classify(raw).token == "WzEsMl0.abc-DEF_123"
+    assert classify(raw, verp_local="returns").token == ""
+    assert classify(_dsn("x@example.org", "5.1.1", "550", to="bounces+tok.en@example.com")).token == "tok.en"
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\xff garbage", b"Subject: hi\n\nhello", b"Content-Type: multipart/report\n\n--"])
+def test_malformed_input_gives_no_finding(raw: bytes) -> None:
+    assert classify(raw).findings == ()

@@ -88,10 +88,9 @@ def test_export_roundtrip_through_cli(cli_db: Path, tmp_path: Path) -> None:
 
 
 def walk(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
-    import click
     found = []
     for name, cmd in getattr(group, "commands", {}).items():
-        if isinstance(cmd, click.Group):
+        if hasattr(cmd, "commands"):
             found += walk(cmd, prefix + (name,))
         else:
             found.append((prefix + (name,), cmd))
@@ -102,7 +101,7 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
     import typer.main
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     commands = walk(typer.main.get_command(app))
-    assert len(commands) >= 8
+    assert len(commands) >= 7
     for path, cmd in commands:
         assert "Example: newsletter" in (cmd.help or ""), f"{' '.join(path)} has no example in its help"
         assert f"newsletter {' '.join(path)}" in readme, f"'newsletter {' '.join(path)}' is not in the README"

@@ -1,0 +1,162 @@
+"""Issue content -> email HTML + text, once per variant; personal links filled in cheaply.
+
+A variant is the set of sections a group of subscribers receives. `render_variant`
+is the one expensive call (Jinja2 and premailer's CSS inlining); its output holds
+the placeholders below, verbatim, where personal values go, and `personalize` is a
+plain string replacement, so nothing heavy ever runs per subscriber.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.resources
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from premailer import Premailer
+from sqlalchemy.orm import Session
+
+from newsletter import builder, subscribers, tokens
+from newsletter.articles import html_to_text, trim_words
+from newsletter.builder import IssueContent
+from newsletter.config import Settings
+from newsletter.errors import ConfigError
+from newsletter.models import IssueStatus
+
+UNSUBSCRIBE_URL = "@@unsubscribe_url@@"
+PREFERENCES_URL = "@@preferences_url@@"
+SUBSCRIBER_NAME = "@@subscriber_name@@"
+PREHEADER_LENGTH = 140
+
+
+@dataclass(frozen=True)
+class Variant:
+    sections: tuple[str, ...]  # the slugs of the sections it contains, in issue order
+    subject: str
+    preheader: str
+    html: str
+    text: str
+
+
+@lru_cache(maxsize=8)
+def _environment(user_dir: str) -> Environment:
+    builtin = Path(str(importlib.resources.files("newsletter.templates")))
+    loaders = [FileSystemLoader(user_dir)] if user_dir else []
+    env = Environment(loader=ChoiceLoader([*loaders, FileSystemLoader(str(builtin))]),
+                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["text"] = html_to_text
+    return env
+
+
+def environment(settings: Settings) -> Environment:
+    """The Jinja2 environment: `[newsletter] templates_dir` files override the built-in ones."""
+    folder = settings.newsletter.templates_dir
+    if not folder:
+        return _environment("")
+    path = settings.resolve(folder)
+    if not path.is_dir():
+        raise ConfigError(f"[newsletter] templates_dir {str(path)!r} is not a folder; fix config.toml or set it to \"\"")
+    return _environment(str(path))
+
+
+def sections_for(content: IssueContent, slugs: Iterable[str]) -> tuple[str, ...]:
+    """The issue's sections a subscriber with these category preferences receives
+    (no preferences = every section): the key to group subscribers into variants."""
+    wanted = set(slugs)
+    return tuple(s.slug for s in content.sections if not wanted or s.slug in wanted)
+
+
+def _common(settings: Settings, content: IssueContent, sections: tuple[str, ...]) -> dict[str, object]:
+    tz = settings.tz
+    send_day = builder.scheduled_at(settings, content.week).astimezone(tz)
+    chosen = tuple(s for s in content.sections if s.slug in sections)
+
+    def date(value: datetime) -> str:
+        local = value.astimezone(tz)
+        return f"{local.day} {local:%b %Y}"
+
+    body = {"intro_html": content.intro_html, "lead": content.lead, "sections": chosen, "date": date}
+    return {
+        "name": settings.newsletter.name, "postal_address": settings.newsletter.postal_address,
+        "subject": content.subject, "week": content.week, "date": date, "self_content": body,
+        "week_label": f"Week {int(content.week[-2:])} · {send_day.day} {send_day:%B %Y}",
+        "view_url": f"{settings.newsletter.base_url.rstrip('/')}/issues/{content.week}",
+        **body,
+    }
+
+
+def _preheader(content: IssueContent, sections: tuple[str, ...]) -> str:
+    """The inbox snippet: the lead (or first) headline, then the section names."""
+    chosen = [s for s in content.sections if s.slug in sections]
+    first = content.lead or (chosen[0].articles[0] if chosen else None)
+    names = ", ".join(s.name for s in chosen)
+    parts = [first.title if first else "", f"This week: {names}" if names else ""]
+    return trim_words(" · ".join(p for p in parts if p), PREHEADER_LENGTH)
+
+
+def _inline_css(document: str) -> str:
+    """premailer, keeping the <style> block so media queries (mobile, dark mode) still apply."""
+    return Premailer(document, keep_style_tags=True, remove_classes=False, strip_important=False,
+                     allow_network=False, disable_validation=True, disable_basic_attributes=["height"],
+                     cssutils_logging_level=logging.CRITICAL).transform()
+
+
+def render_variant(settings: Settings, content: IssueContent, sections: Iterable[str]) -> Variant:
+    """HTML and text of the issue with only the given section slugs (unknown ones are
+    ignored; an empty iterable gives none, see `sections_for`). The lead and intro are
+    in every variant. Personal values are the module's placeholders."""
+    wanted = set(sections)
+    chosen = tuple(s.slug for s in content.sections if s.slug in wanted)
+    env = environment(settings)
+    context = _common(settings, content, chosen)
+    every = len(chosen) == len(content.sections)
+    context.update(
+        preheader=_preheader(content, chosen), greeting_name=SUBSCRIBER_NAME,
+        unsubscribe_url=UNSUBSCRIBE_URL, preferences_url=PREFERENCES_URL,
+        section_names=[] if every else [s.name for s in content.sections if s.slug in chosen],
+        intro_text=html_to_text(content.intro_html),
+    )
+    document = _inline_css(env.get_template("email/issue.html").render(context))
+    text = env.get_template("email/issue.txt").render(context)
+    return Variant(sections=chosen, subject=content.subject, preheader=str(context["preheader"]),
+                   html=document, text=text)
+
+
+def personalize(variant: Variant, *, unsubscribe_url: str, preferences_url: str, name: str) -> tuple[str, str]:
+    """(html, text) of the variant for one subscriber: placeholders replaced, the name
+    HTML-escaped in the HTML part. Line breaks in the name are dropped."""
+    name = " ".join(name.split())
+
+    def fill(doc: str, escape: bool) -> str:
+        esc = (lambda v: html.escape(v, quote=True)) if escape else (lambda v: v)
+        return (doc.replace(UNSUBSCRIBE_URL, esc(unsubscribe_url)).replace(PREFERENCES_URL, esc(preferences_url))
+                .replace(SUBSCRIBER_NAME, esc(name)))
+
+    return fill(variant.html, True), fill(variant.text, False)
+
+
+def render_web(settings: Settings, content: IssueContent) -> str:
+    """The issue as a web page (archive and editor preview): every section, no personal links."""
+    context = _common(settings, content, tuple(s.slug for s in content.sections))
+    context["banner"] = "" if content.status == IssueStatus.SENT else "Preview: this issue has not been sent yet."
+    return environment(settings).get_template("web/issue.html").render(context)
+
+
+def preview(session: Session, settings: Settings, week: str | None = None, *,
+            email: str | None = None) -> tuple[str, str]:
+    """(html, text) of the built issue: the whole issue with inert links, or exactly
+    what the subscriber `email` would receive (their sections, their links)."""
+    content = builder.load_content(session, settings, week or builder.current_week(settings))
+    if email is None:
+        variant = render_variant(settings, content, sections_for(content, ()))
+        return personalize(variant, unsubscribe_url="#unsubscribe", preferences_url="#preferences", name="")
+    sub = subscribers.require(session, email)
+    variant = render_variant(settings, content, sections_for(content, subscribers.category_slugs(session, sub)))
+    return personalize(variant, unsubscribe_url=tokens.unsubscribe_url(settings, sub.id, content.issue_id),
+                       preferences_url=tokens.preferences_url(settings, sub.id), name=sub.name)

@@ -205,8 +205,8 @@ def _delivery_status(msg: Message, part: Message) -> list[Finding] | None:
     for block in re.split(r"\r?\n\s*\r?\n", text):
         fields = _fields(block)
         rcpt = (fields.get("final-recipient") or fields.get("original-recipient") or [""])[0]
-        if not rcpt:
-            continue
+        if not rcpt and "action" not in fields:
+            continue  # the per-message block (Reporting-MTA …), not a recipient
         action = (fields.get("action") or [""])[0].lower()
         status = _status((fields.get("status") or [""])[0])
         # "delayed" counts as a soft bounce (the server gave up for now), as sisimai counts it.

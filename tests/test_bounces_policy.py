@@ -1,0 +1,240 @@
+"""Bounce and complaint policy on SQLite and PostgreSQL: statuses, events, dedupe, bad input,
+and the Maildir / mbox readers."""
+
+from __future__ import annotations
+
+import mailbox
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conftest import CORPORA
+from newsletter import subscribers, tokens
+from newsletter.bounce_policy import Policy, Tally, process_message
+from newsletter.config import Settings
+from newsletter.mailbox import import_path
+from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, IssueStatus, SubscriberStatus
+
+
+def dsn(recipient: str, status: str, diagnostic: str, *, msgid: str = "<dsn-1@mx.example.net>",
+        delivered_to: str = "news@example.com") -> bytes:
+    """A Postfix-style RFC 3464 report."""
+    final = f"Final-Recipient: rfc822; {recipient}\n" if recipient else ""
+    return f"""Delivered-To: {delivered_to}
+From: Mail Delivery System <MAILER-DAEMON@mx.example.net>
+To: news@example.com
+Subject: Undelivered Mail Returned to Sender
+Message-ID: {msgid}
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+{final}Action: failed
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic}
+
+--B--
+""".encode()
+
+
+def arf(recipient: str, *, msgid: str = "<arf-1@fbl.example.net>", ftype: str = "abuse") -> bytes:
+    return f"""From: feedback@fbl.example.net
+To: news@example.com
+Subject: FW: Test Weekly
+Message-ID: {msgid}
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"
+
+--F
+Content-Type: text/plain
+
+This is an email abuse report.
+
+--F
+Content-Type: message/feedback-report
+
+Feedback-Type: {ftype}
+User-Agent: ExampleFBL/1.0
+Version: 1
+Original-Rcpt-To: {recipient}
+
+--F
+Content-Type: message/rfc822
+
+From: news@example.com
+To: {recipient}
+Subject: Test Weekly
+
+hello
+--F--
+""".encode()
+
+
+@pytest.fixture
+def policy(settings: Settings) -> Policy:
+    return Policy.from_settings(settings)
+
+
+def _issues(session: Session, n: int) -> list[Issue]:
+    issues = [Issue(week=f"2026-W{40 + i:02d}", status=IssueStatus.SENT) for i in range(n)]
+    session.add_all(issues)
+    session.flush()
+    return issues
+
+
+def _mailed(session: Session, email: str, issues: list[Issue]) -> int:
+    sub = subscribers.add(session, email)
+    session.flush()
+    session.add_all(Delivery(issue_id=i.id, subscriber_id=sub.id, status=DeliveryStatus.SENT) for i in issues)
+    return sub.id
+
+
+def _run(sessions: sessionmaker[Session], policy: Policy, raw: bytes, tally: Tally | None = None) -> Tally:
+    tally = tally or Tally()
+    with sessions.begin() as s:
+        process_message(s, policy, raw, source="test", where="test.eml", tally=tally)
+    return tally
+
+
+def _status(sessions: sessionmaker[Session], email: str) -> SubscriberStatus:
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, email)
+        assert sub is not None
+        return sub.status
+
+
+def test_hard_bounce_suppresses_at_once_and_is_recorded_once(sessions: sessionmaker[Session], policy: Policy) -> None:
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        _mailed(s, "gone@example.org", issues)
+        _mailed(s, "fine@example.org", issues)
+    raw = dsn("gone@example.org", "5.1.1", "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown")
+    tally = _run(sessions, policy, raw)
+    assert tally.applied == {"hard": 1} and tally.suppressed == 1
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "fine@example.org") == SubscriberStatus.ACTIVE
+    again = _run(sessions, policy, raw)
+    assert again.skipped == {"duplicate report": 1} and not again.applied
+    with sessions.begin() as s:
+        reports = s.scalars(select(Event).where(Event.external_id.is_not(None))).all()
+        assert len(reports) == 1
+        assert reports[0].kind == EventKind.BOUNCE and reports[0].issue_id == issues[0].id
+        assert reports[0].detail.startswith("hard 5.1.1: 550 5.1.1") and "User unknown" in reports[0].detail
+
+
+def test_complaint_suppresses_and_opt_out_unsubscribes(sessions: sessionmaker[Session], policy: Policy) -> None:
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        _mailed(s, "angry@example.org", issues)
+        _mailed(s, "leaving@example.org", issues)
+        _mailed(s, "bounced@example.org", issues)
+    _run(sessions, policy, arf("angry@example.org"))
+    _run(sessions, policy, arf("leaving@example.org", msgid="<arf-2@x>", ftype="opt-out"))
+    _run(sessions, policy, dsn("bounced@example.org", "5.1.1", "550 user unknown"))
+    _run(sessions, policy, arf("bounced@example.org", msgid="<arf-3@x>"))
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+    assert _status(sessions, "leaving@example.org") == SubscriberStatus.UNSUBSCRIBED
+    # A complaint outranks a bounce: the address must never be mailed again either way.
+    assert _status(sessions, "bounced@example.org") == SubscriberStatus.COMPLAINED
+    # A later hard bounce does not turn a complaint back into a bounce.
+    _run(sessions, policy, dsn("angry@example.org", "5.1.1", "550 user unknown", msgid="<dsn-9@x>"))
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+
+
+def test_soft_bounces_across_issues(sessions: sessionmaker[Session], settings: Settings) -> None:
+    policy = Policy(settings.newsletter.secret_key, "bounces", soft_limit=3, soft_issues=5, max_bytes=10**6)
+    with sessions.begin() as s:
+        issues = _issues(s, 4)
+        sid = _mailed(s, "full@example.org", issues)
+        secret = settings.newsletter.secret_key
+        verp = [f"bounces+{tokens.make(secret, tokens.BOUNCE, sid, i.id)}@bounce.example.com" for i in issues]
+    full = "552 5.2.2 <full@example.org>: Mailbox full"
+    _run(sessions, policy, dsn("full@example.org", "5.2.2", full, msgid="<a@x>", delivered_to=verp[0]))
+    # A second report about the same issue counts once.
+    _run(sessions, policy, dsn("full@example.org", "4.2.2", full, msgid="<b@x>", delivered_to=verp[0]))
+    _run(sessions, policy, dsn("full@example.org", "5.2.2", full, msgid="<c@x>", delivered_to=verp[1]))
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, "full@example.org")
+        assert sub is not None and sub.status == SubscriberStatus.ACTIVE and sub.soft_bounces == 2
+    tally = _run(sessions, policy, dsn("full@example.org", "5.2.2", full, msgid="<d@x>", delivered_to=verp[3]))
+    assert tally.suppressed == 1
+    assert _status(sessions, "full@example.org") == SubscriberStatus.BOUNCED
+
+
+def test_verp_token_names_the_subscriber_when_the_report_does_not(
+        sessions: sessionmaker[Session], policy: Policy, settings: Settings) -> None:
+    with sessions.begin() as s:
+        issues = _issues(s, 2)
+        sid = _mailed(s, "alias@example.org", issues)
+        token = tokens.make(settings.newsletter.secret_key, tokens.BOUNCE, sid, issues[0].id)
+    raw = dsn("", "5.1.1", "550 5.1.1 unknown user", delivered_to=f"bounces+{token}@bounce.example.com")
+    tally = _run(sessions, policy, raw)
+    assert tally.applied == {"hard": 1}
+    with sessions.begin() as s:
+        event = s.scalars(select(Event).where(Event.external_id.is_not(None))).one()
+        assert (event.subscriber_id, event.issue_id) == (sid, issues[0].id)
+
+
+def test_bad_input_is_counted_and_skipped(sessions: sessionmaker[Session], settings: Settings) -> None:
+    policy = Policy(settings.newsletter.secret_key, "bounces", soft_limit=3, soft_issues=5, max_bytes=5000)
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        _mailed(s, "known@example.org", issues)
+        subscribers.add(s, "never@example.org")
+    tally = Tally()
+    for i, raw in enumerate([
+        dsn("stranger@example.org", "5.1.1", "550 user unknown", msgid="<1@x>"),
+        dsn("never@example.org", "5.1.1", "550 user unknown", msgid="<2@x>"),
+        dsn("", "5.1.1", "550 user unknown", msgid="<3@x>", delivered_to="bounces+forged.token@b.example.com"),
+        dsn("known@example.org", "5.1.1", "550 user unknown", msgid="<4@x>") + b"x" * 6000,
+        b"Subject: Out of office\n\nI am away.",
+        b"\x00\x01 not a message at all",
+        dsn("known@example.org", "5.1.1", "550 user unknown", msgid="<5@x>"),
+    ]):
+        _run(sessions, policy, raw, tally)
+    assert tally.messages == 7
+    assert tally.skipped == {"address not on the list": 1, "address never mailed": 1, "unknown token": 1,
+                             "no recipient in report": 1, "oversized message": 1, "not a bounce or complaint": 2}
+    assert tally.applied == {"hard": 1}
+    assert _status(sessions, "known@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "never@example.org") == SubscriberStatus.ACTIVE
+    assert any("stranger@example.org" in p and "not on the list" in p for p in tally.problems)
+
+
+def test_maildir_and_mbox_import(sessions: sessionmaker[Session], policy: Policy, tmp_path: Path) -> None:
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        for email in ("a@example.org", "b@example.org", "kijitora@example.co.jp", "c@example.org"):
+            _mailed(s, email, issues)
+    maildir = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    maildir.add(dsn("a@example.org", "5.1.1", "550 user unknown", msgid="<m1@x>"))
+    maildir.add(arf("b@example.org", msgid="<m2@x>"))
+    postfix = CORPORA / "bounces" / "postfix__lhost-postfix-04.eml"
+    if postfix.exists():
+        maildir.add(postfix.read_bytes())
+    maildir.add(b"From: friend@example.org\nSubject: Re: your newsletter\n\nThanks!\n")
+    tally = import_path(sessions, policy, tmp_path / "Maildir")
+    assert tally.applied == ({"hard": 2, "complaint": 1} if postfix.exists() else {"hard": 1, "complaint": 1})
+    assert tally.skipped == {"not a bounce or complaint": 1}
+    assert import_path(sessions, policy, tmp_path / "Maildir").applied == {}  # rerun: all duplicates
+    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
+    box.add(dsn("c@example.org", "5.2.2", "552 mailbox full", msgid="<m3@x>"))
+    box.flush()
+    assert import_path(sessions, policy, tmp_path / "bounces.mbox").applied == {"soft": 1}
+    assert _status(sessions, "a@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "b@example.org") == SubscriberStatus.COMPLAINED
+    assert _status(sessions, "c@example.org") == SubscriberStatus.ACTIVE
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.external_id.is_not(None))) == (
+            4 if postfix.exists() else 3)

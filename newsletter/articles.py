@@ -8,14 +8,28 @@ so fetching again updates rows instead of adding twins.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import html
+import io
+import json
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
+import feedparser
+import httpx
 import nh3
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from newsletter.config import Settings
-from newsletter.errors import ConfigError
+from newsletter.config import FeedSettings, Settings
+from newsletter.errors import ConfigError, InvalidInput
+from newsletter.models import Article, Feed, utcnow
 
 ALLOWED_TAGS = {"a", "b", "strong", "i", "em", "p", "br", "ul", "ol", "li", "blockquote", "code", "sub", "sup"}
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}}
@@ -81,3 +95,384 @@ def default_category(settings: Settings) -> str:
     if not settings.categories:
         raise ConfigError("no [[categories]] configured; add at least one to config.toml")
     return settings.categories[0].slug
+
+
+# Column sizes of the articles table (models.Article).
+MAX_URL, MAX_TITLE, MAX_AUTHOR, MAX_SOURCE = 2000, 1000, 300, 300
+MAX_FEED_BYTES = 20 * 1024 * 1024
+FIELDS = ("title", "url", "category", "author", "summary", "image_url", "published_at", "guid")
+ALIASES = {"link": "url", "published": "published_at", "date": "published_at", "id": "guid",
+           "image": "image_url", "excerpt": "summary", "description": "summary", "byline": "author"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One article as read from a source, before it meets the database."""
+
+    where: str  # "file.csv:7", "feed 'Main site' entry 3" — for messages
+    guid: str
+    url: str
+    title: str
+    category: str
+    author: str = ""
+    summary: str = ""
+    image_url: str = ""
+    published_at: datetime | None = None  # None: first seen now
+
+
+@dataclass
+class ImportReport:
+    """What one file or feed did: the CLI prints it; nothing is dropped without a line here."""
+
+    source: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[str] = field(default_factory=list)   # "where: reason (skipped)"
+    warnings: list[str] = field(default_factory=list)  # broken feed, defaulted categories …
+    not_modified: bool = False                         # HTTP 304: nothing to read
+
+    @property
+    def summary_line(self) -> str:
+        if self.not_modified:
+            return f"{self.source}: not modified since the last fetch"
+        return (f"{self.source}: {len(self.added)} added, {len(self.updated)} updated, "
+                f"{self.unchanged} unchanged, {len(self.skipped)} skipped")
+
+
+def _norm(label: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", label.lower()).removesuffix("s")
+
+
+class CategoryMap:
+    """Maps free-form labels to configured slugs: slug or name, ignoring case,
+    punctuation and a plural 's' ('Case Studies', 'case_study' -> 'case-studies')."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.default = default_category(settings)
+        self._known: dict[str, str] = {}
+        for cat in settings.categories:
+            self._known.setdefault(_norm(cat.slug), cat.slug)
+            self._known.setdefault(_norm(cat.name), cat.slug)
+
+    def match(self, labels: Iterable[str]) -> str | None:
+        for label in labels:
+            for part in [label, *re.split(r"[/>|,]", label)]:
+                slug = self._known.get(_norm(part))
+                if slug and _norm(part):
+                    return slug
+        return None
+
+
+def _utc(value: Any) -> datetime | None:
+    return datetime(*value[:6], tzinfo=timezone.utc) if value else None
+
+
+def _key(guid: str, url: str, namespace: str) -> str:
+    """guid if it is globally meaningful (a URL, urn: or tag:), else namespaced by the
+    source; no guid: the canonical URL. Over-long keys are hashed to fit the column."""
+    guid = guid.strip()
+    key = (guid if ":" in guid else f"{namespace}#{guid}") if guid else canonical_url(url)
+    return key if len(key) <= MAX_URL else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _entry_image(entry: Mapping[str, Any]) -> str:
+    candidates = [m.get("url", "") for m in entry.get("media_thumbnail", [])]
+    candidates += [m.get("url", "") for m in entry.get("media_content", [])
+                   if m.get("medium") == "image" or str(m.get("type", "")).startswith("image/")]
+    candidates += [e.get("href", "") for e in entry.get("enclosures", []) if str(e.get("type", "")).startswith("image/")]
+    return next((u for u in map(safe_url, candidates) if u and len(u) <= MAX_URL), "")
+
+
+def _entry_title(entry: Mapping[str, Any]) -> str:
+    detail = entry.get("title_detail") or {}
+    raw = str(entry.get("title", ""))
+    text = html_to_text(raw) if "html" in str(detail.get("type", "")) else _SPACES.sub(" ", raw).strip()
+    return trim_words(text, MAX_TITLE)
+
+
+def _entry_summary(entry: Mapping[str, Any]) -> str:
+    if entry.get("summary"):
+        return str(entry["summary"])
+    return next((str(c.get("value", "")) for c in entry.get("content", []) if c.get("value")), "")
+
+
+def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str, base: str,
+                  cats: CategoryMap) -> tuple[list[Entry], list[str]]:
+    entries: list[Entry] = []
+    skipped: list[str] = []
+    defaulted = 0
+    for number, entry in enumerate(parsed.entries, start=1):
+        title = _entry_title(entry)
+        where = f"{source} entry {number}" + (f" ({title[:60]!r})" if title else "")
+        link = str(entry.get("link") or (entry.get("id") if entry.get("guidislink") else "") or "").strip()
+        # A relative link in a local file: resolve against the feed's own URL, else the entry's id.
+        url = safe_url(urljoin(base, link)) if link else ""
+        if link and not url:
+            url = safe_url(urljoin(str(entry.get("id", "")), link))
+        if not title:
+            skipped.append(f"{where}: no title (skipped)")
+            continue
+        if not url or len(url) > MAX_URL:
+            reason = "no link" if not link else f"link {link[:80]!r} is not an absolute http(s) URL"
+            skipped.append(f"{where}: {reason} (skipped)")
+            continue
+        tags = [str(t.get(k) or "") for t in entry.get("tags", []) for k in ("term", "label")]
+        slug = category or cats.match(tags)
+        if slug is None:
+            defaulted += 1
+        entries.append(Entry(
+            where=where, guid=_key(str(entry.get("id", "")), url, source), url=url, title=title,
+            category=slug or cats.default, author=_SPACES.sub(" ", str(entry.get("author", ""))).strip()[:MAX_AUTHOR],
+            summary=excerpt(_entry_summary(entry), settings.articles.excerpt_length), image_url=_entry_image(entry),
+            published_at=_utc(entry.get("published_parsed") or entry.get("updated_parsed")
+                              or entry.get("created_parsed"))))
+    noun = "entry has" if defaulted == 1 else "entries have"
+    notes = [f"{source}: {defaulted} {noun} no configured category; put in '{cats.default}'"] if defaulted else []
+    return entries, skipped + notes
+
+
+def parse_feed(data: bytes, settings: Settings, *, source: str, category: str = "", url: str = "",
+               headers: Mapping[str, str] | None = None) -> tuple[list[Entry], list[str], list[str]]:
+    """(entries, skipped, warnings) of an RSS/Atom document. A malformed feed is a
+    warning and whatever could be read is kept; no feed at all is InvalidInput."""
+    response_headers = {k.lower(): v for k, v in (headers or {}).items()}
+    if url:
+        response_headers.setdefault("content-location", url)
+    parsed = feedparser.parse(data, response_headers=response_headers, sanitize_html=True,
+                              resolve_relative_uris=True)
+    problem = f"{type(parsed.bozo_exception).__name__}: {parsed.bozo_exception}"[:200] if parsed.bozo else ""
+    if not parsed.entries and not parsed.version:
+        raise InvalidInput(f"{source}: not an RSS or Atom feed" + (f" ({problem})" if problem else ""))
+    own = [url] + [str(link.get("href", "")) for link in parsed.feed.get("links", []) if link.get("rel") == "self"]
+    base = next((u for u in own if safe_url(u)), str(parsed.feed.get("link", "")))
+    entries, skipped = _feed_entries(parsed, settings, source=source, category=category, base=base,
+                                     cats=CategoryMap(settings))
+    notes = [s for s in skipped if not s.endswith("(skipped)")]
+    warnings = [f"{source}: malformed feed ({problem}); read {len(entries)} entries anyway"] if problem else []
+    return entries, [s for s in skipped if s.endswith("(skipped)")], warnings + notes
+
+
+def _parse_time(value: str, settings: Settings) -> datetime:
+    """ISO 8601 date or date-time; without an offset it is read in the configured time zone."""
+    stamp = datetime.fromisoformat(value.strip())
+    if len(value.strip()) == 10:
+        stamp = datetime.combine(stamp.date(), time(12))
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=settings.tz)).astimezone(timezone.utc)
+
+
+def _record_entry(record: Mapping[str, str], where: str, settings: Settings, *, source: str,
+                  cats: CategoryMap) -> tuple[Entry | None, str]:
+    """An Entry from one JSON object or CSV row, else (None, reason). The second value
+    is a warning (e.g. an unknown category put in the default section)."""
+    title = _SPACES.sub(" ", record.get("title", "")).strip()
+    raw_url = record.get("url", "").strip()
+    url = safe_url(raw_url)
+    if not title:
+        return None, f"{where}: title is empty (skipped)"
+    if not url or len(url) > MAX_URL:
+        return None, f"{where}: url {raw_url[:80]!r} is not an absolute http(s) URL (skipped)"
+    published = None
+    if record.get("published_at", "").strip():
+        try:
+            published = _parse_time(record["published_at"], settings)
+        except ValueError:
+            return None, (f"{where}: published_at {record['published_at'][:40]!r} is not an ISO 8601 date "
+                          f"like 2026-11-24T09:30:00+01:00 (skipped)")
+    label = record.get("category", "").strip()
+    slug = cats.match([label]) if label else None
+    note = f"{where}: category {label!r} is not configured; put in '{cats.default}'" if label and not slug else ""
+    image = safe_url(record.get("image_url", ""))
+    return Entry(where=where, guid=_key(record.get("guid", ""), url, source), url=url, title=title[:MAX_TITLE],
+                 category=slug or cats.default, author=record.get("author", "").strip()[:MAX_AUTHOR],
+                 summary=excerpt(record.get("summary", ""), settings.articles.excerpt_length),
+                 image_url=image if len(image) <= MAX_URL else "", published_at=published), note
+
+
+def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """(where, record) pairs of a .json or .csv file with aliases applied, and warnings."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    rows: list[tuple[str, dict[str, Any]]]
+    if name.lower().endswith(".json"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{name}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file") from None
+        items = doc.get("articles") if isinstance(doc, dict) else doc
+        if not isinstance(items, list):
+            raise InvalidInput(f"{name}: expected a list of articles or {{\"articles\": [...]}}")
+        rows = [(f"{name}: item {i}", item) for i, item in enumerate(items, start=1)]
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(f"{name}:{reader.line_num}", row) for row in reader]
+    records: list[tuple[str, dict[str, str]]] = []
+    unknown: set[str] = set()
+    for where, item in rows:
+        if not isinstance(item, dict):
+            records.append((where, {}))
+            continue
+        record: dict[str, str] = {}
+        for key, value in item.items():
+            norm = str(key or "").strip().lower().replace(" ", "_")
+            norm = ALIASES.get(norm, norm)
+            if norm in FIELDS:
+                record[norm] = "" if value is None else str(value)
+            elif norm:
+                unknown.add(norm)
+        records.append((where, record))
+    warnings = [f"{name}: ignored unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(FIELDS)}"] \
+        if unknown else []
+    return records, warnings
+
+
+def parse_records(data: bytes, settings: Settings, *, name: str) -> tuple[list[Entry], list[str], list[str]]:
+    """(entries, skipped, warnings) of a JSON or CSV article file (see README for the format)."""
+    records, warnings = _records(data, name)
+    cats = CategoryMap(settings)
+    source = Path(name).name
+    entries, skipped = [], []
+    for where, record in records:
+        entry, note = _record_entry(record, where, settings, source=source, cats=cats)
+        if entry is None:
+            skipped.append(note)
+        else:
+            entries.append(entry)
+            if note:
+                warnings.append(note)
+    return entries, skipped, warnings
+
+
+def store(session: Session, entries: list[Entry], report: ImportReport, *, source: str) -> None:
+    """Insert new articles and update known ones (same guid, or same canonical URL)."""
+    now = utcnow()
+    keys = {e.guid for e in entries} | {canonical_url(e.url) for e in entries}
+    known: dict[str, Article] = {}
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), 500):
+        for article in session.scalars(select(Article).where(Article.guid.in_(ordered[start:start + 500]))):
+            known[article.guid] = article
+    seen: dict[int, str] = {}
+    for entry in entries:
+        article = known.get(entry.guid) or known.get(canonical_url(entry.url))
+        if article is not None and id(article) in seen:
+            report.skipped.append(f"{entry.where}: same article as {seen[id(article)]} (skipped)")
+            continue
+        values = {"url": entry.url, "title": entry.title, "category": entry.category, "author": entry.author,
+                  "summary": entry.summary, "image_url": entry.image_url, "source": source[:MAX_SOURCE]}
+        if entry.published_at is not None:
+            values["published_at"] = entry.published_at
+        if article is None:
+            article = Article(guid=entry.guid, created_at=now, updated_at=now,
+                              **{"published_at": now, **values})
+            session.add(article)
+            known[entry.guid] = article
+            report.added.append(entry.title)
+        elif any(getattr(article, k) != v for k, v in values.items()):
+            for k, v in values.items():
+                setattr(article, k, v)
+            article.updated_at = now
+            report.updated.append(entry.title)
+        else:
+            report.unchanged += 1
+        seen[id(article)] = entry.where
+    session.flush()
+
+
+def import_file(session: Session, settings: Settings, name: str, data: bytes) -> ImportReport:
+    """Import one .json, .csv or RSS/Atom file (by its extension); InvalidInput if unreadable."""
+    report = ImportReport(source=Path(name).name)
+    if name.lower().endswith((".json", ".csv")):
+        entries, skipped, warnings = parse_records(data, settings, name=Path(name).name)
+    else:
+        entries, skipped, warnings = parse_feed(data, settings, source=Path(name).name)
+    report.skipped += skipped
+    report.warnings += warnings
+    store(session, entries, report, source=Path(name).name)
+    return report
+
+
+@dataclass(frozen=True)
+class _Download:
+    data: bytes | None  # None: 304 not modified
+    headers: dict[str, str]
+    url: str
+
+
+def _download(settings: Settings, feed: FeedSettings, state: Feed, client: httpx.Client) -> _Download:
+    """The one place that touches the network or a feed path. Raises InvalidInput with
+    the reason (HTTP status, timeout, missing file) for the caller to report."""
+    if not feed.url.startswith(("http://", "https://")):
+        path = settings.resolve(feed.url)
+        try:
+            return _Download(path.read_bytes(), {}, "")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path} ({exc.strerror}); fix [[feeds]] url") from None
+    headers = {"If-None-Match": state.etag} if state.etag else {}
+    if state.last_modified:
+        headers["If-Modified-Since"] = state.last_modified
+    try:
+        with client.stream("GET", feed.url, headers=headers) as response:
+            if response.status_code == 304:
+                return _Download(None, dict(response.headers), str(response.url))
+            if response.status_code >= 400:
+                raise InvalidInput(f"HTTP {response.status_code} from {feed.url}")
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_FEED_BYTES:
+                    raise InvalidInput(f"{feed.url} is larger than {MAX_FEED_BYTES // 2**20} MB")
+                chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise InvalidInput(f"{feed.url} did not answer within {settings.articles.fetch_timeout:g} s") from None
+    except httpx.HTTPError as exc:
+        raise InvalidInput(f"cannot fetch {feed.url} ({type(exc).__name__}: {exc})") from None
+    state.etag = response.headers.get("etag", "")[:500]
+    state.last_modified = response.headers.get("last-modified", "")[:100]
+    return _Download(b"".join(chunks), dict(response.headers), str(response.url))
+
+
+def _fetch_one(session: Session, settings: Settings, feed: FeedSettings, client: httpx.Client,
+               report: ImportReport) -> None:
+    label = f"feed {feed.name!r}"
+    key = feed.url if "://" in feed.url else str(settings.resolve(feed.url))
+    state = session.scalar(select(Feed).where(Feed.url == key))
+    if state is None:
+        state = Feed(url=key, etag="", last_modified="", last_error="")
+        session.add(state)
+    state.fetched_at = utcnow()
+    etag, modified = state.etag, state.last_modified
+    try:
+        got = _download(settings, feed, state, client)
+        if got.data is None:
+            report.not_modified = True
+            return
+        entries, skipped, warnings = parse_feed(got.data, settings, source=label, category=feed.category,
+                                                url=got.url, headers=got.headers)
+    except InvalidInput as exc:
+        state.etag, state.last_modified = etag, modified  # read it in full next time
+        message = str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
+        state.last_error = message
+        report.warnings.append(f"{message}; the other feeds still import")
+        return
+    state.last_error = ""
+    report.skipped += skipped
+    report.warnings += warnings
+    store(session, entries, report, source=feed.name)
+
+
+def fetch_all(session: Session, settings: Settings) -> list[ImportReport]:
+    """Pull every [[feeds]] entry (conditional GET for URLs); a broken feed becomes a
+    warning in its report and the others still import."""
+    reports = []
+    user_agent = f"newsletter/0.1 (+{settings.newsletter.base_url})"
+    with httpx.Client(timeout=settings.articles.fetch_timeout, follow_redirects=True,
+                      headers={"User-Agent": user_agent}) as client:
+        for feed in settings.feeds:
+            report = ImportReport(source=feed.name)
+            _fetch_one(session, settings, feed, client, report)
+            reports.append(report)
+    session.flush()
+    return reports

@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from newsletter import config as config_mod
 from newsletter import db, subscribers
+from newsletter import articles, builder, render
 from newsletter.errors import InvalidInput, NewsletterError
 from newsletter.models import SubscriberStatus
 
@@ -229,6 +230,140 @@ def subscribers_unsubscribe(ctx: typer.Context, email: str = typer.Argument(...,
         sub = subscribers.require(s, email)
         changed = subscribers.unsubscribe(s, sub, source="admin")
     console.print(f"unsubscribed {sub.email}" if changed else f"{sub.email} was already {sub.status}")
+
+
+def _print_import(report: articles.ImportReport) -> None:
+    for line in report.skipped:
+        typer.echo(f"  {line}", err=True)
+    for line in report.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    console.print(report.summary_line, highlight=False)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path} ({exc.strerror})") from None
+
+
+@articles_app.command("fetch")
+def articles_fetch(ctx: typer.Context) -> None:
+    """Pull every configured [[feeds]] entry; a broken feed is a warning, the others still import.
+
+    Example: newsletter articles fetch
+    """
+    c = get(ctx)
+    if not c.settings.feeds:
+        raise InvalidInput("no [[feeds]] in the config; add one or use 'newsletter articles import FILE'")
+    with c.sessions.begin() as s:
+        reports = articles.fetch_all(s, c.settings)
+    for report in reports:
+        _print_import(report)
+
+
+@articles_app.command("import")
+def articles_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="A .json or .csv file (see README), or an RSS/Atom file."),
+) -> None:
+    """Import articles from a JSON, CSV or RSS/Atom file; known articles are updated, not duplicated.
+
+    Example: newsletter articles import sample/feeds/articles.json
+    """
+    c = get(ctx)
+    data = _read(file, "article file")
+    with c.sessions.begin() as s:
+        report = articles.import_file(s, c.settings, str(file), data)
+    _print_import(report)
+
+
+@articles_app.command("list")
+def articles_list(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+) -> None:
+    """List the articles published in a week, newest first.
+
+    Example: newsletter articles list --week 2026-W48
+    """
+    c = get(ctx)
+    week = week or builder.current_week(c.settings)
+    with c.sessions.begin() as s:
+        rows = [[a.published_at.astimezone(c.settings.tz).strftime("%Y-%m-%d %H:%M"), a.category, a.title, a.url]
+                for a in builder.week_articles(s, c.settings, week)]
+    print_table(f"Articles {week}", ["published", "category", "title", "url"], rows)
+    err_console.print(f"{len(rows)} articles in {week}")
+
+
+@issue_app.command("build")
+def issue_build(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+    force: bool = typer.Option(False, "--force", help="Reset intro, subject and lead to the defaults."),
+    intro: str | None = typer.Option(None, "--intro", help="Editor's intro in Markdown."),
+    intro_file: Path | None = typer.Option(None, "--intro-file", help="Read the Markdown intro from a file."),
+    subject: str | None = typer.Option(None, "--subject", help="Subject line; default: [newsletter] subject."),
+    lead: str | None = typer.Option(None, "--lead", help="URL of the week's article to feature on top."),
+) -> None:
+    """Build (or refresh) the draft issue of a week from its articles. A sent issue is never changed.
+
+    Example: newsletter issue build --week 2026-W48 --lead https://example.com/story --intro "Welcome!"
+    """
+    c = get(ctx)
+    if intro_file is not None:
+        intro = _read(intro_file, "intro file").decode("utf-8", errors="replace")
+    with c.sessions.begin() as s:
+        issue = builder.build(s, c.settings, week, intro=intro, subject=subject, lead_url=lead, force=force)
+        content = builder.load_content(s, c.settings, issue.week)
+    count = sum(len(sec.articles) for sec in content.sections) + (content.lead is not None)
+    when = issue.scheduled_at.astimezone(c.settings.tz).strftime("%a %Y-%m-%d %H:%M") if issue.scheduled_at else "-"
+    console.print(f"built {issue.week} ({issue.status}): {count} articles in "
+                  f"{', '.join(sec.name for sec in content.sections)}", highlight=False)
+    console.print(f"subject: {issue.subject}\nsend at: {when} {c.settings.newsletter.timezone}", highlight=False)
+
+
+@issue_app.command("preview")
+def issue_preview(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+    out: Path | None = typer.Option(None, "--out", help="File to write; omitted = standard output."),
+    text: bool = typer.Option(False, "--text", help="The plain-text part instead of the HTML."),
+    subscriber: str | None = typer.Option(None, "--subscriber", help="Render as this subscriber gets it."),
+) -> None:
+    """Write the built issue as HTML (or --text), whole or as one subscriber would receive it.
+
+    Example: newsletter issue preview --out preview.html --subscriber ada@example.com
+    """
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        html_part, text_part = render.preview(s, c.settings, week, email=subscriber)
+    document = text_part if text else html_part
+    if out is None:
+        sys.stdout.write(document)
+        return
+    try:
+        out.write_text(document, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {out} ({exc.strerror}); pick another --out") from None
+    err_console.print(f"wrote {out} ({len(document.encode()) // 1024} KB)", highlight=False)
+
+
+@issue_app.command("list")
+def issue_list(ctx: typer.Context) -> None:
+    """List every issue with its status and send time, newest first.
+
+    Example: newsletter issue list
+    """
+    c = get(ctx)
+    tz = c.settings.tz
+    with c.sessions.begin() as s:
+        rows = [[i.week, i.status, i.scheduled_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.scheduled_at else "-",
+                 i.sent_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.sent_at else "-", i.subject]
+                for i in builder.list_issues(s)]
+    print_table("Issues", ["week", "status", "send at", "sent", "subject"], rows)
+    if not rows:
+        err_console.print("no issues yet; run 'newsletter issue build'")
 
 
 def main() -> None:

@@ -1,0 +1,353 @@
+"""The subscriber-facing web app: one-click unsubscribe, preferences, double opt-in
+subscribe, the archive of sent issues, and an editor's preview.
+
+Every personal page is reached through a signed token (`tokens.py`); a forged,
+truncated, expired or wrong-purpose token is a friendly 400 page that changes
+nothing. A GET never changes state (mail scanners prefetch links): unsubscribe and
+confirm show a page with one button that POSTs. The one exception to "show a page
+first" is RFC 8058: a POST with `List-Unsubscribe=One-Click` unsubscribes at once.
+Handlers parse the request and call `selfservice.py` in a worker thread (the
+database is synchronous); the routes are listed at the bottom.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from newsletter import builder, render, selfservice, subscribers, tokens, transport
+from newsletter.config import Settings
+from newsletter.errors import Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
+from newsletter.models import IssueStatus, SubscriberStatus
+from newsletter.ratelimit import RateLimiter
+
+log = logging.getLogger("newsletter.web")
+T = TypeVar("T")
+
+# Our own pages load nothing from elsewhere, run no script and may not be framed
+# (a framed unsubscribe button could be clickjacked). Personal URLs carry a token,
+# so no page may leak its URL in a Referer header or sit in a shared cache.
+PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+            "base-uri 'none'; frame-ancestors 'none'")
+# The embeddable subscribe form may be framed by the publisher's own site.
+EMBED_CSP = PAGE_CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
+# An issue's web version shows the articles' images from wherever they are hosted.
+ISSUE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; base-uri 'none'; frame-ancestors 'none'"
+BASE_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    templates: Jinja2Templates
+    per_address: RateLimiter
+    per_client: RateLimiter
+
+
+def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> Starlette:
+    """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient)."""
+    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app.state.newsletter = AppState(
+        settings=settings, sessions=session_factory,
+        templates=Jinja2Templates(env=render.environment(settings)),
+        per_address=RateLimiter(settings.web.subscribe_per_address_per_hour, 3600),
+        per_client=RateLimiter(settings.web.subscribe_per_client_per_hour, 3600),
+    )
+    return app
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.newsletter  # type: ignore[no-any-return]
+
+
+async def _db(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn(session, …)` in one transaction in a worker thread."""
+    sessions = _state(request).sessions
+
+    def work() -> T:
+        with sessions.begin() as session:
+            return fn(session, *args, **kwargs)
+
+    return await run_in_threadpool(work)
+
+
+def _page(request: Request, name: str, *, status_code: int = 200, csp: str = PAGE_CSP,
+          headers: dict[str, str] | None = None, background: BackgroundTask | None = None,
+          **context: Any) -> Response:
+    st = _state(request)
+    context.setdefault("title", "")
+    context.update(newsletter=st.settings.newsletter, embed=context.get("embed", False))
+    return st.templates.TemplateResponse(request, name, context, status_code=status_code, background=background,
+                                         headers={**BASE_HEADERS, "Content-Security-Policy": csp, **(headers or {})})
+
+
+def _message(request: Request, title: str, text: str, *, status_code: int = 200,
+             links: tuple[tuple[str, str], ...] = (), **kwargs: Any) -> Response:
+    """A short page saying what happened; `links` are (label, URL) pairs we built ourselves."""
+    return _page(request, "web/message.html", title=title, text=text, links=links, status_code=status_code, **kwargs)
+
+
+def _token(request: Request, purpose: str, token: str | None = None) -> tokens.TokenData:
+    token = request.path_params["token"] if token is None else token
+    return tokens.read(_state(request).settings.newsletter.secret_key, purpose, token)
+
+
+def _check_csrf(request: Request, form: FormData, subscriber_id: int) -> None:
+    """The preferences form carries a signed, expiring token bound to its subscriber."""
+    try:
+        data = _token(request, tokens.CSRF, str(form.get("csrf", "")))
+    except InvalidToken:
+        data = None
+    if data is None or data.subscriber_id != subscriber_id:
+        raise InvalidToken("this form is out of date or did not come from our page; reload the page and try again")
+
+
+def _base(request: Request) -> str:
+    return _state(request).settings.newsletter.base_url.rstrip("/")
+
+
+# -- unsubscribe -----------------------------------------------------------------------
+
+
+async def unsubscribe(request: Request) -> Response:
+    """GET: a page with one button. POST: unsubscribe now (RFC 8058 one-click or the button)."""
+    data = _token(request, tokens.UNSUBSCRIBE)
+    if request.method == "GET":
+        sub = await _db(request, selfservice.view, data.subscriber_id)
+        return _page(request, "web/unsubscribe.html", title="Unsubscribe", sub=sub)
+    form = await request.form()
+    source = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "page"
+    sub = await _db(request, selfservice.unsubscribe, data, source=source)
+    prefs = tokens.preferences_url(_state(request).settings, sub.id)
+    return _message(request, "You are unsubscribed",
+                    f"{sub.email} will receive no more issues of {_state(request).settings.newsletter.name}.",
+                    links=(("Changed your mind? Manage your subscription", prefs),))
+
+
+# -- preferences -----------------------------------------------------------------------
+
+
+async def preferences(request: Request) -> Response:
+    """Choose topics, change the name, unsubscribe from everything, or undo an unsubscribe."""
+    data = _token(request, tokens.PREFERENCES)
+    sid = data.subscriber_id
+    notice, error, status_code = "", "", 200
+    if request.method == "POST":
+        form = await request.form()
+        _check_csrf(request, form, sid)
+        action = form.get("action")
+        if action == "unsubscribe":
+            await _db(request, selfservice.unsubscribe, tokens.TokenData(sid, None), source="page")
+            notice = "You are unsubscribed from everything."
+        elif action == "resubscribe":
+            await _db(request, selfservice.resubscribe, sid)
+            notice = "Welcome back: you are subscribed again."
+        else:
+            try:
+                await _db(request, selfservice.save_preferences, sid, name=str(form.get("name", "")),
+                          slugs=[str(v) for v in form.getlist("category")])
+                notice = "Your preferences are saved."
+            except InvalidInput as exc:
+                error, status_code = str(exc), 400
+    sub = await _db(request, selfservice.view, sid)
+    csrf = tokens.make(_state(request).settings.newsletter.secret_key, tokens.CSRF, sid)
+    return _page(request, "web/preferences.html", title="Your subscription", sub=sub, csrf=csrf,
+                 notice=notice, error=error, status_code=status_code)
+
+
+# -- subscribe with double opt-in ------------------------------------------------------
+
+
+async def subscribe(request: Request) -> Response:
+    """GET: the form (`?embed=1`: without page chrome, for an iframe). POST: ask for a
+    confirmation mail. The answer is the same whether or not the address is listed."""
+    embed = request.query_params.get("embed") == "1"
+    csp = EMBED_CSP if embed else PAGE_CSP
+    topics = await _db(request, selfservice.categories)
+    if request.method == "GET":
+        return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
+                     error="", values={})
+    st = _state(request)
+    client = request.client.host if request.client else "unknown"
+    if not st.per_client.hit(client):
+        return _message(request, "Too many requests", "Please try again in an hour.", status_code=429,
+                        headers={"Retry-After": str(st.per_client.retry_after(client))}, embed=embed, csp=csp)
+    form = await request.form()
+    values = {k: str(form.get(k, "")) for k in ("email", "name")}
+    background = None
+    if not form.get("website"):  # a hidden field only bots fill in
+        try:
+            address = subscribers.normalize_email(values["email"])
+            sid = await _db(request, selfservice.request_subscription, address, name=values["name"],
+                            slugs=[str(v) for v in form.getlist("category")])
+        except InvalidInput as exc:
+            return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
+                         error=str(exc), values=values, status_code=400)
+        # Counted only when a mail would go out, so a stranger cannot use up someone's quota
+        # by submitting an already active address; sending after the response keeps the
+        # answer's timing the same for listed and unlisted addresses.
+        if sid is not None and st.per_address.hit(subscribers.email_key(address)):
+            background = BackgroundTask(send_confirmation, st.settings, sid, address)
+    return _message(request, "Check your inbox",
+                    "If this address can be subscribed, we have sent it a link to confirm. "
+                    "Nothing is sent to you until you confirm.", embed=embed, csp=csp, background=background)
+
+
+async def send_confirmation(settings: Settings, subscriber_id: int, address: str) -> None:
+    """Mail the double opt-in link; a failure is logged (the person may simply ask again)."""
+    msg = selfservice.confirmation_message(settings, subscriber_id, address)
+    try:
+        await transport.send_one(settings, selfservice.envelope_sender(settings), address,
+                                 msg.as_bytes(policy=email.policy.SMTP))
+    except DeliveryError as exc:
+        log.warning("confirmation mail to subscriber %s not sent: %s", subscriber_id, exc)
+
+
+async def confirm(request: Request) -> Response:
+    """GET: a page with a confirm button (scanners prefetch links). POST: activate."""
+    data = _token(request, tokens.CONFIRM)
+    if request.method == "GET":
+        sub = await _db(request, selfservice.view, data.subscriber_id)
+        return _page(request, "web/confirm.html", title="Confirm your subscription", sub=sub)
+    sub = await _db(request, selfservice.confirm, data)
+    if sub.status != SubscriberStatus.ACTIVE:
+        return _message(request, "This link can no longer be used",
+                        "Please subscribe again to get a new confirmation link.",
+                        links=(("Subscribe", f"{_base(request)}/subscribe"),), status_code=400)
+    prefs = tokens.preferences_url(_state(request).settings, sub.id)
+    return _message(request, "You are subscribed",
+                    f"Thank you. {sub.email} will receive {_state(request).settings.newsletter.name}.",
+                    links=(("Choose your topics", prefs),))
+
+
+# -- archive and preview ---------------------------------------------------------------
+
+
+def _sent_issues(session: Session) -> list[tuple[str, str, str]]:
+    return [(i.week, i.subject, i.sent_at.date().isoformat() if i.sent_at else "")
+            for i in builder.list_issues(session) if i.status == IssueStatus.SENT]
+
+
+async def archive(request: Request) -> Response:
+    """Every sent issue, newest first."""
+    issues = await _db(request, _sent_issues)
+    return _page(request, "web/archive.html", title="Archive", issues=issues)
+
+
+async def _issue_response(request: Request, week: str, issue_id: int | None) -> Response:
+    """The web version of `week`; only sent issues, unless `issue_id` (from an editor's token) names it."""
+    st = _state(request)
+    try:
+        content = await _db(request, builder.load_content, st.settings, week)
+    except InvalidInput as exc:  # not a week key such as 2026-W48
+        raise NotFound(week) from exc
+    if issue_id is None and content.status != IssueStatus.SENT:
+        raise NotFound(week)
+    if issue_id is not None and issue_id != content.issue_id:
+        raise InvalidToken("this preview link belongs to another issue")
+    html = await run_in_threadpool(render.render_web, st.settings, content)
+    headers = {**BASE_HEADERS, "Content-Security-Policy": ISSUE_CSP}
+    if issue_id is not None:
+        headers["X-Robots-Tag"] = "noindex"
+    return HTMLResponse(html, headers=headers)
+
+
+async def issue(request: Request) -> Response:
+    return await _issue_response(request, request.path_params["week"], None)
+
+
+async def preview(request: Request) -> Response:
+    """An editor's view of any issue, draft or sent: `newsletter issue weblink` prints the signed URL."""
+    data = _token(request, tokens.PREVIEW, request.query_params.get("key", ""))
+    return await _issue_response(request, request.path_params["week"], data.issue_id)
+
+
+async def healthz(request: Request) -> Response:
+    """For monitoring: 200 when the database answers, else 503."""
+    try:
+        await _db(request, lambda s: s.execute(text("SELECT 1")))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
+        log.warning("health check failed: %s", exc)
+        return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def home(request: Request) -> Response:
+    return await subscribe(request)
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def _error(request: Request, status_code: int, title: str, text: str) -> Response:
+    return _page(request, "web/error.html", title=title, text=text, status_code=status_code)
+
+
+async def _invalid_token(request: Request, exc: Exception) -> Response:
+    return _error(request, 400, "This link does not work",
+                  f"Sorry, {exc}. Nothing was changed. If you copied the link, check that it is complete.")
+
+
+async def _invalid_input(request: Request, exc: Exception) -> Response:
+    return _error(request, 400, "That did not work", f"Sorry: {exc}. Nothing was changed.")
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(request, 404, "Not found", "There is nothing at this address.")
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    return _error(request, 409, "That did not work", f"Sorry: {exc}.")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return await _not_found(request, exc)
+    return _error(request, exc.status_code, "That did not work", str(exc.detail))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("error serving %s", request.url.path, exc_info=exc)
+    return _error(request, 500, "Something went wrong", "Sorry, please try again later. Nothing was changed.")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
+    InvalidToken: _invalid_token,
+    InvalidInput: _invalid_input,
+    NotFound: _not_found,
+    Conflict: _conflict,
+    HTTPException: _http_error,
+    Exception: _server_error,
+}
+
+ROUTES = [
+    Route("/", home, methods=["GET"]),
+    Route("/unsubscribe/{token}", unsubscribe, methods=["GET", "POST"]),
+    Route("/preferences/{token}", preferences, methods=["GET", "POST"]),
+    Route("/subscribe", subscribe, methods=["GET", "POST"]),
+    Route("/confirm/{token}", confirm, methods=["GET", "POST"]),
+    Route("/archive", archive, methods=["GET"]),
+    Route("/issues/{week}", issue, methods=["GET"]),
+    Route("/preview/{week}", preview, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

@@ -1,0 +1,168 @@
+"""Double opt-in over HTTP, with the confirmation mail caught by a real SMTP server:
+no enumeration, rate limits per address and per client, confirm only on POST."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.testclient import TestClient
+
+from newsletter import subscribers, tokens
+from newsletter.config import Settings
+from newsletter.models import Event, EventKind, SubscriberStatus
+from newsletter.web import create_app
+from web_support import add_subscriber, link_in, path_of, subscriber
+
+BASE = "http://127.0.0.1:8000"
+
+
+def app_client(settings: Settings, sessions: sessionmaker[Session], **web: int) -> TestClient:
+    if web:
+        settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, **web))
+    return TestClient(create_app(settings, sessions), base_url=BASE, follow_redirects=False)
+
+
+@pytest.fixture
+def client(settings: Settings, sessions: sessionmaker[Session], smtp_server: object) -> Iterator[TestClient]:
+    with app_client(settings, sessions) as c:
+        yield c
+
+
+def status_of(sessions: sessionmaker[Session], email: str) -> SubscriberStatus | None:
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, email)
+        return sub.status if sub else None
+
+
+def test_subscribe_form_and_embeddable_variant(client: TestClient) -> None:
+    page = client.get("/subscribe")
+    assert page.status_code == 200 and 'name="email"' in page.text and "<header>" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    embed = client.get("/subscribe?embed=1")
+    assert 'action="/subscribe?embed=1"' in embed.text and "<header>" not in embed.text
+    assert "frame-ancestors *" in embed.headers["content-security-policy"]
+
+
+def test_subscribe_creates_pending_subscriber_and_mails_a_link(client: TestClient, settings: Settings,
+                                                               sessions: sessionmaker[Session],
+                                                               smtp_server: object) -> None:
+    r = client.post("/subscribe", data={"email": "New.Reader@Example.com", "name": "Nina", "category": ["news"]})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert status_of(sessions, "new.reader@example.com") == SubscriberStatus.PENDING
+    [mail] = smtp_server.messages  # type: ignore[attr-defined]
+    assert mail.rcpt_tos == ["New.Reader@example.com"] and mail.mail_from == "news@example.com"
+    assert "confirm" in mail.message["Subject"].lower()
+    url = link_in(mail.message, r"http://127\.0\.0\.1:8000/confirm/\S+")
+    # A GET (a mail scanner prefetching) confirms nothing.
+    page = client.get(path_of(settings, url))
+    assert page.status_code == 200 and "Confirm my subscription" in page.text
+    assert status_of(sessions, "new.reader@example.com") == SubscriberStatus.PENDING
+    done = client.post(path_of(settings, url))
+    assert done.status_code == 200 and "You are subscribed" in done.text and "/preferences/" in done.text
+    assert status_of(sessions, "new.reader@example.com") == SubscriberStatus.ACTIVE
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, "new.reader@example.com")
+        assert sub is not None and sub.name == "Nina" and sub.consent_source == "web"
+        assert subscribers.category_slugs(s, sub) == ["news"]
+    # Clicking again is harmless.
+    assert "already receives" in client.get(path_of(settings, url)).text
+
+
+def test_answer_is_the_same_for_listed_and_unlisted_addresses(client: TestClient, sessions: sessionmaker[Session],
+                                                              smtp_server: object) -> None:
+    add_subscriber(sessions, "active@example.com")
+    add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
+    answers = {email: client.post("/subscribe", data={"email": email, "name": "X"})
+               for email in ("fresh@example.com", "active@example.com", "gone@example.com")}
+    bodies = {(r.status_code, r.text) for r in answers.values()}
+    assert len(bodies) == 1
+    # Only the new address gets a mail; the listed ones are left exactly as they were.
+    assert smtp_server.recipients() == ["fresh@example.com"]  # type: ignore[attr-defined]
+    assert status_of(sessions, "active@example.com") == SubscriberStatus.ACTIVE
+    assert status_of(sessions, "gone@example.com") == SubscriberStatus.BOUNCED
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, "active@example.com")
+        assert sub is not None and sub.name == "Ada"
+
+
+def test_invalid_address_shows_the_form_again(client: TestClient, sessions: sessionmaker[Session],
+                                              smtp_server: object) -> None:
+    r = client.post("/subscribe", data={"email": "bob@", "name": "<b>Bob</b>"})
+    assert r.status_code == 400 and "is not an email address" in r.text
+    assert 'value="&lt;b&gt;Bob&lt;/b&gt;"' in r.text
+    assert smtp_server.messages == []  # type: ignore[attr-defined]
+
+
+def test_honeypot_field_pretends_success_and_stores_nothing(client: TestClient, sessions: sessionmaker[Session],
+                                                            smtp_server: object) -> None:
+    r = client.post("/subscribe", data={"email": "bot@example.com", "website": "http://spam.example"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert status_of(sessions, "bot@example.com") is None and smtp_server.messages == []  # type: ignore[attr-defined]
+
+
+def test_confirmation_mails_per_address_are_limited(settings: Settings, sessions: sessionmaker[Session],
+                                                    smtp_server: object) -> None:
+    with app_client(settings, sessions, subscribe_per_address_per_hour=2) as c:
+        answers = {c.post("/subscribe", data={"email": "flood@example.com"}).text for _ in range(5)}
+        c.post("/subscribe", data={"email": "other@example.com"})
+    assert len(answers) == 1  # the form never tells
+    assert smtp_server.recipients() == ["flood@example.com"] * 2 + ["other@example.com"]  # type: ignore[attr-defined]
+
+
+def test_requests_per_client_are_limited(settings: Settings, sessions: sessionmaker[Session],
+                                         smtp_server: object) -> None:
+    with app_client(settings, sessions, subscribe_per_client_per_hour=3) as c:
+        codes = [c.post("/subscribe", data={"email": f"r{i}@example.com"}).status_code for i in range(5)]
+        blocked = c.post("/subscribe", data={"email": "late@example.com"})
+    assert codes == [200, 200, 200, 429, 429]
+    assert "Too many requests" in blocked.text and int(blocked.headers["retry-after"]) > 3000
+    assert len(smtp_server.messages) == 3  # type: ignore[attr-defined]
+    assert status_of(sessions, "late@example.com") is None
+
+
+def test_unsubscribed_reader_can_subscribe_again_only_with_a_new_link(client: TestClient, settings: Settings,
+                                                                      sessions: sessionmaker[Session],
+                                                                      smtp_server: object) -> None:
+    client.post("/subscribe", data={"email": "back@example.com"})
+    old_link = link_in(smtp_server.messages[0].message, r"http://\S+/confirm/\S+")  # type: ignore[attr-defined]
+    client.post(path_of(settings, old_link))
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, "back@example.com")
+        assert sub is not None
+        subscribers.unsubscribe(s, sub, source="page")
+        sid = sub.id
+    # An old confirmation mail cannot undo the later unsubscribe.
+    r = client.post(path_of(settings, old_link))
+    assert r.status_code == 400 and "subscribe again" in r.text
+    assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
+    # Asking again through the form mails a new link, which works. (Link times are whole
+    # seconds and a link from the unsubscribe's own second counts as older.)
+    time.sleep(1.05)
+    client.post("/subscribe", data={"email": "back@example.com"})
+    new_link = link_in(smtp_server.messages[1].message, r"http://\S+/confirm/\S+")  # type: ignore[attr-defined]
+    assert client.post(path_of(settings, new_link)).status_code == 200
+    assert subscriber(sessions, sid).status == SubscriberStatus.ACTIVE
+    with sessions.begin() as s:
+        kinds = s.scalars(select(Event.kind).where(Event.subscriber_id == sid).order_by(Event.id)).all()
+    assert kinds == [EventKind.SUBSCRIBE, EventKind.CONFIRM, EventKind.UNSUBSCRIBE, EventKind.CONFIRM]
+
+
+def test_mail_server_down_still_answers_the_same(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    # The config points at port 2525 where nothing listens: the failure is logged, not shown.
+    with app_client(settings, sessions) as c:
+        r = c.post("/subscribe", data={"email": "x@example.com"})
+    assert r.status_code == 200 and "Check your inbox" in r.text
+    assert status_of(sessions, "x@example.com") == SubscriberStatus.PENDING
+
+
+def test_confirm_token_of_a_bounced_address_activates_nothing(client: TestClient, settings: Settings,
+                                                              sessions: sessionmaker[Session]) -> None:
+    sid = add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
+    r = client.post(path_of(settings, tokens.confirm_url(settings, sid)))
+    assert r.status_code == 400
+    assert subscriber(sessions, sid).status == SubscriberStatus.BOUNCED

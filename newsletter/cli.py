@@ -237,7 +237,7 @@ def _print_import(report: articles.ImportReport) -> None:
         typer.echo(f"  {line}", err=True)
     for line in report.warnings:
         typer.echo(f"warning: {line}", err=True)
-    console.print(report.summary_line, highlight=False)
+    console.print(report.summary_line, highlight=False, soft_wrap=True)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -319,8 +319,8 @@ def issue_build(
     count = sum(len(sec.articles) for sec in content.sections) + (content.lead is not None)
     when = issue.scheduled_at.astimezone(c.settings.tz).strftime("%a %Y-%m-%d %H:%M") if issue.scheduled_at else "-"
     console.print(f"built {issue.week} ({issue.status}): {count} articles in "
-                  f"{', '.join(sec.name for sec in content.sections)}", highlight=False)
-    console.print(f"subject: {issue.subject}\nsend at: {when} {c.settings.newsletter.timezone}", highlight=False)
+                  f"{', '.join(sec.name for sec in content.sections)}", highlight=False, soft_wrap=True)
+    console.print(f"subject: {issue.subject}\nsend at: {when} {c.settings.newsletter.timezone}", highlight=False, soft_wrap=True)
 
 
 @issue_app.command("preview")
@@ -364,6 +364,71 @@ def issue_list(ctx: typer.Context) -> None:
     print_table("Issues", ["week", "status", "send at", "sent", "subject"], rows)
     if not rows:
         err_console.print("no issues yet; run 'newsletter issue build'")
+
+
+unsubscribes_app = _typer("Unsubscribe requests received by mail.")
+app.add_typer(unsubscribes_app, name="unsubscribes")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    insecure_dev: bool = typer.Option(False, "--insecure-dev",
+                                      help="Allow the example secret_key (never on a public server)."),
+) -> None:
+    """Run the subscriber web app: unsubscribe, preferences, subscribe, archive (until Ctrl-C).
+
+    Example: newsletter serve --host 127.0.0.1 --port 8000
+    """
+    from newsletter import web
+
+    c = get(ctx)
+    err_console.print(f"subscriber pages on http://{host}:{port}/ ; links in mails start with "
+                      f"{c.settings.newsletter.base_url}", highlight=False)
+    web.serve(c.settings, c.sessions, host=host, port=port, insecure_dev=insecure_dev)
+
+
+@unsubscribes_app.command("import")
+def unsubscribes_import(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="A Maildir folder or an mbox file of the unsubscribe mailbox."),
+) -> None:
+    """Unsubscribe everyone who mailed the List-Unsubscribe address (matched by the token in the
+    address or subject, else by sender). Safe to rerun: no message is processed twice.
+
+    Example: newsletter unsubscribes import ~/Maildir/.unsubscribe
+    """
+    from newsletter import mailin
+
+    report = mailin.import_unsubscribes(get(ctx).sessions, get(ctx).settings, path)
+    for line in report.unmatched:
+        err_console.print(line, highlight=False)
+    console.print(report.summary, highlight=False)
+
+
+@issue_app.command("weblink")
+def issue_weblink(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+) -> None:
+    """Print the issue's public web address and a signed link for editors to preview it in a
+    browser while it is a draft (served by `newsletter serve`; valid 30 days).
+
+    Example: newsletter issue weblink --week 2026-W48
+    """
+    from newsletter import tokens
+
+    c = get(ctx)
+    week = week or builder.current_week(c.settings)
+    with c.sessions.begin() as s:
+        content = builder.load_content(s, c.settings, week)
+    base = c.settings.newsletter.base_url.rstrip("/")
+    shown = "" if content.status == "sent" else "  (public once sent)"
+    console.print(f"archive: {base}/issues/{week}{shown}", highlight=False, soft_wrap=True)
+    console.print(f"preview: {tokens.preview_url(c.settings, content.issue_id, week)}", highlight=False,
+                  soft_wrap=True)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -31,8 +31,8 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from newsletter import builder, render, selfservice, subscribers, tokens, transport
-from newsletter.config import Settings
-from newsletter.errors import Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
+from newsletter.config import EXAMPLE_SECRET, Settings
+from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
 from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.ratelimit import RateLimiter
 
@@ -295,6 +295,27 @@ async def home(request: Request) -> Response:
     return await subscribe(request)
 
 
+def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: str, port: int,
+          insecure_dev: bool = False) -> None:
+    """Run the app with uvicorn until interrupted.
+
+    Refuses the example (or an empty) secret key unless `insecure_dev`: with a known key
+    anyone could forge unsubscribe and preferences links. Behind a reverse proxy on the
+    same machine, uvicorn takes the client address from X-Forwarded-For (it trusts
+    127.0.0.1; set FORWARDED_ALLOW_IPS otherwise), so the per-client limit sees real clients."""
+    import uvicorn
+
+    secret = settings.newsletter.secret_key
+    if (not secret or secret == EXAMPLE_SECRET) and not insecure_dev:
+        raise ConfigError("[newsletter] secret_key is the example value, so anyone could forge subscriber links; "
+                          "set a long random one in config.toml or NEWSLETTER_SECRET_KEY "
+                          "(or pass --insecure-dev on a test machine)")
+    with session_factory() as session:
+        if not inspect(session.get_bind()).has_table("subscribers"):
+            raise ConfigError("the database has no tables yet; run 'newsletter init' or 'newsletter db upgrade' first")
+    uvicorn.run(create_app(settings, session_factory), host=host, port=port, log_level="info")
+
+
 # -- errors ----------------------------------------------------------------------------
 
 
@@ -351,3 +372,4 @@ ROUTES = [
     Route("/preview/{week}", preview, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]
+

@@ -1,0 +1,204 @@
+"""POST /webhooks/bounces/<provider>: real signatures made with real keys, valid and forged."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from newsletter import subscribers, tokens, webhooks
+from newsletter.config import Secret, Settings
+from newsletter.errors import ConfigError
+from newsletter.models import Delivery, SubscriberStatus
+from test_bounces_policy import _issues, _mailed
+
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
+
+
+@dataclasses.dataclass
+class Keys:
+    sns: rsa.RSAPrivateKey
+    sendgrid: ec.EllipticCurvePrivateKey
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys(rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1()))
+
+
+def _certificate(key: rsa.RSAPrivateKey) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.eu-west-1.amazonaws.com")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture
+def hook_settings(settings: Settings, keys: Keys, tmp_path: Path) -> Settings:
+    (tmp_path / "sns.pem").write_bytes(_certificate(keys.sns))
+    der = keys.sendgrid.public_key().public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    b = dataclasses.replace(settings.bounces, ses_certificate="sns.pem", ses_topic_arn=TOPIC,
+                            sendgrid_public_key=base64.b64encode(der).decode(), postmark_username="pm",
+                            postmark_password=Secret("pm-pass"), mailgun_signing_key=Secret("mg-key"))
+    return dataclasses.replace(settings, bounces=b)
+
+
+@pytest.fixture
+def client(hook_settings: Settings, sessions: sessionmaker[Session]) -> Iterator[TestClient]:
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        for email in ("gone@example.org", "angry@example.org", "full@example.org"):
+            _mailed(s, email, issues)
+    with TestClient(Starlette(routes=webhooks.routes(hook_settings, sessions))) as c:
+        yield c
+
+
+def _status(sessions: sessionmaker[Session], email: str) -> SubscriberStatus:
+    with sessions.begin() as s:
+        return subscribers.get_by_email(s, email).status  # type: ignore[union-attr]
+
+
+def _sns(keys: Keys, ses: dict, *, version: str = "2", msg_id: str = "sns-1") -> dict:
+    msg = {"Type": "Notification", "MessageId": msg_id, "TopicArn": TOPIC, "Message": json.dumps(ses),
+           "Timestamp": "2026-11-20T10:00:00.000Z", "SignatureVersion": version,
+           "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-x.pem"}
+    algorithm = hashes.SHA1() if version == "1" else hashes.SHA256()
+    signature = keys.sns.sign(webhooks.sns_string_to_sign(msg), padding.PKCS1v15(), algorithm)
+    msg["Signature"] = base64.b64encode(signature).decode()
+    return msg
+
+
+SES_BOUNCE = {"notificationType": "Bounce", "bounce": {
+    "bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "fb-1",
+    "bouncedRecipients": [{"emailAddress": "gone@example.org", "status": "5.1.1",
+                           "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]},
+    "mail": {"messageId": "m-1", "source": "news@example.com"}}
+SES_COMPLAINT = {"notificationType": "Complaint", "complaint": {
+    "feedbackId": "fb-2", "complaintFeedbackType": "abuse", "complainedRecipients": [{"emailAddress": "angry@example.org"}]},
+    "mail": {"messageId": "m-2", "source": "news@example.com"}}
+
+
+def test_ses_signed_notifications(client: TestClient, keys: Keys, sessions: sessionmaker[Session]) -> None:
+    r = client.post("/webhooks/bounces/ses", content=json.dumps(_sns(keys, SES_BOUNCE)))
+    assert r.status_code == 200 and r.json() == {"applied": 1, "skipped": 0}
+    r = client.post("/webhooks/bounces/ses", content=json.dumps(_sns(keys, SES_COMPLAINT, version="1", msg_id="2")))
+    assert r.json() == {"applied": 1, "skipped": 0}
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+    # SNS retries deliver the same notification again: nothing happens twice.
+    r = client.post("/webhooks/bounces/ses", content=json.dumps(_sns(keys, SES_BOUNCE, msg_id="retry")))
+    assert r.json() == {"applied": 0, "skipped": 1}
+
+
+def test_ses_forged_or_foreign_is_refused(client: TestClient, keys: Keys, sessions: sessionmaker[Session]) -> None:
+    forged = _sns(keys, SES_BOUNCE)
+    forged["Message"] = forged["Message"].replace("gone@", "full@")
+    assert client.post("/webhooks/bounces/ses", content=json.dumps(forged)).status_code == 403
+    other = _sns(Keys(rsa.generate_private_key(public_exponent=65537, key_size=2048), keys.sendgrid), SES_BOUNCE)
+    assert client.post("/webhooks/bounces/ses", content=json.dumps(other)).status_code == 403
+    assert client.post("/webhooks/bounces/ses", content=b"{not json").status_code == 400
+    assert client.post("/webhooks/bounces/nope", content=b"{}").status_code == 404
+    assert _status(sessions, "full@example.org") == SubscriberStatus.ACTIVE
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.ACTIVE
+
+
+def test_ses_verp_token_in_mail_source(client: TestClient, keys: Keys, sessions: sessionmaker[Session],
+                                       hook_settings: Settings) -> None:
+    with sessions.begin() as s:
+        sid = subscribers.get_by_email(s, "full@example.org").id  # type: ignore[union-attr]
+        issue_id = s.scalars(select(Delivery.issue_id).where(Delivery.subscriber_id == sid)).one()
+    token = tokens.make(hook_settings.newsletter.secret_key, tokens.BOUNCE, sid, issue_id)
+    ses = json.loads(json.dumps(SES_BOUNCE))
+    ses["mail"]["source"] = f"bounces+{token}@bounce.example.com"
+    ses["bounce"]["bouncedRecipients"][0]["emailAddress"] = "alias-we-never-knew@example.net"
+    assert client.post("/webhooks/bounces/ses", content=json.dumps(_sns(keys, ses))).json()["applied"] == 1
+    assert _status(sessions, "full@example.org") == SubscriberStatus.BOUNCED
+
+
+def _sendgrid(keys: Keys, events: list[dict]) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(events).encode()
+    ts = "1700000000"
+    sig = keys.sendgrid.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return body, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
+                  "X-Twilio-Email-Event-Webhook-Timestamp": ts}
+
+
+def test_sendgrid_signed_events(client: TestClient, keys: Keys, sessions: sessionmaker[Session]) -> None:
+    body, headers = _sendgrid(keys, [
+        {"email": "gone@example.org", "event": "bounce", "type": "bounce", "status": "5.1.1",
+         "reason": "550 5.1.1 The email account that you tried to reach does not exist", "sg_event_id": "e1"},
+        {"email": "angry@example.org", "event": "spamreport", "sg_event_id": "e2"},
+        {"email": "full@example.org", "event": "delivered", "sg_event_id": "e3"},
+    ])
+    assert client.post("/webhooks/bounces/sendgrid", content=body, headers=headers).json() == {"applied": 2,
+                                                                                              "skipped": 0}
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+    tampered = body.replace(b"delivered", b"spamreport")
+    assert client.post("/webhooks/bounces/sendgrid", content=tampered, headers=headers).status_code == 403
+    assert client.post("/webhooks/bounces/sendgrid", content=body).status_code == 403
+    assert _status(sessions, "full@example.org") == SubscriberStatus.ACTIVE
+
+
+def test_postmark_basic_auth(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    bounce = {"RecordType": "Bounce", "ID": 42, "Type": "HardBounce", "TypeCode": 1, "Email": "gone@example.org",
+              "Description": "The server was unable to deliver your message", "Details": "550 5.1.1 unknown"}
+    spam = {"RecordType": "SpamComplaint", "ID": 43, "Type": "SpamComplaint", "Email": "angry@example.org"}
+    assert client.post("/webhooks/bounces/postmark", json=bounce, auth=("pm", "wrong")).status_code == 403
+    assert client.post("/webhooks/bounces/postmark", json=bounce).status_code == 403
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.ACTIVE
+    assert client.post("/webhooks/bounces/postmark", json=bounce, auth=("pm", "pm-pass")).json()["applied"] == 1
+    assert client.post("/webhooks/bounces/postmark", json=spam, auth=("pm", "pm-pass")).json()["applied"] == 1
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+
+
+def _mailgun(key: str, data: dict, token: str = "tok-1") -> dict:
+    ts = "1700000000"
+    sig = hmac.new(key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()
+    return {"signature": {"timestamp": ts, "token": token, "signature": sig}, "event-data": data}
+
+
+def test_mailgun_hmac(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    failed = {"id": "mg-1", "event": "failed", "severity": "temporary", "recipient": "full@example.org",
+              "delivery-status": {"code": 452, "message": "4.2.2 mailbox full"}}
+    complained = {"id": "mg-2", "event": "complained", "recipient": "angry@example.org"}
+    assert client.post("/webhooks/bounces/mailgun", json=_mailgun("wrong-key", complained)).status_code == 403
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.ACTIVE
+    assert client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", complained)).json()["applied"] == 1
+    assert client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", failed, "tok-2")).json()["applied"] == 1
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+    assert _status(sessions, "full@example.org") == SubscriberStatus.ACTIVE  # one soft bounce is only counted
+    with sessions.begin() as s:
+        assert subscribers.get_by_email(s, "full@example.org").soft_bounces == 1  # type: ignore[union-attr]
+
+
+def test_unconfigured_provider_is_refused(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    with TestClient(Starlette(routes=webhooks.routes(settings, sessions))) as c:
+        for provider in ("ses", "sendgrid", "postmark", "mailgun"):
+            r = c.post(f"/webhooks/bounces/{provider}", content=b"{}")
+            assert r.status_code == 403 and "not configured" in r.json()["error"], provider
+
+
+def test_unreadable_key_is_a_config_error(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    bad = dataclasses.replace(settings, bounces=dataclasses.replace(settings.bounces, ses_certificate="missing.pem"))
+    with pytest.raises(ConfigError, match=r"^\[bounces\] ses_certificate .*missing.pem"):
+        webhooks.routes(bad, sessions)

@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from newsletter import builder, render, selfservice, subscribers, tokens, transport
+from newsletter import builder, render, selfservice, subscribers, tokens, transport, webhooks
 from newsletter.config import EXAMPLE_SECRET, Settings
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
 from newsletter.models import IssueStatus, SubscriberStatus
@@ -62,7 +62,8 @@ class AppState:
 
 def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> Starlette:
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient)."""
-    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory)],
+                    exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.newsletter = AppState(
         settings=settings, sessions=session_factory,
         templates=Jinja2Templates(env=render.environment(settings)),

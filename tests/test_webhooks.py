@@ -202,3 +202,14 @@ def test_unreadable_key_is_a_config_error(settings: Settings, sessions: sessionm
     bad = dataclasses.replace(settings, bounces=dataclasses.replace(settings.bounces, ses_certificate="missing.pem"))
     with pytest.raises(ConfigError, match=r"^\[bounces\] ses_certificate .*missing.pem"):
         webhooks.routes(bad, sessions)
+
+
+def test_mounted_in_the_web_app(hook_settings: Settings, sessions: sessionmaker[Session]) -> None:
+    from newsletter.web import create_app
+
+    with sessions.begin() as s:
+        _mailed(s, "gone@example.org", _issues(s, 1))
+    bounce = {"RecordType": "Bounce", "ID": 7, "Type": "HardBounce", "Email": "gone@example.org"}
+    with TestClient(create_app(hook_settings, sessions)) as c:
+        assert c.post("/webhooks/bounces/postmark", json=bounce, auth=("pm", "pm-pass")).json()["applied"] == 1
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED

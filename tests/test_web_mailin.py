@@ -1,0 +1,117 @@
+"""`newsletter unsubscribes import`: mailed unsubscribe requests from an mbox or a
+Maildir, matched by token (address or subject) or sender, never processed twice; and
+`newsletter serve` refusing the example secret."""
+
+from __future__ import annotations
+
+import mailbox
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from newsletter import config as config_mod
+from newsletter import mailin, tokens
+from newsletter.cli import app
+from newsletter.config import Settings
+from newsletter.models import Event, EventKind, SubscriberStatus
+from web_support import add_subscriber, make_issue, subscriber
+
+
+def mail(n: int, *, sender: str, to: str = "unsubscribe@example.com", subject: str = "unsubscribe",
+         headers: dict[str, str] | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+    msg["Message-ID"] = f"<req{n}@mail.example>"
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content("Please unsubscribe me.")
+    return msg
+
+
+def write_mbox(path: Path, messages: list[EmailMessage]) -> Path:
+    box = mailbox.mbox(path)
+    for m in messages:
+        box.add(m)
+    box.flush()
+    box.close()
+    return path
+
+
+def unsubscribe_events(sessions: sessionmaker[Session]) -> list[tuple[int | None, str, int | None, str | None]]:
+    with sessions.begin() as s:
+        return [(e.subscriber_id, e.source, e.issue_id, e.external_id) for e in s.scalars(
+            select(Event).where(Event.kind == EventKind.UNSUBSCRIBE).order_by(Event.id))]
+
+
+def test_mbox_requests_match_by_token_address_subject_and_sender(settings: Settings, sessions: sessionmaker[Session],
+                                                                 tmp_path: Path) -> None:
+    by_address = add_subscriber(sessions, "a@example.com")
+    by_subject = add_subscriber(sessions, "b@example.com")
+    by_sender = add_subscriber(sessions, "Carol@Example.com")
+    already = add_subscriber(sessions, "d@example.com", status=SubscriberStatus.UNSUBSCRIBED)
+    issue_id = make_issue(sessions, settings, "2026-W40", title="Story", sent=True)
+    secret = settings.newsletter.secret_key
+    token_a = tokens.make(secret, tokens.UNSUBSCRIBE, by_address, issue_id)
+    token_b = tokens.make(secret, tokens.UNSUBSCRIBE, by_subject, issue_id)
+    forged = token_a[:-4] + "AAAA"
+    box = write_mbox(tmp_path / "unsub.mbox", [
+        # Sent from another address than the subscribed one: the token decides.
+        mail(1, sender="someone@else.example", to=f"Unsubscribe <unsubscribe+{token_a}@example.com>"),
+        mail(2, sender="other@else.example", subject=f"unsubscribe-{token_b}"),
+        mail(3, sender="Carol <carol@example.com>", subject="Remove me please"),
+        mail(4, sender="d@example.com"),
+        mail(5, sender="stranger@example.org", subject=f"unsubscribe-{forged}"),
+        mail(6, sender="carol@example.com", headers={"Auto-Submitted": "auto-replied"}),
+    ])
+    report = mailin.import_unsubscribes(sessions, settings, box)
+    assert (report.unsubscribed, report.already, report.duplicates) == (3, 1, 0)
+    assert [line.split(": ", 1)[1] for line in report.unmatched] == [
+        "no token, and the sender stranger@example.org is not on the list",
+        "an automatic reply, not a request",
+    ]
+    for sid in (by_address, by_subject, by_sender, already):
+        assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
+    assert unsubscribe_events(sessions)[-3:] == [
+        (by_address, "mailto", issue_id, "mailto:<req1@mail.example>"),
+        (by_subject, "mailto", issue_id, "mailto:<req2@mail.example>"),
+        (by_sender, "mailto", None, "mailto:<req3@mail.example>"),
+    ]
+    # A second run over the same mailbox does nothing again.
+    before = unsubscribe_events(sessions)
+    again = mailin.import_unsubscribes(sessions, settings, box)
+    assert (again.unsubscribed, again.duplicates) == (0, 3)
+    assert unsubscribe_events(sessions) == before
+
+
+def test_maildir_through_the_cli(settings: Settings, sessions: sessionmaker[Session], config_path: Path,
+                                 tmp_path: Path) -> None:
+    sid = add_subscriber(sessions, "ada@example.com")
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    box.add(mail(1, sender="ada@example.com"))
+    box.add(mail(2, sender="nobody@example.com"))
+    result = CliRunner().invoke(app, ["--config", str(config_path), "unsubscribes", "import",
+                                      str(tmp_path / "Maildir")])
+    assert result.exit_code == 0, result.output
+    assert "unsubscribed 1, already unsubscribed 0, seen before 0, not matched 1" in result.stdout
+    assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
+
+
+def test_missing_mailbox_is_one_line_error(config_path: Path, engine: object, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["--config", str(config_path), "unsubscribes", "import",
+                                      str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1 and "nope" in result.stderr
+
+
+@pytest.mark.parametrize("secret", [config_mod.EXAMPLE_SECRET, ""])
+def test_serve_refuses_the_example_secret(config_path: Path, engine: object, secret: str) -> None:
+    text = config_path.read_text().replace('secret_key = "test-secret-key-0123456789abcdef"',
+                                           f'secret_key = "{secret}"')
+    config_path.write_text(text)
+    result = CliRunner().invoke(app, ["--config", str(config_path), "serve", "--port", "1"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith("Error: [newsletter] secret_key is the example value")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from newsletter import subscribers, tokens
 from newsletter.bounces import Finding, Kind, Report, classify
 from newsletter.config import Settings
-from newsletter.errors import InvalidToken
+from newsletter.errors import Conflict, InvalidInput, InvalidToken
 from newsletter.models import SUPPRESSED, Delivery, DeliveryStatus, Event, EventKind, Subscriber, SubscriberStatus
 
 log = logging.getLogger(__name__)
@@ -180,3 +180,18 @@ def _soft(session: Session, policy: Policy, sub: Subscriber, *, source: str, iss
     return subscribers.change_status(
         session, sub, SubscriberStatus.BOUNCED, kind=EventKind.BOUNCE, source=source, issue_id=issue_id,
         detail=f"soft bounces in {sub.soft_bounces} of the last {policy.soft_issues} issues")
+
+
+def reactivate(session: Session, email: str, *, reason: str) -> SubscriberStatus:
+    """An editor's explicit re-activation of a suppressed subscriber; returns the old status.
+
+    Raises NotFound for an unknown address, InvalidInput without a reason, Conflict if active."""
+    if not reason.strip():
+        raise InvalidInput("--reason is empty; say why this address may be mailed again")
+    sub = subscribers.require(session, email)
+    previous = sub.status
+    if previous not in SUPPRESSED:
+        raise Conflict(f"{sub.email} is {previous}, not suppressed; nothing to re-activate")
+    subscribers.change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.REACTIVATE, source="admin",
+                              detail=reason.strip(), force=True)
+    return previous

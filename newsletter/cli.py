@@ -10,7 +10,7 @@ import secrets
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from newsletter import bounce_policy
 
 from newsletter import config as config_mod
 from newsletter import db, subscribers
@@ -429,6 +432,66 @@ def issue_weblink(
     console.print(f"archive: {base}/issues/{week}{shown}", highlight=False, soft_wrap=True)
     console.print(f"preview: {tokens.preview_url(c.settings, content.issue_id, week)}", highlight=False,
                   soft_wrap=True)
+
+
+bounces_app = _typer("Bounces and spam complaints: keep the list clean automatically.")
+app.add_typer(bounces_app, name="bounces")
+
+
+def _print_tally(tally: bounce_policy.Tally) -> None:
+    for line in tally.problems:
+        err_console.print(line, highlight=False, soft_wrap=True)
+    console.print(tally.summary, highlight=False, soft_wrap=True)
+
+
+@bounces_app.command("import")
+def bounces_import(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="A Maildir folder, an mbox file, an .eml file or a folder of .eml files."),
+) -> None:
+    """Read returned mail (bounces, ARF complaints) and update the subscribers it names.
+    The files are left as they are; a rerun changes nothing twice.
+
+    Example: newsletter bounces import ~/Maildir/.bounces
+    """
+    from newsletter import bounce_policy, mailbox
+
+    c = get(ctx)
+    _print_tally(mailbox.import_path(c.sessions, bounce_policy.Policy.from_settings(c.settings), path))
+
+
+@bounces_app.command("fetch")
+def bounces_fetch(
+    ctx: typer.Context,
+    limit: int = typer.Option(0, "--limit", min=0, help="Process at most N messages (0 = all)."),
+) -> None:
+    """Fetch the IMAP bounce mailbox of [bounces] imap_* and process every message; each one is
+    moved to imap_processed_folder (or deleted) only after its database commit.
+
+    Example: newsletter bounces fetch --limit 500
+    """
+    from newsletter import bounce_policy, mailbox
+
+    c = get(ctx)
+    policy = bounce_policy.Policy.from_settings(c.settings)
+    _print_tally(mailbox.fetch_imap(c.sessions, policy, c.settings.bounces, limit=limit))
+
+
+@subscribers_app.command("reactivate")
+def subscribers_reactivate(
+    ctx: typer.Context,
+    email: str = typer.Argument(..., help="The address."),
+    reason: str = typer.Option(..., "--reason", help="Why, kept in the subscriber's history."),
+) -> None:
+    """Re-activate a bounced, complained or unsubscribed subscriber, recording the reason.
+
+    Example: newsletter subscribers reactivate bob@example.com --reason "mailbox fixed, asked by phone"
+    """
+    from newsletter import bounce_policy
+
+    with get(ctx).sessions.begin() as s:
+        previous = bounce_policy.reactivate(s, email, reason=reason)
+    console.print(f"{email}: {previous} -> active", highlight=False)
 
 
 def main() -> None:

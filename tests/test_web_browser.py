@@ -1,0 +1,162 @@
+"""A real `newsletter serve` process driven by Debian's chromium (playwright), with mail
+really sent to and captured by aiosmtpd:
+
+1. the sending engine mails an issue; the unsubscribe link from the captured message is
+   opened in the browser and confirmed, and a mail provider's one-click POST works;
+2. a reader subscribes through the form, follows the link from the captured
+   confirmation mail, confirms, and is active.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from conftest import SmtpServer, free_port
+from newsletter import config as config_mod
+from newsletter import sender, subscribers
+from newsletter.config import Settings
+from newsletter.models import Event, EventKind, SubscriberStatus
+from web_support import add_subscriber, link_in, make_issue, subscriber
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def config_path(config_path: Path, port: int) -> Path:
+    """The test config with base_url pointing at the server this test starts."""
+    text = config_path.read_text().replace('base_url = "http://127.0.0.1:8000"', f'base_url = "http://127.0.0.1:{port}"')
+    config_path.write_text(text)
+    return config_path
+
+
+@pytest.fixture
+def server(config_path: Path, engine: object, port: int) -> Iterator[str]:
+    """`newsletter serve` as a child process; stopped (then killed) in finally."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config_path), "serve",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"newsletter serve exited with {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("newsletter serve did not answer /healthz within 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A phone-sized page in Debian's chromium. Not a fixture: playwright's sync API runs an
+    event loop in this thread, so the test starts it only after its own asyncio work."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 375, "height": 700})
+        finally:
+            browser.close()
+
+
+def test_unsubscribe_link_from_a_really_sent_issue(server: str, config_path: Path,
+                                                   sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
+    settings: Settings = config_mod.load(config_path, environ={})
+    ada = add_subscriber(sessions, "ada@example.com")
+    bob = add_subscriber(sessions, "bob@example.com")
+    issue_id = make_issue(sessions, settings, "2026-W40", title="Steel prices rise", sent=False)
+    report = sender.send(sessions, settings, "2026-W40", force=True)
+    assert report.issue_status == "sent"
+    mails = {m.rcpt_tos[0]: m.message for m in smtp_server.messages}
+    assert set(mails) == {"ada@example.com", "bob@example.com"}
+
+    # Ada clicks the footer link: a page with one button; the GET changed nothing.
+    url = re.search(r"<(http[^>]+)>", mails["ada@example.com"]["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+    assert url.startswith(server + "/unsubscribe/")
+    with chromium_page() as page:
+        page.goto(url)
+        assert page.locator("h1").inner_text() == "Unsubscribe?"
+        assert subscriber(sessions, ada).status == SubscriberStatus.ACTIVE
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375  # fits a phone
+        page.get_by_role("button", name="Unsubscribe").click()
+        page.wait_for_selector("text=You are unsubscribed")
+        assert page.url == url  # no redirect
+    assert subscriber(sessions, ada).status == SubscriberStatus.UNSUBSCRIBED
+
+    # Bob's mail provider uses RFC 8058 one-click on the same kind of header.
+    bob_url = re.search(r"<(http[^>]+)>", mails["bob@example.com"]["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+    assert mails["bob@example.com"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    r = httpx.post(bob_url, data={"List-Unsubscribe": "One-Click"}, timeout=10, follow_redirects=False)
+    assert r.status_code == 200
+    assert subscriber(sessions, bob).status == SubscriberStatus.UNSUBSCRIBED
+    with sessions.begin() as s:
+        got = sorted((e.subscriber_id, e.source, e.issue_id) for e in s.scalars(
+            select(Event).where(Event.kind == EventKind.UNSUBSCRIBE)))
+    assert got == sorted([(ada, "page", issue_id), (bob, "one-click", issue_id)])
+
+
+def test_subscribe_through_the_form_and_confirm_from_the_mail(server: str, sessions: sessionmaker[Session],
+                                                              smtp_server: SmtpServer) -> None:
+    with chromium_page() as page:
+        page.goto(f"{server}/subscribe")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.fill("#email", "reader@example.com")
+        page.fill("#name", "Rita Reader")
+        page.get_by_label("Events").check()
+        page.get_by_role("button", name="Subscribe").click()
+        page.wait_for_selector("text=Check your inbox")
+        deadline = time.monotonic() + 10  # the mail goes out just after the answer
+        while not smtp_server.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [mail] = smtp_server.messages
+        assert mail.rcpt_tos == ["reader@example.com"]
+        with sessions.begin() as s:
+            sub = subscribers.get_by_email(s, "reader@example.com")
+            assert sub is not None and sub.status == SubscriberStatus.PENDING
+            sid = sub.id
+
+        page.goto(link_in(mail.message, rf"{re.escape(server)}/confirm/\S+"))
+        assert subscriber(sessions, sid).status == SubscriberStatus.PENDING  # the GET confirmed nothing
+        page.get_by_role("button", name="Confirm my subscription").click()
+        page.wait_for_selector("text=You are subscribed")
+        # The thank-you page links to the preferences, which show the chosen topic.
+        page.get_by_role("link", name="Choose your topics").click()
+        assert page.get_by_label("Events").is_checked() and not page.get_by_label("News").is_checked()
+    sub_row = subscriber(sessions, sid)
+    assert sub_row.status == SubscriberStatus.ACTIVE and sub_row.name == "Rita Reader"

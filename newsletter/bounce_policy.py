@@ -15,8 +15,9 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter import subscribers, tokens
@@ -195,3 +196,46 @@ def reactivate(session: Session, email: str, *, reason: str) -> SubscriberStatus
     subscribers.change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.REACTIVATE, source="admin",
                               detail=reason.strip(), force=True)
     return previous
+
+
+# Gmail and Yahoo ask bulk senders to stay under 0.3% spam complaints; warn well before.
+COMPLAINT_WARNING_RATE = 0.001
+
+
+@dataclass(frozen=True)
+class IssueBounces:
+    """Per issue: subscribers who bounced hard (report or SMTP 5xx), soft, or complained."""
+
+    delivered: int
+    hard: int
+    soft: int
+    complaints: int
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.delivered if self.delivered else 0.0
+
+    @property
+    def warning(self) -> str:
+        if self.complaint_rate <= COMPLAINT_WARNING_RATE:
+            return ""
+        return (f"complaint rate {self.complaint_rate:.2%} is above {COMPLAINT_WARNING_RATE:.1%}: "
+                f"mailbox providers start filtering the list at 0.3%")
+
+
+def issue_bounces(session: Session, issue_id: int) -> IssueBounces:
+    """Bounce and complaint counts of one issue, each subscriber counted once per kind."""
+    def distinct(*where: Any) -> int:
+        return session.scalar(select(func.count(func.distinct(Event.subscriber_id)))
+                              .where(Event.issue_id == issue_id, *where)) or 0
+
+    report = Event.external_id.is_not(None)
+    delivered = session.scalar(select(func.count()).select_from(Delivery).where(
+        Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENT)) or 0
+    return IssueBounces(
+        delivered=delivered,
+        hard=distinct(Event.kind == EventKind.BOUNCE,
+                      or_(report & Event.detail.startswith("hard"), Event.source == "smtp")),
+        soft=distinct(Event.kind == EventKind.BOUNCE, report, Event.detail.startswith("soft")),
+        complaints=distinct(Event.kind == EventKind.COMPLAINT, report),
+    )

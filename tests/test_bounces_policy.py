@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conftest import CORPORA
 from newsletter import subscribers, tokens
-from newsletter.bounce_policy import Policy, Tally, process_message
+from newsletter.bounce_policy import IssueBounces, Policy, Tally, issue_bounces, process_message
 from newsletter.config import Settings
 from newsletter.mailbox import import_path
 from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, IssueStatus, SubscriberStatus
@@ -238,3 +238,25 @@ def test_maildir_and_mbox_import(sessions: sessionmaker[Session], policy: Policy
     with sessions.begin() as s:
         assert s.scalar(select(func.count()).select_from(Event).where(Event.external_id.is_not(None))) == (
             4 if postfix.exists() else 3)
+
+
+def test_issue_bounce_stats_and_complaint_warning(sessions: sessionmaker[Session], policy: Policy) -> None:
+    with sessions.begin() as s:
+        issues = _issues(s, 2)
+        for i in range(20):
+            _mailed(s, f"r{i}@example.org", issues[:1])
+        _mailed(s, "other-issue@example.org", issues[1:])
+    _run(sessions, policy, dsn("r0@example.org", "5.1.1", "550 user unknown", msgid="<1@x>"))
+    _run(sessions, policy, dsn("r1@example.org", "4.2.2", "452 mailbox full", msgid="<2@x>"))
+    _run(sessions, policy, dsn("r1@example.org", "4.2.2", "452 mailbox full", msgid="<3@x>"))
+    _run(sessions, policy, arf("r2@example.org"))
+    _run(sessions, policy, arf("other-issue@example.org", msgid="<4@x>"))  # mailed only the second
+    with sessions.begin() as s:
+        first = issue_bounces(s, issues[0].id)
+        second = issue_bounces(s, issues[1].id)
+    assert (first.delivered, first.hard, first.soft, first.complaints) == (20, 1, 1, 1)
+    assert first.complaint_rate == pytest.approx(0.05)
+    assert first.warning == "complaint rate 5.00% is above 0.1%: mailbox providers start filtering the list at 0.3%"
+    assert (second.delivered, second.complaints) == (1, 1)
+    assert IssueBounces(delivered=1000, hard=0, soft=0, complaints=1).warning == ""
+    assert IssueBounces(delivered=999, hard=0, soft=0, complaints=1).warning.startswith("complaint rate 0.10%")

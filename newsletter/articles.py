@@ -14,6 +14,7 @@ import html
 import io
 import json
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone
@@ -36,12 +37,14 @@ ALLOWED_ATTRIBUTES = {"a": {"href", "title"}}
 URL_SCHEMES = {"http", "https", "mailto"}
 _BLOCK_END = re.compile(r"<(?:br|/p|/li|/div|/h[1-6]|/blockquote|/tr|/td)\b[^>]*>", re.I)
 _SPACES = re.compile(r"\s+")
+_EMPTY_HREF = re.compile(r'\shref=""')
 
 
 def sanitize(fragment: str) -> str:
     """Allow-listed HTML: no script, style, event handler or non-http(s)/mailto link survives."""
-    return nh3.clean(fragment, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes=URL_SCHEMES,
-                     link_rel="noopener noreferrer", strip_comments=True)
+    clean = nh3.clean(fragment, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes=URL_SCHEMES,
+                      link_rel="noopener noreferrer", strip_comments=True)
+    return _EMPTY_HREF.sub("", clean)  # what nh3 leaves of a javascript: link
 
 
 def html_to_text(fragment: str) -> str:
@@ -176,6 +179,12 @@ def _key(guid: str, url: str, namespace: str) -> str:
     return key if len(key) <= MAX_URL else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
+def _entry_time(entry: Mapping[str, Any]) -> datetime | None:
+    with warnings.catch_warnings():  # feedparser warns about its updated/published fallback
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _utc(entry.get("published_parsed") or entry.get("updated_parsed") or entry.get("created_parsed"))
+
+
 def _entry_image(entry: Mapping[str, Any]) -> str:
     candidates = [m.get("url", "") for m in entry.get("media_thumbnail", [])]
     candidates += [m.get("url", "") for m in entry.get("media_content", [])
@@ -225,8 +234,7 @@ def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str
             where=where, guid=_key(str(entry.get("id", "")), url, source), url=url, title=title,
             category=slug or cats.default, author=_SPACES.sub(" ", str(entry.get("author", ""))).strip()[:MAX_AUTHOR],
             summary=excerpt(_entry_summary(entry), settings.articles.excerpt_length), image_url=_entry_image(entry),
-            published_at=_utc(entry.get("published_parsed") or entry.get("updated_parsed")
-                              or entry.get("created_parsed"))))
+            published_at=_entry_time(entry)))
     noun = "entry has" if defaulted == 1 else "entries have"
     notes = [f"{source}: {defaulted} {noun} no configured category; put in '{cats.default}'"] if defaulted else []
     return entries, skipped + notes

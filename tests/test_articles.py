@@ -1,0 +1,278 @@
+"""Article ingest: the real-world feed corpus, hostile content, JSON/CSV files, dedupe, fetching."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from conftest import CORPORA
+from newsletter import articles, builder, config as config_mod, render
+from newsletter.config import Settings
+from newsletter.errors import InvalidInput
+from newsletter.models import Article, Feed
+
+FEEDS = CORPORA / "feeds"
+
+
+def manifest() -> list[dict[str, str]]:
+    with (FEEDS / "MANIFEST.tsv").open(encoding="utf-8") as fp:
+        return list(csv.DictReader(fp, delimiter="\t"))
+
+
+def count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Article)) or 0
+
+
+def test_every_corpus_feed_imports_without_crash(session: Session, settings: Settings) -> None:
+    """Each entry with a title and a link becomes an article or is reported with a reason."""
+    rows = manifest()
+    assert len(rows) == 55
+    added = 0
+    for row in rows:
+        data = (FEEDS / row["file"]).read_bytes()
+        expected = int(row["entries_with_title_and_link"])
+        try:
+            report = articles.import_file(session, settings, row["file"], data)
+        except InvalidInput as exc:  # only for a document that holds no feed at all
+            assert expected == 0 and "not an RSS or Atom feed" in str(exc), row["file"]
+            continue
+        added += len(report.added)
+        stored = len(report.added) + len(report.updated) + report.unchanged
+        explained = [s for s in report.skipped if "no title" not in s and ": no link" not in s]
+        assert stored + len(explained) >= expected, (row["file"], report)
+        assert stored + len(report.skipped) == int(row["entries"]), (row["file"], report)
+        assert all(line.endswith("(skipped)") for line in report.skipped)
+    assert count(session) == added > 800
+    for article in session.scalars(select(Article)):
+        lowered = article.summary.lower()
+        assert "<script" not in lowered and "<style" not in lowered and "<img" not in lowered
+        assert re.search(r"<[^>]*\son\w+\s*=", lowered) is None  # no event handler attribute
+        assert "javascript:" not in lowered and "style=" not in lowered
+        assert article.url.startswith(("http://", "https://")) and article.published_at.tzinfo is not None
+        assert len(articles.html_to_text(article.summary)) <= settings.articles.excerpt_length
+
+
+def test_reimporting_the_corpus_updates_nothing_and_adds_nothing(session: Session, settings: Settings) -> None:
+    name = "rss-parser__guardian.rss"
+    first = articles.import_file(session, settings, name, (FEEDS / name).read_bytes())
+    again = articles.import_file(session, settings, name, (FEEDS / name).read_bytes())
+    assert (len(first.added), len(again.added), len(again.updated), again.unchanged) == (55, 0, 0, 55)
+    assert count(session) == 55
+
+
+HOSTILE = b"""<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0"><channel><title>Hostile</title><link>https://evil.example.com/</link>
+<item><title>&lt;script&gt;t()&lt;/script&gt;Big &lt;b&gt;news&lt;/b&gt;</title>
+<link>https://evil.example.com/a</link><guid>https://evil.example.com/a</guid>
+<category>Product</category>
+<description><![CDATA[<p onclick="steal()" style="color:red">Hello <script>alert(1)</script>
+<a href="javascript:alert(2)">click</a> <a href="https://ok.example.com/x" onmouseover="x()">fine</a>
+<img src="x" onerror="alert(3)"><iframe src="https://evil.example.com/f"></iframe>
+<style>body{display:none}</style><form action="https://evil.example.com"><input></form></p>]]></description>
+<media:thumbnail xmlns:media="http://search.yahoo.com/mrss/" url="javascript:alert(4)"/>
+</item>
+<item><title>Script link</title><link>javascript:alert(5)</link></item>
+<item><title>Data link</title><link>data:text/html,hi</link></item>
+</channel></rss>"""
+
+
+def test_hostile_feed_never_reaches_the_email(session: Session, settings: Settings) -> None:
+    report = articles.import_file(session, settings, "hostile.xml", HOSTILE)
+    assert len(report.added) == 1
+    assert report.skipped == [
+        "hostile.xml entry 2 ('Script link'): link 'javascript:alert(5)' is not an absolute http(s) URL (skipped)",
+        "hostile.xml entry 3 ('Data link'): link 'data:text/html,hi' is not an absolute http(s) URL (skipped)",
+    ]
+    json_doc = [{"title": "<script>x()</script> Q&A with <CEO>", "url": "https://ok.example.com/q",
+                 "category": "news", "summary": "<b onclick='x()'>bold</b>", "image_url": "javascript:alert(6)",
+                 "published_at": "2026-11-24T10:00:00"}]
+    articles.import_file(session, settings, "hostile.json", json.dumps(json_doc).encode())
+    article = session.scalar(select(Article).where(Article.url == "https://evil.example.com/a"))
+    assert article is not None and article.category == "products" and article.image_url == ""
+    article.published_at = builder.week_bounds(settings, "2026-W48")[0]
+    builder.build(session, settings, "2026-W48")
+    content = builder.load_content(session, settings, "2026-W48")
+    variant = render.render_variant(settings, content, [s.slug for s in content.sections])
+    web = render.render_web(settings, content)
+    for document in (variant.html, web):
+        lowered = document.lower()
+        assert lowered.count("<script") == 0 and lowered.count("<style") == 1
+        for bad in ("onclick", "onerror", "onmouseover", "javascript:", "<iframe", "<form", "<input", "alert(1)"):
+            assert bad not in lowered, bad
+        assert "&lt;script&gt;x()&lt;/script&gt; Q&amp;A with &lt;CEO&gt;" in document
+        assert 'href="https://ok.example.com/x"' in document and 'href=""' not in document
+        assert "&lt;script&gt;t()&lt;/script&gt;Big &lt;b&gt;news&lt;/b&gt;" in document
+    assert "<script>x()</script> Q&A with <CEO>" in variant.text  # plain text: shown, not run
+
+
+def test_json_and_csv_import_with_row_errors(session: Session, settings: Settings, tmp_path: Path) -> None:
+    doc = {"articles": [
+        {"title": "Case study: less film", "url": "https://example.com/cs?utm_source=rss", "category": "Products",
+         "author": "Ann", "summary": "<p>Short.</p>", "published_at": "2026-11-24T09:30:00+01:00", "rating": 5},
+        {"title": "No link", "url": ""},
+        {"title": "Bad date", "url": "https://example.com/d", "published_at": "yesterday"},
+        {"title": "Odd category", "url": "https://example.com/o", "category": "Webinars", "published_at": "2026-11-24"},
+        "not an object",
+    ]}
+    report = articles.import_file(session, settings, "week.json", json.dumps(doc).encode())
+    assert report.added == ["Case study: less film", "Odd category"]
+    assert report.skipped == [
+        "week.json: item 2: url '' is not an absolute http(s) URL (skipped)",
+        "week.json: item 3: published_at 'yesterday' is not an ISO 8601 date like 2026-11-24T09:30:00+01:00 (skipped)",
+        "week.json: item 5: title is empty (skipped)",
+    ]
+    assert report.warnings == [
+        "week.json: ignored unknown field(s) rating; known: title, url, category, author, summary, image_url, "
+        "published_at, guid",
+        "week.json: item 4: category 'Webinars' is not configured; put in 'news'",
+    ]
+    first = session.scalar(select(Article).where(Article.title == "Case study: less film"))
+    assert first is not None and first.category == "products"
+    assert first.published_at == builder.week_bounds(settings, "2026-W48")[0].replace(day=24, hour=8, minute=30)
+    odd = session.scalar(select(Article).where(Article.title == "Odd category"))
+    assert odd is not None and odd.published_at.hour == 11  # a bare date is noon in Europe/Berlin
+
+    # CSV with the same article (no guid, URL differing only by utm_* and fragment): updated, not duplicated.
+    text = ("Title,Link,Category,Byline,Excerpt,Published\n"
+            "Case study: even less film,https://example.com/cs?utm_medium=email#top,products,Ann,,2026-11-24T09:30:00+01:00\n"
+            ",https://example.com/x,,,,\n")
+    report = articles.import_file(session, settings, "week.csv", text.encode())
+    assert (report.added, report.updated) == ([], ["Case study: even less film"])
+    assert report.skipped == ["week.csv:3: title is empty (skipped)"]
+    assert count(session) == 2
+
+
+def test_unreadable_files_are_one_line_errors(session: Session, settings: Settings) -> None:
+    with pytest.raises(InvalidInput, match=r"^bad.json:3: not valid JSON \(Expecting value\); fix the file$"):
+        articles.import_file(session, settings, "bad.json", b'{"articles":\n [\n ,]}')
+    with pytest.raises(InvalidInput, match=r"^x.json: expected a list of articles"):
+        articles.import_file(session, settings, "x.json", b'{"items": []}')
+    with pytest.raises(InvalidInput, match=r"^latin.csv: not UTF-8 text \(byte 6\); save it as UTF-8$"):
+        articles.import_file(session, settings, "latin.csv", "title,\xe9\n".encode("latin-1"))
+    with pytest.raises(InvalidInput, match=r"^page.html: not an RSS or Atom feed"):
+        articles.import_file(session, settings, "page.html", b"<html><body><p>Not a feed</p></body></html>")
+
+
+def test_excerpt_is_sanitised_and_cut_on_a_word_boundary() -> None:
+    long = "<p>" + "Packaging machinery orders rose sharply " * 20 + "</p>"
+    cut = articles.excerpt(long, 100)
+    text = articles.html_to_text(cut)
+    assert len(text) <= 100 and text.endswith("…")
+    assert text[:-1].split()[-1] in "Packaging machinery orders rose sharply".split()  # a whole word
+    assert cut.startswith("<p>") and cut.endswith("</p>")
+    assert articles.excerpt("<p>Short <em>one</em> <a href='https://x.example'>link</a></p>", 100) == (
+        '<p>Short <em>one</em> <a href="https://x.example" rel="noopener noreferrer">link</a></p>')
+    assert articles.trim_words("word " * 3, 9) == "word…"
+    assert articles.canonical_url("HTTPS://Example.COM:443/a?utm_source=x&id=2#frag") == "https://example.com/a?id=2"
+
+
+def test_entry_tags_map_to_configured_categories(settings: Settings) -> None:
+    cats = articles.CategoryMap(settings)
+    assert cats.match(["Press releases", "Product"]) == "products"
+    assert cats.match(["Trade fairs/Events"]) == "events"
+    assert cats.match(["NEWS"]) == "news"
+    assert cats.match(["Webinar", ""]) is None and cats.default == "news"
+
+
+class FeedServer:
+    """A real HTTP server on 127.0.0.1 serving feeds with ETags, counting conditional GETs."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.not_modified = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                etag = f'"{hash(body) & 0xFFFFFFFF:x}"'
+                if self.headers.get("If-None-Match") == etag:
+                    server.not_modified += 1
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rss+xml")
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    server = FeedServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_fetch_uses_etags_and_a_broken_feed_is_a_warning(session: Session, config_path: Path,
+                                                         feed_server: FeedServer, tmp_path: Path) -> None:
+    feed_server.files["/good.xml"] = (FEEDS / "miniflux-v2__small_atom.xml").read_bytes()
+    feed_server.files["/page.xml"] = b"<html><body>Moved</body></html>"
+    (tmp_path / "local.xml").write_bytes((FEEDS / "laminas-feed__wordpress-atom10.xml").read_bytes())
+    config_path.write_text(config_path.read_text() + f"""
+[[feeds]]
+name = "Good"
+url = "{feed_server.url}/good.xml"
+category = "products"
+
+[[feeds]]
+name = "Gone"
+url = "{feed_server.url}/gone.xml"
+
+[[feeds]]
+name = "Not a feed"
+url = "{feed_server.url}/page.xml"
+
+[[feeds]]
+name = "Local"
+url = "local.xml"
+
+[[feeds]]
+name = "Missing file"
+url = "missing.xml"
+""")
+    settings = config_mod.load(config_path, environ={})
+    reports = {r.source: r for r in articles.fetch_all(session, settings)}
+    assert [len(r.added) for r in reports.values()] == [20, 0, 0, 10, 0]
+    assert reports["Gone"].warnings == [f"feed 'Gone': HTTP 404 from {feed_server.url}/gone.xml; "
+                                        f"the other feeds still import"]
+    assert reports["Not a feed"].warnings[0].startswith("feed 'Not a feed': not an RSS or Atom feed")
+    assert reports["Missing file"].warnings == [
+        f"feed 'Missing file': cannot read {tmp_path / 'missing.xml'} (No such file or directory); "
+        f"fix [[feeds]] url; the other feeds still import"]
+    assert {a.category for a in session.scalars(select(Article).where(Article.source == "Good"))} == {"products"}
+    good = session.scalar(select(Feed).where(Feed.url == f"{feed_server.url}/good.xml"))
+    assert good is not None and good.etag and good.last_error == ""
+    gone = session.scalar(select(Feed).where(Feed.url == f"{feed_server.url}/gone.xml"))
+    assert gone is not None and "HTTP 404" in gone.last_error
+
+    again = {r.source: r for r in articles.fetch_all(session, settings)}
+    assert again["Good"].not_modified and feed_server.not_modified == 1
+    assert again["Good"].summary_line == "Good: not modified since the last fetch"
+    assert again["Local"].unchanged == 10 and count(session) == 30

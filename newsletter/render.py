@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import importlib.resources
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,7 @@ UNSUBSCRIBE_URL = "@@unsubscribe_url@@"
 PREFERENCES_URL = "@@preferences_url@@"
 SUBSCRIBER_NAME = "@@subscriber_name@@"
 PREHEADER_LENGTH = 140
+_LINK = re.compile(r'<a\b[^>]*?\bhref="([^"]*)"[^>]*>(.*?)</a>', re.I | re.S)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,17 @@ def _environment(user_dir: str) -> Environment:
     env = Environment(loader=ChoiceLoader([*loaders, FileSystemLoader(str(builtin))]),
                       autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["text"] = html_to_text
+    env.filters["text"] = to_text
     return env
+
+
+def to_text(fragment: str) -> str:
+    """Plain text of sanitised HTML for the text part; a link keeps its URL: 'label (url)'."""
+    def keep_url(match: re.Match[str]) -> str:
+        url, label = html.unescape(match[1]), match[2]
+        return label if html_to_text(label) == url else f"{label} ({url})"
+
+    return html_to_text(_LINK.sub(keep_url, fragment))
 
 
 def environment(settings: Settings) -> Environment:
@@ -120,7 +131,7 @@ def render_variant(settings: Settings, content: IssueContent, sections: Iterable
         preheader=_preheader(content, chosen), greeting_name=SUBSCRIBER_NAME,
         unsubscribe_url=UNSUBSCRIBE_URL, preferences_url=PREFERENCES_URL,
         section_names=[] if every else [s.name for s in content.sections if s.slug in chosen],
-        intro_text=html_to_text(content.intro_html),
+        intro_text=to_text(content.intro_html),
     )
     document = _inline_css(env.get_template("email/issue.html").render(context))
     text = env.get_template("email/issue.txt").render(context)

@@ -7,15 +7,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from newsletter.models import Article
-
-# Categories of the issue-size test: 8 sections, as a large trade magazine might have.
-EIGHT_CATEGORIES = "".join(
-    f'\n[[categories]]\nslug = "{slug}"\nname = "{name}"\nlimit = 6\n'
-    for slug, name in [("news", "News"), ("case-studies", "Case studies"), ("products", "Products"),
-                       ("events", "Events"), ("comment", "Comment"), ("people", "People"),
-                       ("research", "Research"), ("jobs", "Jobs")])
-
+from newsletter.articles import excerpt
+from newsletter.builder import ArticleView, IssueContent, Section
+from newsletter.models import Article, IssueStatus
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
@@ -37,3 +31,35 @@ def with_categories(config_path: Path, categories: str) -> Path:
     text = config_path.read_text(encoding="utf-8")
     config_path.write_text(text[: text.index("[[categories]]")] + categories, encoding="utf-8")
     return config_path
+
+
+SECTION_NAMES = ["News", "Case studies", "Products", "Events", "Comment", "People", "Research", "Jobs"]
+
+
+def full_issue(sections: int = 8, per_section: int = 6, *, week: str = "2026-W48") -> IssueContent:
+    """A realistic large issue without a database: long titles, full-length excerpts with
+    links, images and tracking URLs (the shape the Gmail size limit is tested on)."""
+    text = ("Producers reported a <strong>sharp rise</strong> in orders for recyclable mono-material films "
+            "as retailers prepare for the new rules; <a href='https://example.com/report?id=42'>the full "
+            "report</a> lists 120 plants across Europe and the investment each one plans for next year, "
+            "from sorting lines to new extruders and inspection systems.")
+    number = 0
+
+    def view(slug: str) -> ArticleView:
+        nonlocal number
+        number += 1
+        return ArticleView(
+            id=number, title=f"Article {number}: mid-sized converters invest in recyclable barrier films and new lines",
+            url=f"https://www.trade-weekly.example.com/{slug}/2026/11/article-{number}-converters-invest?utm_source=newsletter&utm_medium=email",
+            author="Maria Keller-Schmidt", summary=excerpt(f"<p>{text}</p>", 300),
+            image_url=f"https://cdn.trade-weekly.example.com/images/2026/11/article-{number}-600x400.jpg",
+            published_at=utc(2026, 11, 24, 9), category=slug)
+
+    slugs = [name.lower().replace(" ", "-") for name in SECTION_NAMES[:sections]]
+    lead = view(slugs[0])
+    return IssueContent(
+        issue_id=1, week=week, status=IssueStatus.DRAFT, subject="Trade Weekly — week 48, 27 November 2026",
+        intro_html="<p>Welcome to this week's issue: <strong>recycling</strong> dominates the news.</p>",
+        lead=lead,
+        sections=tuple(Section(slug, name, tuple(view(slug) for _ in range(per_section)))
+                       for slug, name in zip(slugs, SECTION_NAMES)))

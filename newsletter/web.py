@@ -12,6 +12,7 @@ database is synchronous); the routes are listed at the bottom.
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import logging
 from collections.abc import Callable
@@ -255,15 +256,20 @@ async def archive(request: Request) -> Response:
 
 
 async def _issue_response(request: Request, week: str, issue_id: int | None) -> Response:
-    """The web version of `week`; only sent issues, unless `issue_id` (from an editor's token) names it."""
+    """The web version of `week`: public once its sending started (the mail's view-in-browser
+    link must work while the rest of the list is still being sent); any issue for an
+    editor whose preview token names it (`issue_id`)."""
     st = _state(request)
     try:
         content = await _db(request, builder.load_content, st.settings, week)
     except InvalidInput as exc:  # not a week key such as 2026-W48
         raise NotFound(week) from exc
-    if issue_id is None and content.status != IssueStatus.SENT:
-        raise NotFound(week)
-    if issue_id is not None and issue_id != content.issue_id:
+    if issue_id is None:
+        if content.status == IssueStatus.DRAFT:
+            raise NotFound(week)
+        # Readers see an issue being sent as sent: no "not sent yet" preview banner.
+        content = dataclasses.replace(content, status=IssueStatus.SENT)
+    elif issue_id != content.issue_id:
         raise InvalidToken("this preview link belongs to another issue")
     html = await run_in_threadpool(render.render_web, st.settings, content)
     headers = {**BASE_HEADERS, "Content-Security-Policy": ISSUE_CSP}

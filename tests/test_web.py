@@ -6,17 +6,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
-
-from newsletter import tokens
-from newsletter.config import Settings
-from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
-from newsletter.web import create_app
+from typer.testing import CliRunner
 from web_support import add_subscriber, make_issue, path_of, subscriber
+
+from newsletter import subscribers, tokens
+from newsletter.cli import app
+from newsletter.config import Settings
+from newsletter.models import Event, EventKind, Issue, IssueStatus, Subscriber, SubscriberStatus
+from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
 
@@ -170,13 +173,11 @@ def test_preferences_save_topics_and_name(client: TestClient, settings: Settings
     with sessions.begin() as s:
         sub = s.get(Subscriber, sid)
         assert sub is not None and sub.name == "Ada Lovelace"
-        from newsletter import subscribers
         assert subscribers.category_slugs(s, sub) == ["news", "events"]
     # Ticking every topic stores "all", so topics added later reach the subscriber too.
     client.post(path, data={"csrf": csrf, "action": "save", "name": "Ada",
                             "category": ["news", "products", "events"]})
     with sessions.begin() as s:
-        from newsletter import subscribers
         assert subscribers.category_slugs(s, s.get(Subscriber, sid)) == []
     assert [src for src, _ in events(sessions, sid, EventKind.PREFERENCES)] == ["page", "page"]
 
@@ -232,12 +233,10 @@ def test_preferences_unsubscribe_all_and_come_back(client: TestClient, settings:
 def test_bounced_subscriber_cannot_resubscribe_from_preferences(client: TestClient, settings: Settings,
                                                                 sessions: sessionmaker[Session]) -> None:
     sid = add_subscriber(sessions, "ada@example.com", status=SubscriberStatus.BOUNCED)
-    path, _ = "", ""
-    r = client.get(path_of(settings, tokens.preferences_url(settings, sid)))
+    path = path_of(settings, tokens.preferences_url(settings, sid))
+    r = client.get(path)
     assert "no longer send issues" in r.text and "<button" not in r.text
-    path, csrf = path_of(settings, tokens.preferences_url(settings, sid)), tokens.make(secret(settings), tokens.CSRF,
-                                                                                       sid)
-    client.post(path, data={"csrf": csrf, "action": "resubscribe"})
+    client.post(path, data={"csrf": tokens.make(secret(settings), tokens.CSRF, sid), "action": "resubscribe"})
     assert subscriber(sessions, sid).status == SubscriberStatus.BOUNCED
 
 
@@ -263,6 +262,19 @@ def test_issue_page_shows_sent_issue_with_escaped_titles(client: TestClient, set
     assert "/unsubscribe/" not in r.text and "/preferences/" not in r.text
 
 
+def test_issue_page_works_while_the_issue_is_being_sent(client: TestClient, settings: Settings,
+                                                        sessions: sessionmaker[Session]) -> None:
+    # The view-in-browser link of the first mails is opened before the last ones are sent.
+    issue_id = make_issue(sessions, settings, "2026-W40", title="Steel", sent=False)
+    with sessions.begin() as s:
+        issue = s.get(Issue, issue_id)
+        assert issue is not None
+        issue.status = IssueStatus.SENDING
+    r = client.get("/issues/2026-W40")
+    assert r.status_code == 200 and "Steel" in r.text and "not been sent" not in r.text
+    assert "2026-W40" not in client.get("/archive").text  # listed once sent
+
+
 @pytest.mark.parametrize("week", ["2026-W41", "2026-W30", "nonsense", "2026-W99"])
 def test_issue_page_of_draft_missing_or_bad_week_is_404(client: TestClient, settings: Settings,
                                                         sessions: sessionmaker[Session], week: str) -> None:
@@ -278,6 +290,7 @@ def test_editor_preview_needs_the_issues_signed_key(client: TestClient, settings
     url = path_of(settings, tokens.preview_url(settings, draft, "2026-W41"))
     r = client.get(url)
     assert r.status_code == 200 and "Draft story" in r.text and r.headers["x-robots-tag"] == "noindex"
+    assert "not been sent yet" in r.text
     assert client.get("/preview/2026-W41").status_code == 400
     assert client.get(url[:-4]).status_code == 400
     wrong = path_of(settings, tokens.preview_url(settings, other, "2026-W42")).replace("2026-W42", "2026-W41")
@@ -321,3 +334,17 @@ def test_with_dataclass_settings_the_app_uses_the_configured_name(settings: Sett
     with TestClient(create_app(renamed, sessions), base_url=BASE) as c:
         r = c.get("/subscribe")
     assert "Steel &amp; &lt;Iron&gt;" in r.text
+
+
+def test_cli_weblink_prints_a_working_preview_link(client: TestClient, settings: Settings, config_path: Path,
+                                                   sessions: sessionmaker[Session]) -> None:
+    make_issue(sessions, settings, "2026-W41", title="Draft story", sent=False)
+    result = CliRunner().invoke(app, ["--config", str(config_path), "issue", "weblink", "--week", "2026-W41"])
+    assert result.exit_code == 0, result.output
+    archive_line, preview_line = result.stdout.splitlines()
+    assert archive_line == f"archive: {BASE}/issues/2026-W41  (public once sent)"
+    assert preview_line.startswith(f"preview: {BASE}/preview/2026-W41?key=")
+    r = client.get(preview_line.removeprefix("preview: "))
+    assert r.status_code == 200 and "Draft story" in r.text
+    missing = CliRunner().invoke(app, ["--config", str(config_path), "issue", "weblink", "--week", "2026-W30"])
+    assert missing.exit_code == 1 and missing.stderr.startswith("Error: no issue for 2026-W30")

@@ -22,15 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import SmtpServer, free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from web_support import add_subscriber, link_in, make_issue, subscriber
 
-from conftest import SmtpServer, free_port
 from newsletter import config as config_mod
 from newsletter import sender, subscribers
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
-from web_support import add_subscriber, link_in, make_issue, subscriber
 
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

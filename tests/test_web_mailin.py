@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
+from web_support import add_subscriber, make_issue, subscriber
 
 from newsletter import config as config_mod
 from newsletter import mailin, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
-from web_support import add_subscriber, make_issue, subscriber
 
 
 def mail(n: int, *, sender: str, to: str = "unsubscribe@example.com", subject: str = "unsubscribe",

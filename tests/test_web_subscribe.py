@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
+from web_support import add_subscriber, link_in, path_of, subscriber
 
 from newsletter import subscribers, tokens
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
 from newsletter.web import create_app
-from web_support import add_subscriber, link_in, path_of, subscriber
 
 BASE = "http://127.0.0.1:8000"
 

@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter import subscribers, tokens
@@ -119,9 +120,16 @@ def request_subscription(session: Session, email: str, *, name: str = "",
         raise InvalidInput(f"unknown topic {sorted(unknown)[0]!r}")
     sub = subscribers.get_by_email(session, normalized)
     if sub is None:
-        sub = subscribers.add(session, normalized, name=" ".join(name.split())[:200], categories=slugs,
-                              status=SubscriberStatus.PENDING, source=SOURCE_WEB)
-        return sub.id
+        try:
+            with session.begin_nested():
+                sub = subscribers.add(session, normalized, name=" ".join(name.split())[:200], categories=slugs,
+                                      status=SubscriberStatus.PENDING, source=SOURCE_WEB)
+            return sub.id
+        except IntegrityError:
+            # A concurrent request listed the same address first: answer as for a listed one.
+            sub = subscribers.get_by_email(session, normalized)
+            if sub is None:
+                raise
     if sub.status in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
         return sub.id
     return None

@@ -8,14 +8,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 from web_support import add_subscriber, link_in, path_of, subscriber
 
-from newsletter import subscribers, tokens
+from newsletter import selfservice, subscribers, tokens
 from newsletter.config import Settings
-from newsletter.models import Event, EventKind, SubscriberStatus
+from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
 from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
@@ -166,3 +166,23 @@ def test_confirm_token_of_a_bounced_address_activates_nothing(client: TestClient
     r = client.post(path_of(settings, tokens.confirm_url(settings, sid)))
     assert r.status_code == 400
     assert subscriber(sessions, sid).status == SubscriberStatus.BOUNCED
+
+
+def test_two_requests_racing_for_one_new_address(sessions: sessionmaker[Session],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second of two simultaneous requests hits the unique key and is answered as for a listed address."""
+    add_subscriber(sessions, "race@example.com", status=SubscriberStatus.PENDING)
+    real = subscribers.get_by_email
+    calls: list[str] = []
+
+    def lookups_before_the_insert_miss(session: Session, email: str) -> object:
+        # request_subscription's and add()'s checks both run before the other request commits.
+        calls.append(email)
+        return None if len(calls) <= 2 else real(session, email)
+
+    monkeypatch.setattr(subscribers, "get_by_email", lookups_before_the_insert_miss)
+    with sessions.begin() as s:
+        sid = selfservice.request_subscription(s, "race@example.com")
+    assert sid is not None and status_of(sessions, "race@example.com") == SubscriberStatus.PENDING
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Subscriber)) == 1

@@ -11,3 +11,16 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 step newsletter init
 step newsletter subscribers import "$here/subscribers.csv"
 step newsletter subscribers list
+
+# A week of sample articles dated in the current week (JSON + an RSS feed), this week's issue, previews.
+step python3 "$here/feeds/make_articles.py" articles
+step newsletter articles import articles/articles.json
+step newsletter articles import articles/events.xml
+step newsletter articles list
+step newsletter issue build \
+    --lead "https://trade-weekly.example.com/case-studies/how-a-mid-sized-dairy-cut-film-waste-by-a-third" \
+    --intro "Welcome to this week's issue. **Recycled content** dominates the news; reply to tell us what you think."
+step newsletter issue preview --out preview.html
+step newsletter issue preview --subscriber ada@example.com --out preview-ada.html
+step newsletter issue list
+echo "open demo/preview.html (the whole issue) or demo/preview-ada.html (as ada@example.com gets it) in a browser"

@@ -78,7 +78,12 @@ def process_message(session: Session, policy: Policy, raw: bytes, *, source: str
     if len(raw) > policy.max_bytes:
         tally.skip("oversized message", where, f"{len(raw)} bytes > max_message_bytes {policy.max_bytes}")
         return
-    report = classify(raw, verp_local=policy.verp_local)
+    try:
+        report = classify(raw, verp_local=policy.verp_local)
+    except Exception as exc:  # noqa: BLE001 - one unreadable message must not stop the run
+        log.warning("%s: cannot parse", where, exc_info=exc)
+        tally.skip("malformed message", where, f"{type(exc).__name__}: {exc}"[:200])
+        return
     if not report.findings:
         tally.skip("not a bounce or complaint", where)
         return

@@ -20,14 +20,20 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import re
 from dataclasses import dataclass
 from email import message_from_bytes
+from email.errors import HeaderParseError
 from email.header import decode_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
 from flufl.bounce import all_failures
+
+# flufl.bounce logs a traceback whenever one of its detectors trips on an odd message;
+# for us that only means "no address from flufl", and our own parsers still run.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 
 class Kind(enum.StrEnum):
@@ -93,7 +99,7 @@ def parse(raw: bytes) -> Message:
 def classify(raw: bytes, *, verp_local: str = "bounces") -> Report:
     """Findings of one raw message. Never raises on odd input: unknown means no finding."""
     msg = parse(raw)
-    message_id = (msg.get("Message-ID") or "").strip()
+    message_id = _header(msg, "Message-ID").strip()
     token = verp_token(msg, verp_local)
     findings = _complaints(msg)
     if not findings:
@@ -107,7 +113,7 @@ def verp_token(msg: Message, local: str = "bounces") -> str:
     pattern = re.compile(rf"(?<![\w.+-]){re.escape(local)}\+([A-Za-z0-9_.-]+)@", re.I)
     for source in (msg, *_enclosed(msg)):
         for name in ("Delivered-To", "X-Original-To", "To", "Envelope-To", "X-Envelope-To", "Return-Path"):
-            for value in source.get_all(name) or []:
+            for value in _all(source, name):
                 match = pattern.search(str(value))
                 if match:
                     return match.group(1).rstrip(".")
@@ -124,12 +130,12 @@ def _complaints(msg: Message) -> list[Finding]:
     if ses:
         return ses
     for original in _enclosed(msg):
-        jmrp = original.get("X-HmXmrOriginalRecipient")
+        jmrp = _header(original, "X-HmXmrOriginalRecipient")
         if jmrp:
             return [Finding(_address(jmrp), Kind.COMPLAINT, feedback_type="abuse",
                             diagnostic="Microsoft JMRP complaint")]
-    if (msg.get("X-Apple-Unsubscribe") or "").strip().lower() == "true":
-        return [Finding(_address(msg.get("From", "")), Kind.COMPLAINT, feedback_type="opt-out",
+    if _header(msg, "X-Apple-Unsubscribe").strip().lower() == "true":
+        return [Finding(_address(_header(msg, "From")), Kind.COMPLAINT, feedback_type="opt-out",
                         diagnostic="Apple Mail unsubscribe request")]
     return []
 
@@ -139,7 +145,7 @@ def _arf(msg: Message, report: Message) -> list[Finding]:
     ftype = (fields.get("feedback-type", [""])[0] or "abuse").lower()
     addresses = fields.get("original-rcpt-to", []) + fields.get("removal-recipient", [])
     if not addresses:
-        addresses = [a for original in _enclosed(msg) for _, a in getaddresses(original.get_all("To") or [])]
+        addresses = [a for original in _enclosed(msg) for _, a in getaddresses(_all(original, "To"))]
     agent = fields.get("user-agent", [""])[0]
     found = _unique(_address(a) for a in addresses)
     return [Finding(a, Kind.COMPLAINT, feedback_type=ftype, diagnostic=f"ARF {ftype} report {agent}".strip())
@@ -235,7 +241,7 @@ def _looks_like_bounce(msg: Message) -> bool:
         return True
     if AUTO_REPLY.search(subject):
         return False
-    return bool(BOUNCE_FROM.search(sender) or BOUNCE_SUBJECT.search(subject) or msg.get("Return-Path") == "<>")
+    return bool(BOUNCE_FROM.search(sender) or BOUNCE_SUBJECT.search(subject) or _header(msg, "Return-Path").strip() == "<>")
 
 
 def _heuristic(msg: Message) -> list[Finding]:
@@ -246,7 +252,7 @@ def _heuristic(msg: Message) -> list[Finding]:
     status = _status(diagnostic) or _status(text)
     recipients = _unique([*_flufl_recipients(msg), *_transcript_recipients(msg)])
     if not recipients:
-        recipients = _unique(_address(a) for o in _enclosed(msg) for _, a in getaddresses(o.get_all("To") or []))
+        recipients = _unique(_address(a) for o in _enclosed(msg) for _, a in getaddresses(_all(o, "To")))
     if not recipients and not status:
         return []
     found = []
@@ -325,8 +331,12 @@ def _header(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
+    try:
+        chunks = decode_header(value)
+    except HeaderParseError:
+        return str(value)
     parts = []
-    for chunk, charset in decode_header(value):
+    for chunk, charset in chunks:
         if isinstance(chunk, bytes):
             try:
                 chunk = chunk.decode(charset or "utf-8", "replace")
@@ -334,6 +344,11 @@ def _header(msg: Message, name: str) -> str:
                 chunk = chunk.decode("utf-8", "replace")
         parts.append(chunk)
     return "".join(parts)
+
+
+def _all(msg: Message, name: str) -> list[str]:
+    """Every value of a header as text (a raw 8-bit header comes back as a Header object)."""
+    return [str(v) for v in msg.get_all(name) or []]
 
 
 def _status(text: str) -> str:
@@ -390,7 +405,7 @@ def _payload_text(part: Message) -> str:
     """The decoded text of a part, however it is encoded (message/* parts included)."""
     payload = part.get_payload(decode=not part.is_multipart())
     if isinstance(payload, list):
-        return "\n\n".join(p.as_string() if isinstance(p, Message) else str(p) for p in payload)
+        return "\n\n".join(_as_text(p) if isinstance(p, Message) else str(p) for p in payload)
     if payload is None:
         raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
@@ -399,6 +414,15 @@ def _payload_text(part: Message) -> str:
         return payload.decode(charset, "replace")
     except LookupError:
         return payload.decode("utf-8", "replace")
+
+
+def _as_text(part: Message) -> str:
+    """A message part as text; a header too broken to re-serialise is written out as is."""
+    try:
+        return part.as_string()
+    except (HeaderParseError, UnicodeError, LookupError):
+        headers = "".join(f"{name}: {value}\n" for name, value in part.items())
+        return headers + "\n" + _payload_text(part)
 
 
 def _human_text(msg: Message) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,16 @@ def test_verp_token_is_read_from_the_envelope_headers() -> None:
 @pytest.mark.parametrize("raw", [b"", b"\x00\xff garbage", b"Subject: hi\n\nhello", b"Content-Type: multipart/report\n\n--"])
 def test_malformed_input_gives_no_finding(raw: bytes) -> None:
     assert classify(raw).findings == ()
+
+
+@pytest.mark.skipif(not (CORPUS / "expected.tsv").exists(), reason="bounce corpus not available")
+def test_truncated_and_corrupted_corpus_messages_never_raise() -> None:
+    """Real bounces cut short and with random bytes flipped (as broken MTAs send them)."""
+    rnd = random.Random(20261126)
+    for path in sorted(CORPUS.glob("*.eml")):
+        raw = path.read_bytes()
+        for _ in range(8):
+            broken = bytearray(raw[: rnd.randrange(1, len(raw))])
+            for _ in range(8):
+                broken[rnd.randrange(len(broken))] = rnd.randrange(256)
+            classify(bytes(broken))

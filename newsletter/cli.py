@@ -389,7 +389,7 @@ def serve(
 
     c = get(ctx)
     err_console.print(f"subscriber pages on http://{host}:{port}/ ; links in mails start with "
-                      f"{c.settings.newsletter.base_url}", highlight=False)
+                      f"{c.settings.newsletter.base_url}", highlight=False, soft_wrap=True)
     web.serve(c.settings, c.sessions, host=host, port=port, insecure_dev=insecure_dev)
 
 

@@ -124,7 +124,8 @@ def _token_target(policy: Policy, token: str, where: str, tally: Tally) -> token
         return None
 
 
-def _resolve(session: Session, finding: Finding, target: tokens.TokenData | None) -> tuple[Subscriber | None, int | None]:
+def _resolve(session: Session, finding: Finding,
+             target: tokens.TokenData | None) -> tuple[Subscriber | None, int | None]:
     """The subscriber and issue a finding is about: the VERP token first, else the address."""
     if target is not None:
         sub = session.get(Subscriber, target.subscriber_id)

@@ -241,7 +241,8 @@ def _looks_like_bounce(msg: Message) -> bool:
         return True
     if AUTO_REPLY.search(subject):
         return False
-    return bool(BOUNCE_FROM.search(sender) or BOUNCE_SUBJECT.search(subject) or _header(msg, "Return-Path").strip() == "<>")
+    null_sender = _header(msg, "Return-Path").strip() == "<>"
+    return bool(BOUNCE_FROM.search(sender) or BOUNCE_SUBJECT.search(subject) or null_sender)
 
 
 def _heuristic(msg: Message) -> list[Finding]:
@@ -266,7 +267,7 @@ def _heuristic(msg: Message) -> list[Finding]:
 
 def severity(status: str, diagnostic: str) -> Kind:
     """Hard only when the address or its domain does not exist (see the module docstring)."""
-    if status.startswith("4") or status.startswith("2"):
+    if status.startswith(("4", "2")):
         return Kind.SOFT
     if HARD_STATUS.match(status):
         return Kind.HARD

@@ -12,7 +12,6 @@ from __future__ import annotations
 import imaplib
 import mailbox
 import re
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +102,7 @@ def fetch_imap(sessions: sessionmaker[Session], policy: Policy, b: BouncesSettin
         for uid in uids[:limit] if limit else uids:
             _fetch_one(sessions, policy, b, conn, uid.decode(), bool(move), tally)
         conn.expunge()
-    except (OSError, socket.timeout, imaplib.IMAP4.abort) as exc:
+    except (OSError, imaplib.IMAP4.abort) as exc:
         raise ConfigError(f"[bounces] imap_host {b.imap_host}: connection lost ({exc}); "
                           f"what was committed stays done, run again") from exc
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import random
-from pathlib import Path
 
 import pytest
 
@@ -91,7 +90,8 @@ def test_verp_token_is_read_from_the_envelope_headers() -> None:
     assert classify(_dsn("x@example.org", "5.1.1", "550", to="bounces+tok.en@example.com")).token == "tok.en"
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00\xff garbage", b"Subject: hi\n\nhello", b"Content-Type: multipart/report\n\n--"])
+@pytest.mark.parametrize("raw", [b"", b"\x00\xff garbage", b"Subject: hi\n\nhello",
+                                 b"Content-Type: multipart/report\n\n--"])
 def test_malformed_input_gives_no_finding(raw: bytes) -> None:
     assert classify(raw).findings == ()
 

@@ -193,7 +193,7 @@ def test_bad_input_is_counted_and_skipped(sessions: sessionmaker[Session], setti
         _mailed(s, "known@example.org", issues)
         subscribers.add(s, "never@example.org")
     tally = Tally()
-    for i, raw in enumerate([
+    for raw in [
         dsn("stranger@example.org", "5.1.1", "550 user unknown", msgid="<1@x>"),
         dsn("never@example.org", "5.1.1", "550 user unknown", msgid="<2@x>"),
         dsn("", "5.1.1", "550 user unknown", msgid="<3@x>", delivered_to="bounces+forged.token@b.example.com"),
@@ -201,7 +201,7 @@ def test_bad_input_is_counted_and_skipped(sessions: sessionmaker[Session], setti
         b"Subject: Out of office\n\nI am away.",
         b"\x00\x01 not a message at all",
         dsn("known@example.org", "5.1.1", "550 user unknown", msgid="<5@x>"),
-    ]):
+    ]:
         _run(sessions, policy, raw, tally)
     assert tally.messages == 7
     assert tally.skipped == {"address not on the list": 1, "address never mailed": 1, "unknown token": 1,

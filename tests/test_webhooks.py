@@ -92,7 +92,8 @@ SES_BOUNCE = {"notificationType": "Bounce", "bounce": {
                            "diagnosticCode": "smtp; 550 5.1.1 user unknown"}]},
     "mail": {"messageId": "m-1", "source": "news@example.com"}}
 SES_COMPLAINT = {"notificationType": "Complaint", "complaint": {
-    "feedbackId": "fb-2", "complaintFeedbackType": "abuse", "complainedRecipients": [{"emailAddress": "angry@example.org"}]},
+    "feedbackId": "fb-2", "complaintFeedbackType": "abuse",
+    "complainedRecipients": [{"emailAddress": "angry@example.org"}]},
     "mail": {"messageId": "m-2", "source": "news@example.com"}}
 
 

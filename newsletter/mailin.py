@@ -24,11 +24,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import subscribers, tokens
+from newsletter import selfservice, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.errors import InvalidToken
 from newsletter.mailbox import read_path
-from newsletter.models import SUPPRESSED, Event, EventKind, Issue, Subscriber
+from newsletter.models import SUPPRESSED, Event, EventKind, Subscriber
 
 SOURCE = "mailto"
 RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To", "Cc")
@@ -90,8 +90,7 @@ def _match(session: Session, settings: Settings, msg: EmailMessage) -> tuple[Sub
         sub = session.get(Subscriber, data.subscriber_id)
         if sub is None:
             return "its token names a subscriber who no longer exists"
-        issue_id = data.issue_id if data.issue_id is not None and session.get(Issue, data.issue_id) else None
-        return sub, issue_id
+        return sub, selfservice.existing_issue(session, data.issue_id)
     if _is_auto_reply(msg):
         return "an automatic reply, not a request"
     senders = [addr for _, addr in getaddresses([str(v) for v in msg.get_all("From", [])]) if addr]

@@ -72,11 +72,17 @@ def view(session: Session, subscriber_id: int) -> SubscriberView:
                           tuple((slug, name, not chosen or slug in chosen) for slug, name in categories(session)))
 
 
+def existing_issue(session: Session, issue_id: int | None) -> int | None:
+    """A token's issue id if that issue still exists (an event may only name a real one)."""
+    if issue_id is None or session.get(Issue, issue_id) is None:
+        return None
+    return issue_id
+
+
 def unsubscribe(session: Session, data: tokens.TokenData, *, source: str) -> SubscriberView:
     """Unsubscribe the token's subscriber, crediting the token's issue if it still exists."""
     sub = _get(session, data.subscriber_id)
-    issue_id = data.issue_id if data.issue_id is not None and session.get(Issue, data.issue_id) else None
-    subscribers.unsubscribe(session, sub, source=source, issue_id=issue_id)
+    subscribers.unsubscribe(session, sub, source=source, issue_id=existing_issue(session, data.issue_id))
     return view(session, sub.id)
 
 

@@ -36,7 +36,7 @@ class TokenData:
     issued_at: datetime | None = None  # only for timed purposes (confirm, csrf, preview)
 
 
-def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
+def _serializer(secret: str, purpose: str) -> URLSafeSerializer | URLSafeTimedSerializer:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
     cls = URLSafeTimedSerializer if purpose in MAX_AGE else URLSafeSerializer

@@ -321,9 +321,13 @@ def issue_build(
         content = builder.load_content(s, c.settings, issue.week)
     count = sum(len(sec.articles) for sec in content.sections) + (content.lead is not None)
     when = issue.scheduled_at.astimezone(c.settings.tz).strftime("%a %Y-%m-%d %H:%M") if issue.scheduled_at else "-"
-    console.print(f"built {issue.week} ({issue.status}): {count} articles in "
-                  f"{', '.join(sec.name for sec in content.sections)}", highlight=False, soft_wrap=True)
-    console.print(f"subject: {issue.subject}\nsend at: {when} {c.settings.newsletter.timezone}", highlight=False, soft_wrap=True)
+    lines = [f"built {issue.week} ({issue.status}): {count} article{'' if count == 1 else 's'}"]
+    if content.lead:
+        lines.append(f"lead: {content.lead.title}")
+    if content.sections:
+        lines.append("sections: " + ", ".join(f"{sec.name} ({len(sec.articles)})" for sec in content.sections))
+    lines += [f"subject: {issue.subject}", f"send at: {when} {c.settings.newsletter.timezone}"]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 @issue_app.command("preview")

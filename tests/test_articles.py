@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from conftest import CORPORA
 from newsletter import articles, builder, config as config_mod, render
+from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.errors import InvalidInput
 from newsletter.models import Article, Feed
@@ -276,3 +278,24 @@ url = "missing.xml"
     assert again["Good"].not_modified and feed_server.not_modified == 1
     assert again["Good"].summary_line == "Good: not modified since the last fetch"
     assert again["Local"].unchanged == 10 and count(session) == 30
+
+
+def test_cli_import_list_and_fetch_lines(config_path: Path, engine: object, tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(app, ["--config", str(config_path), *args])
+        return result.exit_code, result.stdout, result.stderr
+
+    (tmp_path / "week.csv").write_text("title,url,category,published_at\n"
+                                       "Fair opens,https://example.com/fair,Events,2026-11-24T10:00:00+01:00\n"
+                                       "Broken,ftp://example.com/x,news,\n", encoding="utf-8")
+    code, out, err = run("articles", "import", str(tmp_path / "week.csv"))
+    assert (code, out) == (0, "week.csv: 1 added, 0 updated, 0 unchanged, 1 skipped\n")
+    assert err == "  week.csv:3: url 'ftp://example.com/x' is not an absolute http(s) URL (skipped)\n"
+    assert run("articles", "list", "--week", "2026-W48")[1] == (
+        "2026-11-24 10:00\tevents\tFair opens\thttps://example.com/fair\n")
+    assert run("articles", "import", str(tmp_path / "missing.json")) == (
+        1, "", f"Error: cannot read article file {tmp_path / 'missing.json'} (No such file or directory)\n")
+    assert run("articles", "fetch") == (
+        1, "", "Error: no [[feeds]] in the config; add one or use 'newsletter articles import FILE'\n")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
 from content_support import add_article, utc
 from newsletter import builder
+from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.errors import Conflict, InvalidInput, NotFound
 from newsletter.models import IssueStatus
@@ -150,3 +153,37 @@ def test_list_issues_newest_week_first(session: Session, settings: Settings) -> 
     builder.build(session, settings, "2026-W47")
     builder.build(session, settings, "2026-W48")
     assert [i.week for i in builder.list_issues(session)] == ["2026-W48", "2026-W47"]
+
+
+def test_cli_build_list_and_errors(config_path: Path, settings: Settings, sessions: sessionmaker[Session],
+                                   tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(app, ["--config", str(config_path), *args])
+        return result.exit_code, result.stdout, result.stderr
+
+    assert run("issue", "build", "--week", "2026-W48") == (
+        1, "", "Error: no articles were published in 2026-W48 (2026-11-23 to 2026-11-29); run 'newsletter "
+               "articles fetch' or 'newsletter articles import FILE' first\n")
+    assert run("issue", "build", "--week", "48") == (1, "", "Error: week '48' is not an ISO week like '2026-W48'\n")
+    assert run("issue", "preview", "--week", "2026-W48") == (
+        1, "", "Error: no issue for 2026-W48; run 'newsletter issue build --week 2026-W48' first\n")
+    with sessions.begin() as s:
+        add_article(s, "Big news", "news", utc(2026, 11, 24, 9))
+    (tmp_path / "intro.md").write_text("Hello **readers**", encoding="utf-8")
+    code, out, _ = run("issue", "build", "--week", "2026-W48", "--intro-file", str(tmp_path / "intro.md"),
+                       "--lead", "https://example.com/big-news")
+    assert code == 0
+    assert out == ("built 2026-W48 (draft): 1 article\nlead: Big news\n"
+                   "subject: Test Weekly — week 48, 27 November 2026\nsend at: Fri 2026-11-27 09:00 Europe/Berlin\n")
+    with sessions.begin() as s:
+        content = builder.load_content(s, settings, "2026-W48")
+        assert content.lead is not None and "<strong>readers</strong>" in content.intro_html
+    assert run("issue", "list")[1] == "2026-W48\tdraft\t2026-11-27 09:00\t-\tTest Weekly — week 48, 27 November 2026\n"
+    code, _, err = run("issue", "preview", "--week", "2026-W48", "--out", str(tmp_path / "no" / "dir" / "p.html"))
+    assert (code, err) == (1, f"Error: cannot write {tmp_path / 'no' / 'dir' / 'p.html'} (No such file or "
+                              f"directory); pick another --out\n")
+    code, out, _ = run("issue", "preview", "--week", "2026-W48", "--text")
+    assert code == 0 and "Big news\nhttps://example.com/big-news\n" in out
+

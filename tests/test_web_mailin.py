@@ -5,17 +5,20 @@ Maildir, matched by token (address or subject) or sender, never processed twice;
 from __future__ import annotations
 
 import mailbox
+import re
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
+from conftest import SmtpServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 from web_support import add_subscriber, make_issue, subscriber
 
 from newsletter import config as config_mod
-from newsletter import mailin, tokens
+from newsletter import mailin, sender, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
@@ -115,3 +118,20 @@ def test_serve_refuses_the_example_secret(config_path: Path, engine: object, sec
     result = CliRunner().invoke(app, ["--config", str(config_path), "serve", "--port", "1"])
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith("Error: [newsletter] secret_key is the example value")
+
+
+def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions: sessionmaker[Session],
+                                                    smtp_server: SmtpServer, tmp_path: Path) -> None:
+    """What a mail client sends for the sender's `List-Unsubscribe: <mailto:…?subject=…>` is matched."""
+    sid = add_subscriber(sessions, "ada@example.com")
+    issue_id = make_issue(sessions, settings, "2026-W40", title="Story", sent=False)
+    sender.send(sessions, settings, "2026-W40", force=True)
+    [sent] = smtp_server.messages
+    mailto = re.search(r"<mailto:([^>?]+)\?subject=([^>]+)>", sent.message["List-Unsubscribe"])
+    assert mailto is not None
+    # The reader's client writes from another address (an alias): the token still decides.
+    request = mail(1, sender="ada.alias@example.org", to=mailto.group(1), subject=unquote(mailto.group(2)))
+    report = mailin.import_unsubscribes(sessions, settings, write_mbox(tmp_path / "box", [request]))
+    assert report.unsubscribed == 1
+    assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
+    assert unsubscribe_events(sessions) == [(sid, "mailto", issue_id, "mailto:<req1@mail.example>")]

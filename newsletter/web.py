@@ -187,7 +187,7 @@ async def subscribe(request: Request) -> Response:
     topics = await _db(request, selfservice.categories)
     if request.method == "GET":
         return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
-                     error="", values={})
+                     error="", values={}, public=True)
     st = _state(request)
     client = request.client.host if request.client else "unknown"
     if not st.per_client.hit(client):
@@ -252,7 +252,7 @@ def _sent_issues(session: Session) -> list[tuple[str, str, str]]:
 async def archive(request: Request) -> Response:
     """Every sent issue, newest first."""
     issues = await _db(request, _sent_issues)
-    return _page(request, "web/archive.html", title="Archive", issues=issues)
+    return _page(request, "web/archive.html", title="Archive", issues=issues, public=True)
 
 
 async def _issue_response(request: Request, week: str, issue_id: int | None) -> Response:

@@ -54,6 +54,7 @@ def test_get_unsubscribe_shows_one_button_and_changes_nothing(client: TestClient
     r = client.get(path_of(settings, tokens.unsubscribe_url(settings, sid, None)))
     assert r.status_code == 200
     assert r.text.count("<button") == 1 and 'method="post"' in r.text and "ada@example.com" in r.text
+    assert '<meta name="robots" content="noindex">' in r.text
     assert r.headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in r.headers[
         "content-security-policy"]
     assert subscriber(sessions, sid).status == SubscriberStatus.ACTIVE
@@ -251,6 +252,7 @@ def test_archive_lists_only_sent_issues_with_escaped_subjects(client: TestClient
     assert r.status_code == 200
     assert "&lt;b&gt;Bold&lt;/b&gt; &amp; co" in r.text and "<b>Bold</b>" not in r.text
     assert 'href="/issues/2026-W40"' in r.text and "Secret draft" not in r.text
+    assert "noindex" not in r.text  # public pages may be indexed; personal ones (token URLs) may not
 
 
 def test_issue_page_shows_sent_issue_with_escaped_titles(client: TestClient, settings: Settings,

@@ -16,6 +16,7 @@ from web_support import add_subscriber, link_in, path_of, subscriber
 from newsletter import selfservice, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
+from newsletter.ratelimit import RateLimiter
 from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
@@ -186,3 +187,18 @@ def test_two_requests_racing_for_one_new_address(sessions: sessionmaker[Session]
     assert sid is not None and status_of(sessions, "race@example.com") == SubscriberStatus.PENDING
     with sessions.begin() as s:
         assert s.scalar(select(func.count()).select_from(Subscriber)) == 1
+
+
+def test_rate_limiter_window_and_retry_after() -> None:
+    now = [1000.0]
+    limiter = RateLimiter(2, 3600, clock=lambda: now[0])
+    assert [limiter.hit("a"), limiter.hit("a"), limiter.hit("a"), limiter.hit("b")] == [True, True, False, True]
+    assert limiter.retry_after("a") == 3601 and limiter.retry_after("b") == 0
+    now[0] += 3600
+    assert limiter.hit("a") and limiter.retry_after("a") == 0
+    # Old keys are forgotten once there are many, so memory stays bounded.
+    for i in range(RateLimiter.PRUNE_AT + 1):
+        limiter.hit(f"k{i}")
+    now[0] += 3601
+    limiter.hit("new")
+    assert len(limiter._hits) == 1

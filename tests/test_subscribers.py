@@ -173,3 +173,23 @@ def test_export_then_import_restores_the_same_state(sessions: sessionmaker[Sessi
             s.delete(sub)
     imp(sessions, out.getvalue())
     assert state(sessions) == original
+
+
+@pytest.mark.parametrize("raw", [
+    "plain@example.com", "Mixed.Case+tag@Example.COM", "a@xn--bcher-kva.example", "x@bücher.example",
+    "dots..twice@example.com", ".lead@example.com", "trail.@example.com", "a@-bad-.com", "a@localhost",
+    "a@example", "a@123.45", "a@exa_mple.com", "{weird}|chars~@example.org", "x" * 65 + "@example.com",
+    "Postmaster@Example.com", "a@" + "d" * 250 + ".com", "a@" + ("b" * 60 + ".") * 4 + "com",
+])
+def test_fast_path_agrees_with_email_validator(raw: str) -> None:
+    """normalize_email's cached-domain path gives exactly email-validator's answer."""
+    from email_validator import EmailNotValidError, validate_email
+    try:
+        expected: str | type = validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError:
+        expected = InvalidInput
+    try:
+        got: str | type = subscribers.normalize_email(raw)
+    except InvalidInput:
+        got = InvalidInput
+    assert got == expected

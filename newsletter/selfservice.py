@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, make_msgid
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter import subscribers, tokens
+from newsletter import message, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import (
@@ -174,7 +174,7 @@ def confirmation_message(settings: Settings, subscriber_id: int, email: str) -> 
     if nl.reply_to:
         msg["Reply-To"] = nl.reply_to
     msg["Date"] = format_datetime(utcnow())
-    msg["Message-ID"] = make_msgid(domain=envelope_sender(settings).rpartition("@")[2] or None)
+    msg["Message-ID"] = make_msgid(domain=message.domain_of(settings))
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(
         f"Someone, hopefully you, asked to receive {nl.name} at {email}.\n\n"
@@ -182,11 +182,6 @@ def confirmation_message(settings: Settings, subscriber_id: int, email: str) -> 
         f"The link works for {days} days. If you did not ask for this, ignore this mail:\n"
         f"you will not be subscribed.\n\n{nl.postal_address}\n")
     return msg
-
-
-def envelope_sender(settings: Settings) -> str:
-    """The bare address of [newsletter] from_address, for MAIL FROM."""
-    return parseaddr(settings.newsletter.from_address)[1]
 
 
 def unsubscribes_per_issue(session: Session) -> dict[int | None, dict[str, int]]:

@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from newsletter import builder, render, selfservice, subscribers, tokens, transport, webhooks
+from newsletter import builder, message, render, selfservice, subscribers, tokens, transport, webhooks
 from newsletter.config import EXAMPLE_SECRET, Settings
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
 from newsletter.models import IssueStatus, SubscriberStatus
@@ -218,7 +218,8 @@ async def send_confirmation(settings: Settings, subscriber_id: int, address: str
     """Mail the double opt-in link; a failure is logged (the person may simply ask again)."""
     msg = selfservice.confirmation_message(settings, subscriber_id, address)
     try:
-        await transport.send_one(settings, selfservice.envelope_sender(settings), address,
+        # The issue's envelope sender, so a bounced confirmation reaches the bounce handling.
+        await transport.send_one(settings, message.return_path(settings, subscriber_id, None), address,
                                  msg.as_bytes(policy=email.policy.SMTP))
     except DeliveryError as exc:
         log.warning("confirmation mail to subscriber %s not sent: %s", subscriber_id, exc)

@@ -8,12 +8,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import SmtpServer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
-from web_support import add_subscriber, link_in, path_of, subscriber
+from web_support import add_subscriber, link_in, make_issue, path_of, subscriber
 
-from newsletter import message, selfservice, subscribers, tokens
+from newsletter import message, selfservice, sender, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
 from newsletter.ratelimit import RateLimiter
@@ -205,3 +206,13 @@ def test_rate_limiter_window_and_retry_after() -> None:
     now[0] += 3601
     limiter.hit("new")
     assert len(limiter._hits) == 1
+
+
+def test_pending_subscriber_is_never_sent_an_issue(client: TestClient, settings: Settings,
+                                                   sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
+    add_subscriber(sessions, "active@example.com")
+    client.post("/subscribe", data={"email": "pending@example.com"})
+    assert smtp_server.recipients() == ["pending@example.com"]  # the confirmation only
+    make_issue(sessions, settings, "2026-W40", title="Story", sent=False)
+    sender.send(sessions, settings, "2026-W40", force=True)
+    assert smtp_server.recipients() == ["pending@example.com", "active@example.com"]

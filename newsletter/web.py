@@ -318,6 +318,8 @@ def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: s
         raise ConfigError("[newsletter] secret_key is the example value, so anyone could forge subscriber links; "
                           "set a long random one in config.toml or NEWSLETTER_SECRET_KEY "
                           "(or pass --insecure-dev on a test machine)")
+    if not secret or secret == EXAMPLE_SECRET:
+        log.warning("--insecure-dev: serving with the example secret_key; anyone can forge subscriber links")
     with session_factory() as session:
         if not inspect(session.get_bind()).has_table("subscribers"):
             raise ConfigError("the database has no tables yet; run 'newsletter init' or 'newsletter db upgrade' first")

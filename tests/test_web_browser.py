@@ -9,11 +9,8 @@ really sent to and captured by aiosmtpd:
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +22,7 @@ import pytest
 from conftest import SmtpServer, free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from web_support import add_subscriber, link_in, make_issue, subscriber
+from web_support import add_subscriber, link_in, make_issue, running_server, subscriber
 
 from newsletter import config as config_mod
 from newsletter import sender, subscribers
@@ -52,33 +49,8 @@ def config_path(config_path: Path, port: int) -> Path:
 
 @pytest.fixture
 def server(config_path: Path, engine: object, port: int) -> Iterator[str]:
-    """`newsletter serve` as a child process; stopped (then killed) in finally."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config_path), "serve",
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"newsletter serve exited with {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("newsletter serve did not answer /healthz within 30 s")
-            time.sleep(0.1)
+    with running_server(config_path, port) as (base, _log):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @contextmanager

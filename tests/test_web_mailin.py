@@ -10,15 +10,16 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import unquote
 
+import httpx
 import pytest
-from conftest import SmtpServer
+from conftest import SmtpServer, free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
-from web_support import add_subscriber, make_issue, subscriber
+from web_support import add_subscriber, make_issue, running_server, subscriber
 
 from newsletter import config as config_mod
-from newsletter import mailin, sender, tokens
+from newsletter import db, mailin, sender, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
@@ -135,3 +136,13 @@ def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions
     assert report.unsubscribed == 1
     assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
     assert unsubscribe_events(sessions) == [(sid, "mailto", issue_id, "mailto:<req1@mail.example>")]
+
+
+def test_serve_with_insecure_dev_starts_and_warns(config_path: Path, settings: Settings) -> None:
+    text = config_path.read_text().replace('secret_key = "test-secret-key-0123456789abcdef"',
+                                           f'secret_key = "{config_mod.EXAMPLE_SECRET}"')
+    config_path.write_text(text)
+    db.upgrade(db.make_engine(settings.database_url))
+    with running_server(config_path, free_port(), "--insecure-dev") as (base, log):
+        assert httpx.get(f"{base}/subscribe", timeout=5).status_code == 200
+        assert "anyone can forge subscriber links" in log.read_text()

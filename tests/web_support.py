@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time as clock
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, time, timezone
 from email.message import Message
+from pathlib import Path
 
+import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, subscribers
 from newsletter.config import Settings
-from newsletter.models import Article, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.models import (
+    Article,
+    Issue,
+    IssueStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
 
 
 def add_subscriber(sessions: sessionmaker[Session], email: str, *,
@@ -64,3 +79,38 @@ def link_in(message: Message, pattern: str) -> str:
             if match:
                 return match.group(0)
     raise AssertionError(f"no link matching {pattern!r} in the mail")
+
+
+@contextmanager
+def running_server(config_path: Path, port: int, *extra: str) -> Iterator[tuple[str, Path]]:
+    """`newsletter serve` as a child process until /healthz answers: (base URL, its log file).
+
+    Fails with the log if it exits or stays silent; terminated (then killed) in finally."""
+    log = config_path.parent / f"serve-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config_path), "serve",
+                                 "--host", "127.0.0.1", "--port", str(port), *extra],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = clock.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"newsletter serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if clock.monotonic() > deadline:
+                raise AssertionError(f"newsletter serve did not answer /healthz within 30 s:\n{log.read_text()}")
+            clock.sleep(0.1)
+        yield base, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

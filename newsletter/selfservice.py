@@ -101,17 +101,6 @@ def save_preferences(session: Session, subscriber_id: int, *, name: str, slugs: 
     return view(session, sub.id)
 
 
-def resubscribe(session: Session, subscriber_id: int) -> SubscriberView:
-    """Undo an unsubscribe from the preferences page (the link proves the mailbox).
-
-    Only an unsubscribe is undone this way: a bounced or complained address stays suppressed."""
-    sub = _get(session, subscriber_id)
-    if sub.status == SubscriberStatus.UNSUBSCRIBED:
-        subscribers.change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.REACTIVATE, source="page",
-                                  detail="re-subscribed on the preferences page", force=True)
-    return view(session, sub.id)
-
-
 def request_subscription(session: Session, email: str, *, name: str = "",
                          slugs: Sequence[str] = ()) -> int | None:
     """Handle a subscribe form: returns the subscriber id to mail a confirmation link to,

@@ -153,6 +153,7 @@ async def preferences(request: Request) -> Response:
     data = _token(request, tokens.PREFERENCES)
     sid = data.subscriber_id
     notice, error, status_code = "", "", 200
+    background = None
     if request.method == "POST":
         form = await request.form()
         _check_csrf(request, form, sid)
@@ -161,8 +162,11 @@ async def preferences(request: Request) -> Response:
             await _db(request, selfservice.unsubscribe, tokens.TokenData(sid, None), source="page")
             notice = "You are unsubscribed from everything."
         elif action == "resubscribe":
-            await _db(request, selfservice.resubscribe, sid)
-            notice = "Welcome back: you are subscribed again."
+            # Links get forwarded: coming back takes a confirmation from the mailbox, like a new sign-up.
+            sub = await _db(request, selfservice.view, sid)
+            if sub.status == SubscriberStatus.UNSUBSCRIBED:
+                background = _confirmation_task(request, sid, sub.email)
+            notice = "We have sent you an email: open the link in it to subscribe again."
         else:
             try:
                 await _db(request, selfservice.save_preferences, sid, name=str(form.get("name", "")),
@@ -173,7 +177,7 @@ async def preferences(request: Request) -> Response:
     sub = await _db(request, selfservice.view, sid)
     csrf = tokens.make(_state(request).settings.newsletter.secret_key, tokens.CSRF, sid)
     return _page(request, "web/preferences.html", title="Your subscription", sub=sub, csrf=csrf,
-                 notice=notice, error=error, status_code=status_code)
+                 notice=notice, error=error, status_code=status_code, background=background)
 
 
 # -- subscribe with double opt-in ------------------------------------------------------
@@ -204,14 +208,23 @@ async def subscribe(request: Request) -> Response:
         except InvalidInput as exc:
             return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
                          error=str(exc), values=values, status_code=400)
-        # Counted only when a mail would go out, so a stranger cannot use up someone's quota
-        # by submitting an already active address; sending after the response keeps the
-        # answer's timing the same for listed and unlisted addresses.
-        if sid is not None and st.per_address.hit(subscribers.email_key(address)):
-            background = BackgroundTask(send_confirmation, st.settings, sid, address)
+        if sid is not None:
+            background = _confirmation_task(request, sid, address)
     return _message(request, "Check your inbox",
                     "If this address can be subscribed, we have sent it a link to confirm. "
                     "Nothing is sent to you until you confirm.", embed=embed, csp=csp, background=background)
+
+
+def _confirmation_task(request: Request, subscriber_id: int, address: str) -> BackgroundTask | None:
+    """Mail a confirmation link after the response, within the per-address limit.
+
+    Counted only when a mail would go out, so a stranger cannot use up someone's quota by
+    submitting an already active address; sending after the response keeps the answer's
+    timing the same for listed and unlisted addresses."""
+    st = _state(request)
+    if not st.per_address.hit(subscribers.email_key(address)):
+        return None
+    return BackgroundTask(send_confirmation, st.settings, subscriber_id, address)
 
 
 async def send_confirmation(settings: Settings, subscriber_id: int, address: str) -> None:

@@ -9,16 +9,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import SmtpServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
-from web_support import add_subscriber, make_issue, path_of, subscriber
+from web_support import add_subscriber, link_in, make_issue, path_of, subscriber
 
 from newsletter import subscribers, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
-from newsletter.models import Event, EventKind, Issue, IssueStatus, Subscriber, SubscriberStatus
+from newsletter.models import (
+    Event,
+    EventKind,
+    Issue,
+    IssueStatus,
+    Subscriber,
+    SubscriberStatus,
+)
 from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
@@ -217,28 +225,34 @@ def test_preferences_post_without_valid_csrf_is_refused(client: TestClient, sett
     assert (sub.name, sub.status) == ("Ada", SubscriberStatus.ACTIVE)
 
 
-def test_preferences_unsubscribe_all_and_come_back(client: TestClient, settings: Settings,
-                                                   sessions: sessionmaker[Session]) -> None:
+def test_preferences_unsubscribe_all_and_come_back_by_confirming(
+        client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     path, csrf = _prefs(client, settings, sid)
     r = client.post(path, data={"csrf": csrf, "action": "unsubscribe"})
     assert r.status_code == 200 and "unsubscribed from everything" in r.text and "Subscribe again" in r.text
     assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
+    # A forwarded link must not re-subscribe anyone: coming back is confirmed from the mailbox.
+    time.sleep(1.05)  # link times are whole seconds; one from the unsubscribe's second counts as older
     r = client.post(path, data={"csrf": csrf, "action": "resubscribe"})
-    assert r.status_code == 200 and "subscribed again" in r.text
+    assert r.status_code == 200 and "open the link in it" in r.text
+    assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
+    [mail] = smtp_server.messages
+    assert client.post(path_of(settings, link_in(mail.message, r"http://\S+/confirm/\S+"))).status_code == 200
     assert subscriber(sessions, sid).status == SubscriberStatus.ACTIVE
     assert events(sessions, sid, EventKind.UNSUBSCRIBE) == [("page", None)]
-    assert events(sessions, sid, EventKind.REACTIVATE) == [("page", None)]
+    assert events(sessions, sid, EventKind.CONFIRM) == [("web", None)]
 
 
 def test_bounced_subscriber_cannot_resubscribe_from_preferences(client: TestClient, settings: Settings,
-                                                                sessions: sessionmaker[Session]) -> None:
+                                                                sessions: sessionmaker[Session],
+                                                                smtp_server: SmtpServer) -> None:
     sid = add_subscriber(sessions, "ada@example.com", status=SubscriberStatus.BOUNCED)
     path = path_of(settings, tokens.preferences_url(settings, sid))
     r = client.get(path)
     assert "no longer send issues" in r.text and "<button" not in r.text
     client.post(path, data={"csrf": tokens.make(secret(settings), tokens.CSRF, sid), "action": "resubscribe"})
-    assert subscriber(sessions, sid).status == SubscriberStatus.BOUNCED
+    assert subscriber(sessions, sid).status == SubscriberStatus.BOUNCED and smtp_server.messages == []
 
 
 # -- archive, issue pages, preview -----------------------------------------------------

@@ -68,8 +68,9 @@ def run(url: str, n: int, folder: Path) -> None:
     with engine.begin() as conn:
         conn.execute(insert(Subscriber), [
             {"email": f"s{i}@example.com", "email_key": f"s{i}@example.com", "name": "",
-             "status": SubscriberStatus.ACTIVE, "consent_source": "bench", "consent_at": now, "status_changed_at": now, "created_at": now,
-             "attributes": {}, "soft_bounces": 0} for i in range(1, n + 1)])
+             "status": SubscriberStatus.ACTIVE, "consent_source": "bench", "consent_at": now,
+             "status_changed_at": now, "created_at": now, "attributes": {}, "soft_bounces": 0}
+            for i in range(1, n + 1)])
     engine.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     with (folder / "serve.log").open("w") as log:

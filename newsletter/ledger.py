@@ -1,0 +1,243 @@
+"""The delivery ledger: one row per (issue, subscriber), the only record of who got what.
+
+A row's life: `pending` (planned) → reserved by a sender (`claimed_by`, still pending:
+nothing is on the wire, a crash loses nothing) → `sending` (committed before its SMTP
+transaction is completed) → `sent` / `failed` / `skipped`, or back to `pending` with
+`next_attempt_at` after a 4xx or a dropped connection. A row left in `sending` by a
+sender that is gone is *ambiguous*: the server may or may not have taken it, so it is
+never resent unless asked (`send --resend-ambiguous`).
+
+These functions take a session and do not commit; the sending engine commits them
+in small batches itself (the named exception to "the caller owns the session"),
+because the ledger must be durable before each message is handed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from newsletter import locks, render, subscribers
+from newsletter.builder import IssueContent
+from newsletter.models import (
+    SUPPRESSED,
+    Category,
+    Delivery,
+    DeliveryStatus,
+    EventKind,
+    Subscriber,
+    SubscriberCategory,
+    SubscriberStatus,
+    utcnow,
+)
+
+SENDER_LEASE = "sender"  # lease names: "sender:<holder>"; on SQLite the single "sender:sqlite"
+NO_SECTIONS = "not sent: none of the subscriber's categories is in this issue"
+PLAN_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Job:
+    """A reserved delivery, with what is needed to build its message."""
+
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    variant: str  # comma-joined section slugs
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one SMTP transaction, to be written to the ledger."""
+
+    delivery_id: int
+    subscriber_id: int
+    status: DeliveryStatus  # SENT, FAILED, or PENDING (retry at next_attempt_at)
+    reply: str
+    next_attempt_at: datetime | None = None
+    bounce: bool = False  # a 5xx for the recipient: mark the subscriber bounced
+
+
+def variant_key(sections: Sequence[str]) -> str:
+    return ",".join(sections)
+
+
+def variant_sections(key: str) -> tuple[str, ...]:
+    return tuple(s for s in key.split(",") if s)
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(Delivery).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
+
+
+def _unplanned(issue_id: int, after: int) -> Select[tuple[int]]:
+    planned = select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.subscriber_id == Subscriber.id)
+    return (select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.id > after,
+                                        ~planned.exists())
+            .order_by(Subscriber.id).limit(PLAN_CHUNK))
+
+
+def _slugs(session: Session, ids: Sequence[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    rows = session.execute(select(SubscriberCategory.subscriber_id, Category.slug)
+                           .join(Category, Category.id == SubscriberCategory.category_id)
+                           .where(SubscriberCategory.subscriber_id.in_(ids)))
+    for sid, slug in rows:
+        found.setdefault(sid, []).append(slug)
+    return found
+
+
+def plan_chunks(session: Session, content: IssueContent) -> Iterable[list[tuple[int, tuple[str, ...]]]]:
+    """Active subscribers without a ledger row yet, in chunks, with the sections each gets."""
+    after = 0
+    while ids := list(session.scalars(_unplanned(content.issue_id, after))):
+        slugs = _slugs(session, ids)
+        yield [(sid, render.sections_for(content, slugs.get(sid, ()))) for sid in ids]
+        after = ids[-1]
+
+
+def plan(session: Session, content: IssueContent) -> int:
+    """Add a `pending` row for each active subscriber not yet planned (a `skipped` one if
+    no section matches their categories); returns the number of rows added."""
+    added = 0
+    for chunk in plan_chunks(session, content):
+        rows = [{"issue_id": content.issue_id, "subscriber_id": sid, "variant": variant_key(sections),
+                 "status": DeliveryStatus.PENDING if sections else DeliveryStatus.SKIPPED,
+                 "last_reply": "" if sections else NO_SECTIONS, "attempts": 0, "claimed_by": "",
+                 "created_at": utcnow()} for sid, sections in chunk]
+        added += len(rows)
+        session.execute(_insert(session), rows)
+    return added
+
+
+def _claimable(issue_id: int, live: Sequence[str], now: datetime):  # type: ignore[no-untyped-def]
+    """Pending, due, and not reserved by a live sender (this one included)."""
+    free = Delivery.claimed_by == ""
+    if live:
+        free = or_(free, Delivery.claimed_by.not_in(live))
+    return and_(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, free,
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+
+
+def claim_batch(session: Session, issue_id: int, worker: str, limit: int) -> list[Job]:
+    """Reserve up to `limit` due pending rows for `worker`.
+
+    On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several senders reserve at the same
+    moment without waiting on, or taking, each other's rows; the reservation is then
+    visible as `claimed_by` (a live sender's rows are skipped by the others). On SQLite
+    one sender runs at a time (see sender.py), and the plain SELECT is enough."""
+    now = utcnow()
+    live = locks.live_holders(session, SENDER_LEASE)
+    query = (select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant,
+                    Delivery.attempts)
+             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+             .where(_claimable(issue_id, [*live, worker], now)).order_by(Delivery.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Delivery)
+    jobs = [Job(*row) for row in session.execute(query)]
+    if jobs:
+        session.execute(update(Delivery).where(Delivery.id.in_([j.delivery_id for j in jobs]))
+                        .values(claimed_by=worker, claimed_at=now))
+    return jobs
+
+
+def mark_sending(session: Session, jobs: Sequence[Job], worker: str) -> set[int]:
+    """Move reserved rows to `sending` just before their messages are handed over, after
+    re-reading each subscriber's status: someone who left meanwhile gets `skipped`.
+    Returns the delivery ids that may be sent."""
+    if not jobs:
+        return set()
+    ids = [j.delivery_id for j in jobs]
+    now = utcnow()
+    gone = session.execute(select(Delivery.id, Subscriber.status).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                           .where(Delivery.id.in_(ids), Subscriber.status != SubscriberStatus.ACTIVE)).all()
+    for delivery_id, status in gone:
+        session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.PENDING)
+                        .values(status=DeliveryStatus.SKIPPED, last_reply=f"not sent: subscriber is {status}",
+                                claimed_at=now))
+    go = [i for i in ids if i not in {d for d, _ in gone}]
+    if not go:
+        return set()
+    rows = session.execute(update(Delivery)
+                           .where(Delivery.id.in_(go), Delivery.status == DeliveryStatus.PENDING,
+                                  Delivery.claimed_by == worker)
+                           .values(status=DeliveryStatus.SENDING, claimed_at=now, attempts=Delivery.attempts + 1)
+                           .returning(Delivery.id))
+    return set(rows.scalars())
+
+
+SETTLE = (update(Delivery.__table__)
+          .where(Delivery.__table__.c.id == bindparam("b_id"),
+                 Delivery.__table__.c.status == DeliveryStatus.SENDING,
+                 Delivery.__table__.c.claimed_by == bindparam("b_worker"))
+          .values(status=bindparam("b_status"), last_reply=bindparam("b_reply"), sent_at=bindparam("b_sent_at"),
+                  next_attempt_at=bindparam("b_next"), claimed_by=bindparam("b_claimed_by")))
+
+
+def settle(session: Session, outcomes: Sequence[Outcome], worker: str, issue_id: int) -> None:
+    """Record SMTP results (one executemany); only rows this worker holds in `sending` change."""
+    if not outcomes:
+        return
+    now = utcnow()
+    params = [{"b_id": o.delivery_id, "b_worker": worker, "b_status": o.status, "b_reply": o.reply[:2000],
+               "b_sent_at": now if o.status == DeliveryStatus.SENT else None, "b_next": o.next_attempt_at,
+               "b_claimed_by": "" if o.status == DeliveryStatus.PENDING else worker} for o in outcomes]
+    session.connection().execute(SETTLE, params)
+    for o in outcomes:
+        if o.bounce:
+            sub = session.get(Subscriber, o.subscriber_id)
+            if sub is not None and sub.status not in SUPPRESSED:
+                subscribers.change_status(session, sub, SubscriberStatus.BOUNCED, kind=EventKind.BOUNCE,
+                                          source="smtp", issue_id=issue_id, detail=o.reply[:2000])
+
+
+def release(session: Session, issue_id: int, worker: str) -> None:
+    """Give back rows reserved but never started (a clean stop, or an abort)."""
+    session.execute(update(Delivery).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING,
+                                           Delivery.claimed_by == worker).values(claimed_by=""))
+
+
+def next_due(session: Session, issue_id: int, worker: str) -> datetime | None:
+    """When the earliest pending row this worker could claim becomes due (None: none left)."""
+    live = [*locks.live_holders(session, SENDER_LEASE), worker]
+    free = or_(Delivery.claimed_by == "", Delivery.claimed_by.not_in(live))
+    row = session.execute(select(func.count(), func.min(Delivery.next_attempt_at))
+                          .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, free)).one()
+    if not row[0]:
+        return None
+    return row[1] or utcnow()
+
+
+def ambiguous_filter(session: Session, issue_id: int):  # type: ignore[no-untyped-def]
+    """Rows in `sending` whose sender is gone."""
+    live = locks.live_holders(session, SENDER_LEASE)
+    cond = and_(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING)
+    return and_(cond, Delivery.claimed_by.not_in(live)) if live else cond
+
+
+def requeue_ambiguous(session: Session, issue_id: int) -> int:
+    """`send --resend-ambiguous`: make the ambiguous rows pending again."""
+    result = session.execute(update(Delivery).where(ambiguous_filter(session, issue_id))
+                             .values(status=DeliveryStatus.PENDING, claimed_by="", next_attempt_at=None,
+                                     last_reply="resent on request after an interrupted send"))
+    return result.rowcount or 0
+
+
+def open_count(session: Session, issue_id: int) -> int:
+    """Rows still pending or sending: the issue is sent when this reaches 0."""
+    return session.scalar(select(func.count()).where(
+        Delivery.issue_id == issue_id,
+        Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]))) or 0
+
+
+def retry_at(attempts: int, base: float, now: datetime | None = None) -> datetime:
+    """Exponential backoff: base, 2×base, 4×base … after the 1st, 2nd, 3rd attempt."""
+    return (now or utcnow()) + timedelta(seconds=base * 2 ** max(0, attempts - 1))

@@ -1,0 +1,241 @@
+"""A rendered variant as one MIME message in wire form, split where personal values go.
+
+`prepare()` runs once per variant: headers are folded and RFC 2047-encoded, both
+parts are quoted-printable encoded with CRLF line ends and no line starting with '.',
+and the text is cut at every personal slot (To, Message-ID, List-Unsubscribe, the
+two links and the greeting name). `Template.fill()` joins those bytes with one
+subscriber's values: the per-subscriber path is a list join, never MIME building.
+
+Slots sit on their own quoted-printable lines (a soft line break before and after),
+so a value of any length decodes back into the exact place of its placeholder.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import hashlib
+import hmac
+import html
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email import quoprimime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+from pathlib import Path
+
+import dkim
+
+from newsletter import render, tokens
+from newsletter.config import Settings
+from newsletter.errors import ConfigError, InvalidInput
+from newsletter.render import Variant
+
+# Slot numbers: index into the per-subscriber values tuple built by `Personal.values`.
+TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML = range(7)
+BODY_SLOTS = {
+    False: {render.UNSUBSCRIBE_URL: URL_UNSUBSCRIBE, render.PREFERENCES_URL: URL_PREFERENCES,
+            render.SUBSCRIBER_NAME: NAME_TEXT},
+    True: {render.UNSUBSCRIBE_URL: URL_UNSUBSCRIBE, render.PREFERENCES_URL: URL_PREFERENCES,
+           render.SUBSCRIBER_NAME: NAME_HTML},
+}
+PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in BODY_SLOTS[False]) + ")")
+# Headers a DKIM signature covers; Gmail requires the two List-Unsubscribe ones (RFC 8058 §4).
+DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id",
+                b"List-Unsubscribe", b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type")
+POLICY = email.policy.SMTP.clone(max_line_length=78, refold_source="all")
+SOFT_BREAK = b"=\r\n"
+
+
+def check_header(field: str, value: str) -> str:
+    """`value` unchanged, or InvalidInput if it could inject a header (CR, LF, NUL)."""
+    if any(c in value for c in "\r\n\0"):
+        raise InvalidInput(f"{field} {value[:60]!r} contains a line break; header values must be one line")
+    return value
+
+
+def address_of(value: str) -> str:
+    return parseaddr(value)[1]
+
+
+def domain_of(settings: Settings) -> str:
+    return address_of(settings.newsletter.from_address).rpartition("@")[2] or "localhost"
+
+
+def return_path(settings: Settings, subscriber_id: int, issue_id: int | None) -> str:
+    """The envelope sender (MAIL FROM) of a message to this subscriber: the From address.
+
+    One function so the bounce handling can turn it into a per-subscriber VERP address."""
+    return address_of(settings.newsletter.from_address)
+
+
+def message_id(settings: Settings, issue_id: int, subscriber_id: int) -> str:
+    """Deterministic per (issue, subscriber): a resent copy carries the same Message-ID,
+    so receiving systems can drop the duplicate; the keyed hash keeps ids of two
+    installations apart."""
+    return _message_id(settings.newsletter.secret_key.encode(), domain_of(settings), issue_id, subscriber_id)
+
+
+def _message_id(key: bytes, domain: str, issue_id: int, subscriber_id: int) -> str:
+    digest = hmac.new(key, f"{issue_id}.{subscriber_id}".encode(), hashlib.sha256).hexdigest()[:12]
+    return f"<nl.{issue_id}.{subscriber_id}.{digest}@{domain}>"
+
+
+def unsubscribe_mailto(settings: Settings) -> str:
+    return settings.newsletter.unsubscribe_mailto or f"unsubscribe@{domain_of(settings)}"
+
+
+def list_id(settings: Settings) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", settings.newsletter.name.lower()).strip("-") or "newsletter"
+    return f"{settings.newsletter.name} <{slug}.{domain_of(settings)}>"
+
+
+def _qp_value(value: str) -> bytes:
+    """A value as quoted-printable lines for a slot: soft breaks every 75 characters,
+    no line starting with '.'. Links (URL-safe, no '=') take the fast path."""
+    if value.isascii() and value.isprintable() and "=" not in value and not value.endswith(" "):
+        raw = value.encode("ascii")
+        if len(raw) > 75:
+            raw = SOFT_BREAK.join(raw[i:i + 75] for i in range(0, len(raw), 75))
+    else:
+        raw = quoprimime.body_encode(value.encode("utf-8").decode("latin-1"), maxlinelen=76,
+                                     eol="\r\n").encode("ascii")
+    return _no_leading_dots(raw)
+
+
+def _no_leading_dots(qp: bytes) -> bytes:
+    """'.' at a line start becomes '=2E' (legal in quoted-printable), so DATA needs no dot-stuffing."""
+    qp = qp.replace(b"\r\n.", b"\r\n=2E")
+    return b"=2E" + qp[1:] if qp.startswith(b".") else qp
+
+
+def _qp_with_slots(text: str, html_part: bool) -> list[bytes | int]:
+    """A body part encoded quoted-printable, cut at its placeholders."""
+    slots = BODY_SLOTS[html_part]
+    out: list[bytes | int] = []
+    for i, piece in enumerate(PLACEHOLDER_RE.split(text.replace("\r\n", "\n").replace("\r", "\n"))):
+        if i % 2:
+            out += [SOFT_BREAK, slots[piece], SOFT_BREAK]
+        elif piece:
+            out.append(_no_leading_dots(quoprimime.body_encode(piece.encode("utf-8").decode("latin-1"),
+                                                               maxlinelen=76, eol="\r\n").encode("ascii")))
+    return out
+
+
+def _header(name: str, value: str) -> bytes:
+    return POLICY.fold_binary(name, check_header(name, value))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A variant in wire form: statics[0] slot[0] statics[1] … statics[-1]."""
+
+    sections: tuple[str, ...]
+    statics: tuple[bytes, ...]
+    slots: tuple[int, ...]
+
+    def fill(self, values: tuple[bytes, ...]) -> bytes:
+        statics = self.statics
+        parts = [statics[0]]
+        for i, slot in enumerate(self.slots, 1):
+            parts.append(values[slot])
+            parts.append(statics[i])
+        return b"".join(parts)
+
+
+def _compile(parts: list[bytes | int], sections: tuple[str, ...]) -> Template:
+    statics: list[bytes] = [b""]
+    slots: list[int] = []
+    for part in parts:
+        if isinstance(part, int):
+            slots.append(part)
+            statics.append(b"")
+        else:
+            statics[-1] += part
+    return Template(sections, tuple(statics), tuple(slots))
+
+
+class DkimSigner:
+    """Signs each finished message (the body differs per subscriber, so per message)."""
+
+    def __init__(self, selector: str, domain: str, key: bytes) -> None:
+        self.selector, self.domain, self.key = selector.encode(), domain.encode(), key
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DkimSigner | None:
+        d = settings.dkim
+        if not d.private_key_path:
+            return None
+        path: Path = settings.resolve(d.private_key_path)
+        try:
+            key = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"[dkim] private_key_path {str(path)!r}: {exc.strerror}; fix config.toml") from exc
+        return cls(d.selector, d.domain, key)
+
+    def sign(self, data: bytes) -> bytes:
+        try:
+            signature = dkim.sign(data, self.selector, self.domain, self.key, include_headers=list(DKIM_HEADERS),
+                                  canonicalize=(b"relaxed", b"relaxed"), linesep=b"\r\n")
+        except dkim.DKIMException as exc:
+            raise ConfigError(f"[dkim] cannot sign with the key in private_key_path: {exc}") from exc
+        return signature + data
+
+
+class MessageFactory:
+    """Turns variants of one issue into templates, and templates into messages."""
+
+    def __init__(self, settings: Settings, issue_id: int, *, now: datetime | None = None) -> None:
+        self.settings = settings
+        self.issue_id = issue_id
+        self.date = format_datetime((now or datetime.now(settings.tz)).astimezone(settings.tz))
+        self.mailto = unsubscribe_mailto(settings).encode("ascii")
+        self.domain = domain_of(settings)
+        self.key = settings.newsletter.secret_key.encode()
+        self.signer = DkimSigner.from_settings(settings)
+
+    def prepare(self, variant: Variant) -> Template:
+        """The expensive step, once per variant: headers, encoding, slots."""
+        n = self.settings.newsletter
+        boundary = "=_nl_" + hashlib.sha256("|".join(variant.sections).encode() + variant.html.encode()).hexdigest()[:28]
+        head: list[bytes | int] = [_header("From", n.from_address)]
+        if n.reply_to:
+            head.append(_header("Reply-To", n.reply_to))
+        head += [TO, _header("Subject", variant.subject), _header("Date", self.date), b"Message-ID: ", MESSAGE_ID,
+                 b"\r\n", _header("List-Id", list_id(self.settings)), LIST_UNSUBSCRIBE,
+                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", b"MIME-Version: 1.0\r\n",
+                 f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()]
+        part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        body: list[bytes | int] = [f"--{boundary}\r\n{part.format('plain')}".encode()]
+        body += _qp_with_slots(variant.text, False)
+        body.append(f"\r\n--{boundary}\r\n{part.format('html')}".encode())
+        body += _qp_with_slots(variant.html, True)
+        body.append(f"\r\n--{boundary}--\r\n".encode())
+        return _compile(head + body, variant.sections)
+
+    def values(self, subscriber_id: int, address: str, name: str) -> tuple[bytes, ...]:
+        """One subscriber's slot values, in slot order. Line breaks in a name are dropped."""
+        check_header("To", address)
+        name = " ".join(name.split())
+        unsubscribe = tokens.unsubscribe_url(self.settings, subscriber_id, self.issue_id)
+        preferences = tokens.preferences_url(self.settings, subscriber_id)
+        if not name:
+            to = f"To: {address}\r\n".encode()
+        elif name.isascii():
+            to = f"To: {formataddr((name, address))}\r\n".encode()
+        else:
+            to = b"To: " + Header(name, "utf-8", header_name="To").encode(linesep="\r\n").encode() + \
+                 f" <{address}>\r\n".encode()
+        token = unsubscribe.rpartition("/")[2].encode()
+        list_unsubscribe = (b"List-Unsubscribe: <" + unsubscribe.encode() + b">,\r\n <mailto:" + self.mailto +
+                            b"?subject=unsubscribe-" + token + b">\r\n")
+        url_unsub, url_prefs = _qp_value(unsubscribe), _qp_value(preferences)
+        name_text = _qp_value(name) if name else b""
+        name_html = _qp_value(html.escape(name, quote=True)) if name else b""
+        return (to, _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(), list_unsubscribe,
+                url_unsub, url_prefs, name_text, name_html)
+
+    def build(self, template: Template, subscriber_id: int, address: str, name: str) -> bytes:
+        """The finished message for one subscriber (DKIM-signed when configured)."""
+        data = template.fill(self.values(subscriber_id, address, name))
+        return self.signer.sign(data) if self.signer else data

@@ -1,0 +1,479 @@
+"""The sending engine: every planned subscriber gets the issue exactly once, fast.
+
+Shape (listmonk's manager, with a ledger that survives kill -9):
+- one task reserves batches of ledger rows (`ledger.claim_batch`) into a queue;
+- `concurrency` workers each take a job, ask the ledger writer to mark it `sending`,
+  run MAIL/RCPT meanwhile, and hand the message over (DATA) only once that mark is
+  committed; so after a crash at most `concurrency` rows are ambiguous;
+- one ledger writer commits marks and results together in small batches, in a
+  single database thread (group commit: one transaction per round, not per message).
+
+Variants are rendered once (`render.render_variant`) and turned into byte templates
+(`message.MessageFactory.prepare`); per subscriber only the slots are filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import builder, ledger, locks, render
+from newsletter.builder import IssueContent
+from newsletter.config import Settings
+from newsletter.errors import (
+    Conflict,
+    NotFound,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    TransportUnavailable,
+)
+from newsletter.ledger import Job, Outcome
+from newsletter.message import MessageFactory, Template, return_path
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.transport import Transport, open_transport, send_one
+
+THROTTLING = frozenset({421, 451, 454})  # "slow down" replies (SES and other relays)
+LEASE_TTL = 120.0  # seconds; renewed every LEASE_TTL / 6 while sending
+SQLITE_LEASE = ledger.SENDER_LEASE + ":sqlite"
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    """What the engine needs, decoupled from the TOML layout."""
+
+    concurrency: int = 8
+    rate_per_second: float = 0.0
+    max_attempts: int = 5
+    retry_delay: float = 60.0
+    max_age_hours: float = 72.0
+    batch_size: int = 500
+    max_wait: float = 300.0  # a retry due later than this waits for the next run
+    throttle_seconds: float = 60.0  # how long a throttling reply halves the rate
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendSettings:
+        s = settings.smtp
+        return cls(concurrency=s.concurrency, rate_per_second=s.rate_per_second, max_attempts=s.max_attempts,
+                   retry_delay=s.retry_delay, max_age_hours=settings.delivery.max_age_hours)
+
+
+@dataclass
+class SendReport:
+    week: str
+    planned: int = 0
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    skipped: int = 0
+    retrying: int = 0
+    remaining: int = 0  # pending or sending rows after this run
+    ambiguous: int = 0  # rows in `sending` left by an interrupted sender
+    elapsed: float = 0.0
+    issue_status: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed else 0.0
+
+
+Progress = Callable[[SendReport, int], None]  # (report so far, total to send) after each ledger round
+
+
+class Skipped(Exception):
+    """The subscriber left (or the row was taken) before the message was handed over."""
+
+
+class RateLimit:
+    """A global messages-per-second pace; throttling replies halve it for a while."""
+
+    def __init__(self, per_second: float, throttle_seconds: float) -> None:
+        self.base = per_second
+        self.current = per_second
+        self.throttle_seconds = throttle_seconds
+        self.until = 0.0
+        self.next_at = 0.0
+        self.started = time.monotonic()
+        self.count = 0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        self.count += 1
+        if self.until and now >= self.until:
+            self.current, self.until = self.base, 0.0
+        if self.current <= 0:
+            return
+        self.next_at = max(self.next_at + 1.0 / self.current, now)
+        if self.next_at > now:
+            await asyncio.sleep(self.next_at - now)
+
+    def throttle(self) -> None:
+        achieved = self.count / max(time.monotonic() - self.started, 1e-3)
+        self.current = max(1.0, (self.current or achieved) / 2)
+        self.until = time.monotonic() + self.throttle_seconds
+
+
+class LedgerWriter:
+    """Group commit: marks and outcomes queued by the workers go to the database together,
+    in one thread, one transaction per round."""
+
+    def __init__(self, sessions: sessionmaker[Session], issue_id: int, worker: str, lease: str,
+                 on_commit: Callable[[list[Outcome]], None]) -> None:
+        self.sessions, self.issue_id, self.worker, self.lease = sessions, issue_id, worker, lease
+        self.on_commit = on_commit
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self.marks: list[tuple[Job, asyncio.Future[bool]]] = []
+        self.outcomes: list[Outcome] = []
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.failed: BaseException | None = None
+        self.renewed = time.monotonic()
+
+    async def db(self, fn: Callable[[Session], object]) -> object:
+        """Run `fn(session)` in the ledger thread and commit."""
+        def run() -> object:
+            with self.sessions.begin() as session:
+                result = fn(session)
+                if time.monotonic() - self.renewed > LEASE_TTL / 6:
+                    locks.renew(session, self.lease, self.worker, LEASE_TTL)
+                    self.renewed = time.monotonic()
+                return result
+        return await asyncio.get_running_loop().run_in_executor(self.executor, run)
+
+    def mark(self, job: Job) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.failed is not None:
+            future.set_exception(self.failed)
+            return future
+        self.marks.append((job, future))
+        self.wake.set()
+        return future
+
+    def settle(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self.marks and not self.outcomes:
+                if self.closing:
+                    return
+                await self.wake.wait()
+                self.wake.clear()
+                continue
+            marks, self.marks = self.marks, []
+            outcomes, self.outcomes = self.outcomes, []
+            try:
+                # Marks before outcomes: a worker's previous outcome is always committed no
+                # later than its next mark, so each worker has at most one row in `sending`.
+                ok = await self.db(lambda s: (ledger.mark_sending(s, [j for j, _ in marks], self.worker),
+                                              ledger.settle(s, outcomes, self.worker, self.issue_id))[0])
+            except BaseException as exc:
+                self.failed = exc
+                for _, future in [*marks, *self.marks]:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            for job, future in marks:
+                if not future.done():
+                    future.set_result(job.delivery_id in ok)  # type: ignore[operator]
+            self.on_commit(outcomes)
+
+    async def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+
+
+class Engine:
+    """One run of the sending loop for one issue."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, content: IssueContent,
+                 transport: Transport, options: SendSettings, worker: str, lease: str,
+                 report: SendReport, progress: Progress | None, limit: int | None, total: int) -> None:
+        self.sessions, self.settings, self.content = sessions, settings, content
+        self.transport, self.options, self.worker = transport, options, worker
+        self.report, self.progress, self.limit, self.total = report, progress, limit, total
+        self.factory = MessageFactory(settings, content.issue_id)
+        self.templates: dict[str, Template] = {}
+        self.rate = RateLimit(options.rate_per_second, options.throttle_seconds)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.batch_size * 2)
+        self.writer = LedgerWriter(sessions, content.issue_id, worker, lease, self._committed)
+        self.in_flight = 0
+        self.unavailable = 0  # consecutive connection failures, over all workers
+        self.fatal: TransportUnavailable | None = None
+
+    def _committed(self, outcomes: list[Outcome]) -> None:
+        r = self.report
+        for o in outcomes:
+            if o.status == DeliveryStatus.SENT:
+                r.sent += 1
+            elif o.status == DeliveryStatus.FAILED:
+                r.failed += 1
+                r.bounced += o.bounce
+            else:
+                r.retrying += 1
+        if self.progress is not None and outcomes:
+            self.progress(r, self.total)
+
+    def template(self, key: str) -> Template:
+        if key not in self.templates:  # the one expensive step, once per variant
+            variant = render.render_variant(self.settings, self.content, ledger.variant_sections(key))
+            self.templates[key] = self.factory.prepare(variant)
+        return self.templates[key]
+
+    def _failed(self, job: Job, reply: str, *, bounce: bool = False) -> Outcome:
+        return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, reply, bounce=bounce)
+
+    def _retry(self, job: Job, reply: str, delay: float | None = None) -> Outcome:
+        attempts = job.attempts + 1
+        if attempts >= self.options.max_attempts:
+            return self._failed(job, f"{reply} (gave up after {attempts} attempts)")
+        when = ledger.retry_at(attempts, self.options.retry_delay) if delay is None else utcnow() + timedelta(seconds=delay)
+        return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
+
+    async def deliver(self, job: Job) -> None:
+        """One message: mark, MAIL/RCPT while the mark commits, DATA once it is durable."""
+        await self.rate.wait()
+        allowed = self.writer.mark(job)
+        try:
+            data = self.factory.build(self.template(job.variant), job.subscriber_id, job.email, job.name)
+        except Exception:
+            allowed.cancel()
+            raise
+
+        async def before_data() -> None:
+            if not await allowed:
+                raise Skipped
+
+        try:
+            reply = await self.transport.send(return_path(self.settings, job.subscriber_id, self.content.issue_id),
+                                              job.email, data, before_data=before_data)
+        except Skipped:
+            self.report.skipped += 1
+            return
+        except PermanentDeliveryError as exc:
+            self.writer.settle(self._failed(job, exc.reply or str(exc), bounce=exc.code is not None))
+        except TransientDeliveryError as exc:
+            if exc.code in THROTTLING:
+                self.rate.throttle()
+            self.writer.settle(self._retry(job, exc.reply or str(exc)))
+        except TransportUnavailable as exc:
+            if exc.code in THROTTLING:
+                self.rate.throttle()
+            self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0))
+            self.unavailable += 1
+            if self.unavailable >= 2 * self.options.concurrency + 2:
+                self.fatal = exc
+            else:
+                await asyncio.sleep(min(0.1 * 2 ** min(self.unavailable, 6), 5.0))
+            return
+        else:
+            self.writer.settle(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.SENT, reply))
+        self.unavailable = 0
+
+    async def work(self) -> None:
+        while (job := await self.queue.get()) is not None:
+            if self.fatal is not None:
+                continue
+            self.in_flight += 1
+            try:
+                await self.deliver(job)
+            finally:
+                self.in_flight -= 1
+
+    async def reserve(self) -> None:
+        """Feed the queue until nothing claimable is left (or due within max_wait)."""
+        left = self.limit
+        while self.fatal is None and (left is None or left > 0):
+            size = self.options.batch_size if left is None else min(left, self.options.batch_size)
+            jobs: list[Job] = await self.writer.db(
+                lambda s: ledger.claim_batch(s, self.content.issue_id, self.worker, size))  # type: ignore[assignment]
+            for job in jobs:
+                await self.queue.put(job)
+            if left is not None:
+                left -= len(jobs)
+            if jobs:
+                continue
+            if self.in_flight or not self.queue.empty() or self.writer.outcomes:
+                await asyncio.sleep(0.05)  # in-flight messages may turn into retries
+                continue
+            due: datetime | None = await self.writer.db(
+                lambda s: ledger.next_due(s, self.content.issue_id, self.worker))  # type: ignore[assignment]
+            if due is None:
+                return
+            wait = (due - utcnow()).total_seconds()
+            if wait > self.options.max_wait:
+                self.report.notes.append(f"retries are due from {due:%Y-%m-%d %H:%M} UTC; run send again then "
+                                         f"(cron's `newsletter run` does)")
+                return
+            await asyncio.sleep(min(max(wait, 0.01), 1.0))
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self.writer.run())
+        workers = [asyncio.create_task(self.work()) for _ in range(self.options.concurrency)]
+        try:
+            await self.reserve()
+            for _ in workers:
+                await self.queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self.writer.close()
+            await writer
+            await self.transport.close()
+            await self.writer.db(lambda s: ledger.release(s, self.content.issue_id, self.worker))
+            self.writer.executor.shutdown()
+        if self.fatal is not None:
+            raise TransportUnavailable(f"{self.fatal}; stopped sending. The issue stays resumable: fix the server "
+                                       f"or [smtp] settings and run `newsletter send` again",
+                                       code=self.fatal.code, reply=self.fatal.reply)
+
+
+# --- entry points ----------------------------------------------------------------------
+
+def find_issue(session: Session, settings: Settings, week: str | None) -> Issue:
+    week = week or builder.current_week(settings)
+    issue = session.scalar(select(Issue).where(Issue.week == week))
+    if issue is None:
+        raise NotFound(f"issue {week} is not built; run `newsletter issue build --week {week}` first")
+    return issue
+
+
+def check_age(settings: Settings, issue: Issue, max_age_hours: float, force: bool) -> None:
+    """A restored backup must not mail last week's news: refuse stale issues unless forced."""
+    when = issue.scheduled_at or issue.built_at
+    if force or when is None:
+        return
+    age = (utcnow() - when).total_seconds() / 3600
+    if age > max_age_hours:
+        raise Conflict(f"issue {issue.week} was scheduled for {when.astimezone(settings.tz):%Y-%m-%d %H:%M}, "
+                       f"{age:.0f} hours ago (more than [delivery] max_age_hours = {max_age_hours:g}); "
+                       f"pass --force to send it anyway")
+
+
+def _acquire_sender(sessions: sessionmaker[Session], worker: str) -> str:
+    """Register this sender. SQLite: one sender at a time (a second one is told so);
+    PostgreSQL: any number, sharing the work through SKIP LOCKED claims."""
+    with sessions.begin() as session:
+        if session.get_bind().dialect.name != "sqlite":
+            name = f"{ledger.SENDER_LEASE}:{worker}"
+            locks.acquire(session, name, worker, LEASE_TTL)
+            return name
+        holder = locks.acquire(session, SQLITE_LEASE, worker, LEASE_TTL)
+    if holder is not None:
+        pid = locks.pid_of(holder)
+        who = f"process {pid}" if pid else holder
+        raise Conflict(f"another `newsletter send` ({who}) is sending from this SQLite database; wait for it to "
+                       f"finish (several senders at once need PostgreSQL)")
+    return SQLITE_LEASE
+
+
+def _finish(session: Session, issue_id: int, report: SendReport) -> None:
+    issue = session.get(Issue, issue_id)
+    assert issue is not None
+    report.remaining = ledger.open_count(session, issue_id)
+    report.ambiguous = session.scalar(select(func.count()).where(ledger.ambiguous_filter(session, issue_id))) or 0
+    if report.remaining == 0 and issue.status != IssueStatus.SENT:
+        issue.status, issue.sent_at = IssueStatus.SENT, utcnow()
+    report.issue_status = str(issue.status)
+
+
+def send(sessions: sessionmaker[Session], settings: Settings, week: str | None = None, *,
+         limit: int | None = None, force: bool = False, resend_ambiguous: bool = False,
+         transport: Transport | None = None, options: SendSettings | None = None,
+         progress: Progress | None = None) -> SendReport:
+    """Send the built issue of `week` (default: this week) to everyone planned for it.
+
+    Safe to rerun at any time: it continues where an earlier run stopped. Raises
+    NotFound (not built), Conflict (too old, or another SQLite sender), or
+    TransportUnavailable (the server cannot be reached; nothing is lost)."""
+    options = options or SendSettings.from_settings(settings)
+    started = time.monotonic()
+    with sessions.begin() as session:
+        issue = find_issue(session, settings, week)
+        report = SendReport(issue.week)
+        if issue.status == IssueStatus.SENT and not resend_ambiguous:
+            report.issue_status = str(issue.status)
+            report.notes.append(f"issue {issue.week} was already sent")
+            return report
+        check_age(settings, issue, options.max_age_hours, force)
+        content = builder.load_content(session, settings, issue.week)
+    worker = locks.new_holder()
+    lease = _acquire_sender(sessions, worker)
+    try:
+        with sessions.begin() as session:
+            issue = session.get(Issue, content.issue_id)
+            assert issue is not None
+            if resend_ambiguous:
+                requeued = ledger.requeue_ambiguous(session, issue.id)
+                report.notes.append(f"{requeued} ambiguous deliveries queued again")
+            report.planned = ledger.plan(session, content)
+            if issue.status != IssueStatus.SENDING:
+                issue.status, issue.send_started_at = IssueStatus.SENDING, issue.send_started_at or utcnow()
+            total = ledger.open_count(session, issue.id)
+        engine = Engine(sessions, settings, content, transport or open_transport(settings), options, worker,
+                        lease, report, progress, limit, min(total, limit) if limit is not None else total)
+        asyncio.run(engine.run())
+        with sessions.begin() as session:
+            _finish(session, content.issue_id, report)
+    finally:
+        with sessions.begin() as session:
+            locks.release(session, lease, worker)
+        report.elapsed = time.monotonic() - started
+    return report
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    sections: tuple[str, ...]
+    recipients: int
+    examples: tuple[str, ...]
+
+
+def dry_run(session: Session, settings: Settings, week: str | None = None) -> list[VariantPlan]:
+    """Who would get which variant if `send` ran now (rows still open plus subscribers not
+    yet planned); changes nothing."""
+    issue = find_issue(session, settings, week)
+    content = builder.load_content(session, settings, issue.week)
+    counts: dict[str, list[object]] = {}
+
+    def add(key: str, n: int, emails: list[str]) -> None:
+        entry = counts.setdefault(key, [0, []])
+        entry[0] = int(entry[0]) + n  # type: ignore[call-overload]
+        entry[1] = [*entry[1], *emails][:3]  # type: ignore[misc]
+
+    open_rows = session.execute(select(Delivery.variant, Subscriber.email)
+                                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                                .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.PENDING,
+                                       Subscriber.status == SubscriberStatus.ACTIVE)
+                                .execution_options(yield_per=1000))
+    for key, email in open_rows:
+        add(key, 1, [email])
+    for chunk in ledger.plan_chunks(session, content):
+        emails = dict(session.execute(select(Subscriber.id, Subscriber.email)
+                                      .where(Subscriber.id.in_([sid for sid, _ in chunk]))).tuples())
+        for sid, sections in chunk:
+            if sections:
+                add(ledger.variant_key(sections), 1, [emails[sid]])
+    return [VariantPlan(ledger.variant_sections(k), int(v[0]), tuple(v[1]))  # type: ignore[call-overload,arg-type]
+            for k, v in sorted(counts.items())]
+
+
+def send_test(session: Session, settings: Settings, week: str | None, address: str) -> str:
+    """One copy of the whole issue to `address`, outside the ledger (links are inert
+    for a subscriber id 0); returns the server's reply."""
+    issue = find_issue(session, settings, week)
+    content = builder.load_content(session, settings, issue.week)
+    factory = MessageFactory(settings, content.issue_id)
+    template = factory.prepare(render.render_variant(settings, content, render.sections_for(content, ())))
+    data = factory.build(template, 0, address, "")
+    return asyncio.run(send_one(settings, return_path(settings, 0, None), address, data))

@@ -1,0 +1,264 @@
+"""Hand finished messages over: to an SMTP server through a pool of persistent
+aiosmtplib connections, or to a folder of .eml files (the outbox, for trying the tool
+without a mail server).
+
+The engine sees only `Transport.send(envelope_from, recipient, data)`. No aiosmtplib
+exception leaves this module: `_map_errors` turns each into the DeliveryError family by
+reply class (4xx → TransientDeliveryError, 5xx → PermanentDeliveryError, connect,
+timeout, drop → TransportUnavailable), keeping the server's code and reply text.
+
+Speed: `data` is normally produced by `message.py` already in wire form (CRLF line
+ends, no line starting with '.'), so the DATA body goes out through aiosmtplib's
+lower-level protocol without its per-message regex passes; two cheap C-level checks
+confirm that, and anything else is normalised here the slow way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+
+from newsletter.config import Settings
+from newsletter.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    TransportUnavailable,
+)
+
+BeforeData = Callable[[], Awaitable[None]]
+
+
+class Transport(Protocol):
+    async def send(self, envelope_from: str, recipient: str, data: bytes, *,
+                   before_data: BeforeData | None = None) -> str:
+        """Hand one message over; return the server's reply text.
+
+        `before_data` runs after the server accepted the recipient and before the
+        message is handed over; if it raises, the transaction is reset and the
+        exception propagates (the engine uses it to wait for its ledger commit).
+        Raises TransientDeliveryError, PermanentDeliveryError or TransportUnavailable."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _reply_error(code: int, text: str, stage: str) -> DeliveryError:
+    reply = f"{code} {text}".strip()
+    if 400 <= code < 500:
+        return TransientDeliveryError(f"{stage}: {reply}", code=code, reply=reply)
+    if 500 <= code < 600:
+        return PermanentDeliveryError(f"{stage}: {reply}", code=code, reply=reply)
+    return TransportUnavailable(f"{stage}: unexpected reply {reply}", code=code, reply=reply)
+
+
+@contextmanager
+def _map_errors(where: str) -> Iterator[None]:
+    """Translate aiosmtplib and socket errors at the boundary (cf. httpx map_exceptions)."""
+    try:
+        yield
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise TransportUnavailable(f"{where}: login refused ({exc.code} {exc.message}); check [smtp] username "
+                                   f"and password", code=exc.code, reply=f"{exc.code} {exc.message}") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        if isinstance(exc, aiosmtplib.SMTPConnectError) or exc.code == 421:
+            raise TransportUnavailable(f"{where}: {exc.code} {exc.message}", code=exc.code,
+                                       reply=f"{exc.code} {exc.message}") from exc
+        raise _reply_error(exc.code, exc.message, where) from exc
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        text = str(exc) or type(exc).__name__
+        raise TransportUnavailable(f"{where}: {text}", reply=text) from exc
+
+
+def wire_form(data: bytes) -> bytes:
+    """`data` with CRLF line ends and leading dots doubled (RFC 5321 4.5.2).
+
+    Our own messages pass both checks untouched (bytes.count/replace run in C)."""
+    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+        data = normalize_message_line_endings(data)
+    elif not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..")
+
+
+@dataclass(frozen=True)
+class SmtpOptions:
+    host: str
+    port: int
+    username: str = ""
+    password: str = ""
+    starttls: bool = False
+    ssl: bool = False
+    timeout: float = 30.0
+    size: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpOptions:
+        s = settings.smtp
+        return cls(s.host, s.port, s.username, str(s.password), s.starttls, s.ssl, s.timeout, s.concurrency)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class SmtpTransport:
+    """A pool of up to `size` persistent connections; each carries many messages."""
+
+    def __init__(self, options: SmtpOptions) -> None:
+        self.options = options
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(options.size)
+        # EHLO name: socket.getfqdn() (aiosmtplib's default) can stall on DNS.
+        self._local_hostname = socket.gethostname() or "localhost"
+
+    def _new_connection(self) -> aiosmtplib.SMTP:
+        o = self.options
+        return aiosmtplib.SMTP(hostname=o.host, port=o.port, username=o.username or None,
+                               password=o.password or None, timeout=o.timeout, use_tls=o.ssl,
+                               start_tls=o.starttls, local_hostname=self._local_hostname)
+
+    async def _connect(self, conn: aiosmtplib.SMTP) -> None:
+        with _map_errors(f"cannot connect to SMTP server {self.options.address}"):
+            await conn.connect()
+            if conn.is_ehlo_or_helo_needed:
+                await conn.ehlo()
+
+    async def _command(self, conn: aiosmtplib.SMTP, stage: str, *args: bytes, ok: tuple[int, ...] = (250,)) -> str:
+        with _map_errors(f"{stage} at {self.options.address}"):
+            response = await conn.execute_command(*args)
+        if response.code not in ok:
+            if response.code == 421:  # the server is closing this connection: not the recipient's fault
+                raise TransportUnavailable(f"{stage}: {response.code} {response.message}", code=421,
+                                           reply=f"{response.code} {response.message}")
+            raise _reply_error(response.code, response.message, stage)
+        return response.message
+
+    async def _data(self, conn: aiosmtplib.SMTP, body: bytes) -> str:
+        """DATA with a body already in wire form: written as is, no second normalisation pass."""
+        await self._command(conn, "DATA", b"DATA", ok=(354,))
+        protocol = conn.protocol
+        try:
+            with _map_errors(f"sending the message to {self.options.address}"):
+                if protocol is None:
+                    raise aiosmtplib.SMTPServerDisconnected("connection lost")
+                protocol.write(body)
+                protocol.write(b".\r\n")
+                response = await protocol.read_response(timeout=self.options.timeout)
+        except TransportUnavailable:
+            conn.close()  # the reply may still arrive: never pair it with a later command
+            raise
+        if response.code != 250:
+            if response.code == 421:
+                conn.close()
+            raise _reply_error(response.code, response.message, "end of DATA")
+        return f"{response.code} {response.message}"
+
+    async def _reset(self, conn: aiosmtplib.SMTP) -> None:
+        try:
+            with _map_errors("RSET"):
+                response = await conn.execute_command(b"RSET")
+            if response.code != 250:
+                conn.close()
+        except TransportUnavailable:
+            conn.close()
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes, *,
+                   before_data: BeforeData | None = None) -> str:
+        try:
+            mail_from, rcpt_to = envelope_from.encode("ascii"), recipient.encode("ascii")
+        except UnicodeEncodeError:
+            raise PermanentDeliveryError(f"{recipient}: non-ASCII addresses need SMTPUTF8, which is not supported",
+                                         reply="not sent: non-ASCII address") from None
+        body = wire_form(data)
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else self._new_connection()
+            try:
+                if not conn.is_connected:
+                    await self._connect(conn)
+                try:
+                    await self._command(conn, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">")
+                    await self._command(conn, f"RCPT TO {recipient}", b"RCPT", b"TO:<" + rcpt_to + b">",
+                                        ok=(250, 251))
+                    if before_data is not None:
+                        await before_data()
+                    return await self._data(conn, body)
+                except BaseException:
+                    if conn.is_connected:
+                        await self._reset(conn)
+                    raise
+            finally:
+                if conn.is_connected:
+                    self._idle.append(conn)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                with _map_errors("QUIT"):
+                    await conn.quit()
+            except TransportUnavailable:
+                conn.close()
+
+
+MESSAGE_ID_RE = re.compile(rb"^Message-ID:\s*<([^>@\r\n]+)", re.IGNORECASE | re.MULTILINE)
+
+
+class OutboxTransport:
+    """Writes each message as `<outbox_dir>/<Message-ID local part>.eml` (atomically)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes, *,
+                   before_data: BeforeData | None = None) -> str:
+        if before_data is not None:
+            await before_data()
+        match = MESSAGE_ID_RE.search(data, 0, data.find(b"\r\n\r\n") + 2 if b"\r\n\r\n" in data else len(data))
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", match[1].decode("ascii", "replace")) if match else uuid.uuid4().hex
+        path = self.folder / f"{name}.eml"
+        tmp = path.with_suffix(".tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise TransportUnavailable(f"cannot write to the outbox {self.folder}: {exc.strerror}; check "
+                                       f"[delivery] outbox_dir", reply=str(exc)) from exc
+        return f"250 written to {path}"
+
+    async def close(self) -> None:
+        return None
+
+
+def open_transport(settings: Settings, *, size: int | None = None) -> Transport:
+    """The transport chosen by [delivery] transport: an SMTP pool or the outbox folder."""
+    if settings.delivery.transport == "outbox":
+        return OutboxTransport(settings.resolve(settings.delivery.outbox_dir))
+    options = SmtpOptions.from_settings(settings)
+    if size is not None:
+        options = SmtpOptions(**{**options.__dict__, "size": size})
+    return SmtpTransport(options)
+
+
+async def send_one(settings: Settings, envelope_from: str, recipient: str, data: bytes) -> str:
+    """Send a single message (e.g. a confirmation email) on a fresh connection."""
+    transport = open_transport(settings, size=1)
+    try:
+        return await transport.send(envelope_from, recipient, data)
+    finally:
+        await transport.close()

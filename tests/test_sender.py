@@ -1,0 +1,223 @@
+"""The sending engine against a real aiosmtpd server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import sender, subscribers, tokens
+from newsletter.config import Settings
+from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
+from newsletter.models import Event, EventKind, Issue, SubscriberStatus, utcnow
+from newsletter.transport import SmtpOptions, SmtpTransport
+from tests.conftest import SmtpServer, free_port
+from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, options
+
+
+def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
+        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    everyone = add_subscribers(sessions, 3)
+    events_only = add_subscribers(sessions, 1, prefix="events", categories=("events",))
+    with sessions.begin() as s:
+        subscribers.add(s, "pending@example.org", status=SubscriberStatus.PENDING)
+        subscribers.add(s, "gone@example.org", status=SubscriberStatus.UNSUBSCRIBED)
+
+    report = sender.send(sessions, settings, week, options=options())
+
+    assert sorted(smtp_server.recipients()) == sorted(everyone + events_only)
+    assert (report.sent, report.failed, report.remaining) == (4, 0, 0)
+    assert issue_status(sessions, week) == "sent"
+    rows = deliveries(sessions, week)
+    assert {e: (d.status, d.attempts) for e, d in rows.items()} == {e: ("sent", 1) for e in everyone + events_only}
+    assert all(d.last_reply.startswith("250") and d.sent_at for d in rows.values())
+    by_rcpt = {m.rcpt_tos[0]: m for m in smtp_server.messages}
+    msg = by_rcpt["reader1@example.org"].message
+    sid = rows["reader1@example.org"].subscriber_id
+    issue_id = rows["reader1@example.org"].issue_id
+    assert msg["To"] == "Reader 1 <reader1@example.org>"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe = tokens.unsubscribe_url(settings, sid, issue_id)
+    assert f"<{unsubscribe}>" in msg["List-Unsubscribe"] and "mailto:unsubscribe@example.com" in msg["List-Unsubscribe"]
+    assert msg["Message-ID"].startswith(f"<nl.{issue_id}.{sid}.") and msg["Date"] and msg["List-Id"]
+    assert unsubscribe in body(msg, "html") and unsubscribe in body(msg, "plain")
+    assert tokens.preferences_url(settings, sid) in body(msg, "plain")
+    assert "Reader 1" in body(msg, "plain")
+    # The events-only reader gets the events section and not the others.
+    events_text = body(by_rcpt["events0@example.org"].message, "plain")
+    assert "Events headline" in events_text and "Products headline" not in events_text
+    assert "Products headline" in body(msg, "plain")
+    # A second run sends nothing more.
+    again = sender.send(sessions, settings, week, options=options())
+    assert again.sent == 0 and len(smtp_server.messages) == 4
+
+
+def test_4xx_is_retried_with_backoff_until_accepted(sessions: sessionmaker[Session], settings: Settings,
+                                                    smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 3)
+    smtp_server.faults.data["reader0@example.org"] = ["451 4.3.0 try again later"]
+    smtp_server.faults.rcpt["reader1@example.org"] = "452 4.2.2 mailbox busy"
+
+    report = sender.send(sessions, settings, week, options=options())
+
+    assert Counter(smtp_server.recipients()) == Counter([emails[0], emails[2]])
+    rows = deliveries(sessions, week)
+    assert rows["reader0@example.org"].attempts == 2 and rows["reader0@example.org"].status == "sent"
+    assert report.retrying == 3 and report.failed == 1
+    # The RCPT fault persists: it fails after max_attempts (3), reply recorded.
+    assert rows["reader1@example.org"].status == "failed"
+    assert rows["reader1@example.org"].attempts == 3
+    assert "452 4.2.2 mailbox busy" in rows["reader1@example.org"].last_reply
+
+
+def test_retry_due_later_waits_for_the_next_run(sessions: sessionmaker[Session], settings: Settings,
+                                                smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 2)
+    smtp_server.faults.data["reader0@example.org"] = ["421 4.7.0 slow down"]
+    report = sender.send(sessions, settings, week, options=options(retry_delay=3600))
+    row = deliveries(sessions, week)["reader0@example.org"]
+    assert (row.status, row.attempts) == ("pending", 1) and row.next_attempt_at > utcnow()
+    assert report.remaining == 1 and issue_status(sessions, week) == "sending"
+    assert any("retries are due" in n for n in report.notes)
+    with sessions.begin() as s:  # time passes
+        d = s.merge(row)
+        d.next_attempt_at = utcnow() - timedelta(seconds=1)
+    sender.send(sessions, settings, week, options=options())
+    assert Counter(smtp_server.recipients()) == Counter({"reader0@example.org": 1, "reader1@example.org": 1})
+    assert issue_status(sessions, week) == "sent"
+
+
+@pytest.mark.parametrize("where", ["rcpt", "data"])
+def test_5xx_fails_the_delivery_and_bounces_the_subscriber(where: str, sessions: sessionmaker[Session],
+                                                           settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 3)
+    if where == "rcpt":
+        smtp_server.faults.rcpt["reader2@example.org"] = "550 5.1.1 no such user"
+    else:
+        smtp_server.faults.data["reader2@example.org"] = ["554 5.7.1 rejected as spam"]
+
+    report = sender.send(sessions, settings, week, options=options())
+
+    assert sorted(smtp_server.recipients()) == ["reader0@example.org", "reader1@example.org"]
+    assert (report.sent, report.failed, report.bounced) == (2, 1, 1)
+    row = deliveries(sessions, week)["reader2@example.org"]
+    assert row.status == "failed" and row.attempts == 1 and row.last_reply.startswith("55")
+    with sessions.begin() as s:
+        sub = subscribers.get_by_email(s, "reader2@example.org")
+        assert sub.status == SubscriberStatus.BOUNCED
+        event = s.scalar(select(Event).where(Event.subscriber_id == sub.id, Event.kind == EventKind.BOUNCE))
+        assert event.source == "smtp" and event.detail.startswith("55") and event.issue_id == row.issue_id
+    assert issue_status(sessions, week) == "sent"
+
+
+def test_dropped_connection_mid_data_reconnects_and_delivers_once(
+        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 6)
+    smtp_server.faults.drop_on_data.add("reader3@example.org")
+    sender.send(sessions, settings, week, options=options(concurrency=2))
+    assert Counter(smtp_server.recipients()) == Counter(emails)
+    assert deliveries(sessions, week)["reader3@example.org"].attempts == 2
+
+
+def test_server_down_is_one_clear_error_and_the_issue_stays_resumable(
+        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 5)
+    port = free_port()
+    down = SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=2, size=4))
+    with pytest.raises(TransportUnavailable) as err:
+        sender.send(sessions, settings, week, options=options(), transport=down)
+    assert f"cannot connect to SMTP server 127.0.0.1:{port}" in str(err.value)
+    assert "run `newsletter send` again" in str(err.value)
+    rows = deliveries(sessions, week)
+    assert {d.status for d in rows.values()} == {"pending"}
+    assert all(d.claimed_by == "" for d in rows.values())  # reservations given back
+
+    sender.send(sessions, settings, week, options=options())
+    assert Counter(smtp_server.recipients()) == Counter(emails)
+    assert issue_status(sessions, week) == "sent"
+
+
+class UnsubscribeAfterFirst:
+    """A real SMTP transport; once the first message is accepted, the last reader
+    unsubscribes through the web app's code path (a separate committed transaction)."""
+
+    def __init__(self, inner: SmtpTransport, sessions: sessionmaker[Session], email: str) -> None:
+        self.inner, self.sessions, self.email, self.done = inner, sessions, email, False
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes, **kw: object) -> str:
+        reply = await self.inner.send(envelope_from, recipient, data, **kw)  # type: ignore[arg-type]
+        if not self.done:
+            self.done = True
+            with self.sessions.begin() as s:
+                subscribers.unsubscribe(s, subscribers.get_by_email(s, self.email), source="one-click")
+        return reply
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def test_unsubscribe_during_a_send_is_honoured(sessions: sessionmaker[Session], settings: Settings,
+                                              smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 4)
+    transport = UnsubscribeAfterFirst(SmtpTransport(SmtpOptions.from_settings(settings)), sessions, emails[-1])
+    report = sender.send(sessions, settings, week, options=options(concurrency=1, batch_size=2),
+                         transport=transport)
+    assert sorted(smtp_server.recipients()) == emails[:-1]
+    row = deliveries(sessions, week)[emails[-1]]
+    assert row.status == "skipped" and "unsubscribed" in row.last_reply
+    assert report.remaining == 0 and issue_status(sessions, week) == "sent"
+
+
+def test_stale_issue_is_refused_unless_forced(sessions: sessionmaker[Session], settings: Settings,
+                                              smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 1)
+    with sessions.begin() as s:
+        s.scalar(select(Issue).where(Issue.week == week)).scheduled_at = utcnow() - timedelta(hours=100)
+    with pytest.raises(Conflict, match=r"100 hours ago \(more than \[delivery\] max_age_hours = 72\); pass --force"):
+        sender.send(sessions, settings, week, options=options())
+    assert smtp_server.messages == []
+    sender.send(sessions, settings, week, options=options(), force=True)
+    assert smtp_server.recipients() == ["reader0@example.org"]
+
+
+def test_unbuilt_week_and_header_injection_are_refused(sessions: sessionmaker[Session], settings: Settings,
+                                                       smtp_server: SmtpServer) -> None:
+    with pytest.raises(NotFound, match=r"issue 2020-W01 is not built; run `newsletter issue build --week 2020-W01`"):
+        sender.send(sessions, settings, "2020-W01", options=options())
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 2)
+    with sessions.begin() as s:
+        s.scalar(select(Issue).where(Issue.week == week)).subject = "Hi\r\nBcc: victim@example.net"
+    with pytest.raises(InvalidInput, match="Subject .* contains a line break"):
+        sender.send(sessions, settings, week, options=options())
+    assert smtp_server.messages == []
+
+
+def test_limit_sends_only_n_and_a_rerun_continues(sessions: sessionmaker[Session], settings: Settings,
+                                                  smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 7)
+    first = sender.send(sessions, settings, week, options=options(), limit=3)
+    assert first.sent == 3 and first.remaining == 4 and issue_status(sessions, week) == "sending"
+    sender.send(sessions, settings, week, options=options())
+    assert Counter(smtp_server.recipients()) == Counter(emails)
+
+
+def test_rate_limit_paces_the_sending(sessions: sessionmaker[Session], settings: Settings,
+                                      smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 6)
+    report = sender.send(sessions, settings, week, options=options(rate_per_second=10))
+    assert report.sent == 6 and report.elapsed >= 0.5

@@ -200,7 +200,7 @@ class RecordingHandler:
             key = rcpt.lower()
             if key in self.faults.drop_on_data:
                 self.faults.drop_on_data.discard(key)
-                session.transport.close()
+                server.transport.close()
                 return "421 closing"
             queue = self.faults.data.get(key)
             if queue:

@@ -8,6 +8,7 @@ so fetching again updates rows instead of adding twins.
 
 from __future__ import annotations
 
+import calendar
 import csv
 import hashlib
 import html
@@ -17,7 +18,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timezone
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -168,7 +169,8 @@ class CategoryMap:
 
 
 def _utc(value: Any) -> datetime | None:
-    return datetime(*value[:6], tzinfo=timezone.utc) if value else None
+    """feedparser's UTC struct_time as an aware datetime."""
+    return datetime.fromtimestamp(calendar.timegm(value), UTC) if value else None
 
 
 def _key(guid: str, url: str, namespace: str) -> str:
@@ -266,7 +268,7 @@ def _parse_time(value: str, settings: Settings) -> datetime:
     stamp = datetime.fromisoformat(value.strip())
     if len(value.strip()) == 10:
         stamp = datetime.combine(stamp.date(), time(12))
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=settings.tz)).astimezone(timezone.utc)
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=settings.tz)).astimezone(UTC)
 
 
 def _record_entry(record: Mapping[str, str], where: str, settings: Settings, *, source: str,
@@ -360,16 +362,17 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
     known: dict[str, Article] = {}
     ordered = sorted(keys)
     for start in range(0, len(ordered), 500):
-        for article in session.scalars(select(Article).where(Article.guid.in_(ordered[start:start + 500]))):
-            known[article.guid] = article
+        for row in session.scalars(select(Article).where(Article.guid.in_(ordered[start:start + 500]))):
+            known[row.guid] = row
     seen: dict[int, str] = {}
     for entry in entries:
         article = known.get(entry.guid) or known.get(canonical_url(entry.url))
         if article is not None and id(article) in seen:
             report.skipped.append(f"{entry.where}: same article as {seen[id(article)]} (skipped)")
             continue
-        values = {"url": entry.url, "title": entry.title, "category": entry.category, "author": entry.author,
-                  "summary": entry.summary, "image_url": entry.image_url, "source": source[:MAX_SOURCE]}
+        values: dict[str, object] = {
+            "url": entry.url, "title": entry.title, "category": entry.category, "author": entry.author,
+            "summary": entry.summary, "image_url": entry.image_url, "source": source[:MAX_SOURCE]}
         if entry.published_at is not None:
             values["published_at"] = entry.published_at
         if article is None:

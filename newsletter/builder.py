@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 from markdown_it import MarkdownIt
 from sqlalchemy import delete, select
@@ -73,7 +73,7 @@ def _monday(week: str) -> date:
 
 
 def _local(day: date, at: time, settings: Settings) -> datetime:
-    return datetime.combine(day, at, tzinfo=settings.tz).astimezone(timezone.utc)
+    return datetime.combine(day, at, tzinfo=settings.tz).astimezone(UTC)
 
 
 def week_bounds(settings: Settings, week: str) -> tuple[datetime, datetime]:

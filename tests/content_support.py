@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -11,8 +11,9 @@ from newsletter.articles import excerpt
 from newsletter.builder import ArticleView, IssueContent, Section
 from newsletter.models import Article, IssueStatus
 
+
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
 
 def add_article(session: Session, title: str, category: str, published_at: datetime, *,

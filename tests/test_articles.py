@@ -11,12 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import CORPORA
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from conftest import CORPORA
-from newsletter import articles, builder, config as config_mod, render
+from newsletter import articles, builder, render
+from newsletter import config as config_mod
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.errors import InvalidInput

@@ -6,10 +6,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from content_support import add_article, utc
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from content_support import add_article, utc
 from newsletter import builder
 from newsletter.cli import app
 from newsletter.config import Settings

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from content_support import add_article, full_issue, utc
 from sqlalchemy.orm import Session
 
-from content_support import add_article, full_issue, utc
-from newsletter import builder, config as config_mod, render, subscribers, tokens
+from newsletter import builder, render, subscribers, tokens
+from newsletter import config as config_mod
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NotFound
 

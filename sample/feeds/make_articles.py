@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import unicodedata
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -70,9 +70,9 @@ def _times(week: str, tz: ZoneInfo, count: int) -> list[datetime]:
     """`count` times spread from Monday 07:00 to now (or the week's end), newest last."""
     year, number = int(week[:4]), int(week[-2:])
     start = datetime.combine(date.fromisocalendar(year, number, 1), time(7), tzinfo=tz)
-    end = min(datetime.now(timezone.utc), start + timedelta(days=6, hours=16))
+    end = min(datetime.now(UTC), start + timedelta(days=6, hours=16))
     span = max(end - start, timedelta(hours=count))  # early on Monday: an hour apart, still this week
-    return [(start + span * i / count).astimezone(timezone.utc) for i in range(count)]
+    return [(start + span * i / count).astimezone(UTC) for i in range(count)]
 
 
 def main() -> None:

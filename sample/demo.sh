@@ -15,7 +15,10 @@ step newsletter subscribers list
 # A week of sample articles dated in the current week (JSON + an RSS feed), this week's issue, previews.
 step python3 "$here/feeds/make_articles.py" articles
 step newsletter articles import articles/articles.json
-step newsletter articles import articles/events.xml
+# The events come as an RSS feed configured in config.toml (a local path here; usually a URL).
+grep -q '^\[\[feeds\]\]' config.toml ||
+    printf '\n[[feeds]]\nname = "Events calendar"\nurl = "articles/events.xml"\ncategory = "events"\n' >> config.toml
+step newsletter articles fetch
 step newsletter articles list
 step newsletter issue build \
     --lead "https://trade-weekly.example.com/case-studies/how-a-mid-sized-dairy-cut-film-waste-by-a-third" \

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +22,7 @@ from newsletter import articles, builder, render
 from newsletter import config as config_mod
 from newsletter.cli import app
 from newsletter.config import Settings
+from newsletter.db import make_engine, session_factory, upgrade
 from newsletter.errors import InvalidInput
 from newsletter.models import Article, Feed
 
@@ -300,3 +303,25 @@ def test_cli_import_list_and_fetch_lines(config_path: Path, engine: object, tmp_
         1, "", f"Error: cannot read article file {tmp_path / 'missing.json'} (No such file or directory)\n")
     assert run("articles", "fetch") == (
         1, "", "Error: no [[feeds]] in the config; add one or use 'newsletter articles import FILE'\n")
+
+
+def test_sample_generator_fills_this_weeks_issue(db_url: str, tmp_path: Path) -> None:
+    """The demo's articles: dated in the current week, in all five example categories."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "sample" / "feeds" / "make_articles.py"), str(tmp_path),
+                    "--timezone", "Europe/Berlin"], check=True, capture_output=True, timeout=60)
+    settings = config_mod.load(root / "config.example.toml",
+                               environ={"NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_NEWSLETTER_TIMEZONE": "Europe/Berlin"})
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, settings)
+        with session_factory(engine).begin() as session:
+            for name in ("articles.json", "events.xml"):
+                report = articles.import_file(session, settings, name, (tmp_path / name).read_bytes())
+                assert report.skipped == [] and report.warnings == [] and report.added
+            builder.build(session, settings)
+            content = builder.load_content(session, settings, builder.current_week(settings))
+            assert [s.slug for s in content.sections] == ["news", "case-studies", "products", "events", "comment"]
+            assert sum(len(s.articles) for s in content.sections) == 15
+    finally:
+        engine.dispose()

@@ -125,6 +125,15 @@ class Entry:
 
 
 @dataclass
+class Parsed:
+    """What a parser read from one source: entries, one line per entry left out, warnings."""
+
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)   # "where: reason (skipped)"
+    warnings: list[str] = field(default_factory=list)  # broken feed, defaulted categories …
+
+
+@dataclass
 class ImportReport:
     """What one file or feed did: the CLI prints it; nothing is dropped without a line here."""
 
@@ -208,10 +217,9 @@ def _entry_summary(entry: Mapping[str, Any]) -> str:
     return next((str(c.get("value", "")) for c in entry.get("content", []) if c.get("value")), "")
 
 
-def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str, base: str,
-                  cats: CategoryMap) -> tuple[list[Entry], list[str]]:
-    entries: list[Entry] = []
-    skipped: list[str] = []
+def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str, base: str) -> Parsed:
+    cats = CategoryMap(settings)
+    out = Parsed()
     defaulted = 0
     for number, entry in enumerate(parsed.entries, start=1):
         title = _entry_title(entry)
@@ -222,30 +230,31 @@ def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str
         if link and not url:
             url = safe_url(urljoin(str(entry.get("id", "")), link))
         if not title:
-            skipped.append(f"{where}: no title (skipped)")
+            out.skipped.append(f"{where}: no title (skipped)")
             continue
         if not url or len(url) > MAX_URL:
             reason = "no link" if not link else f"link {link[:80]!r} is not an absolute http(s) URL"
-            skipped.append(f"{where}: {reason} (skipped)")
+            out.skipped.append(f"{where}: {reason} (skipped)")
             continue
         tags = [str(t.get(k) or "") for t in entry.get("tags", []) for k in ("term", "label")]
         slug = category or cats.match(tags)
         if slug is None:
             defaulted += 1
-        entries.append(Entry(
+        out.entries.append(Entry(
             where=where, guid=_key(str(entry.get("id", "")), url, source), url=url, title=title,
             category=slug or cats.default, author=_SPACES.sub(" ", str(entry.get("author", ""))).strip()[:MAX_AUTHOR],
             summary=excerpt(_entry_summary(entry), settings.articles.excerpt_length), image_url=_entry_image(entry),
             published_at=_entry_time(entry)))
-    noun = "entry has" if defaulted == 1 else "entries have"
-    notes = [f"{source}: {defaulted} {noun} no configured category; put in '{cats.default}'"] if defaulted else []
-    return entries, skipped + notes
+    if defaulted:
+        noun = "entry has" if defaulted == 1 else "entries have"
+        out.warnings.append(f"{source}: {defaulted} {noun} no configured category; put in '{cats.default}'")
+    return out
 
 
 def parse_feed(data: bytes, settings: Settings, *, source: str, category: str = "", url: str = "",
-               headers: Mapping[str, str] | None = None) -> tuple[list[Entry], list[str], list[str]]:
-    """(entries, skipped, warnings) of an RSS/Atom document. A malformed feed is a
-    warning and whatever could be read is kept; no feed at all is InvalidInput."""
+               headers: Mapping[str, str] | None = None) -> Parsed:
+    """The entries of an RSS/Atom document. A malformed feed is a warning and whatever
+    could be read is kept; a document with no feed at all is InvalidInput."""
     response_headers = {k.lower(): v for k, v in (headers or {}).items()}
     if url:
         response_headers.setdefault("content-location", url)
@@ -256,11 +265,10 @@ def parse_feed(data: bytes, settings: Settings, *, source: str, category: str = 
         raise InvalidInput(f"{source}: not an RSS or Atom feed" + (f" ({problem})" if problem else ""))
     own = [url] + [str(link.get("href", "")) for link in parsed.feed.get("links", []) if link.get("rel") == "self"]
     base = next((u for u in own if safe_url(u)), str(parsed.feed.get("link", "")))
-    entries, skipped = _feed_entries(parsed, settings, source=source, category=category, base=base,
-                                     cats=CategoryMap(settings))
-    notes = [s for s in skipped if not s.endswith("(skipped)")]
-    warnings = [f"{source}: malformed feed ({problem}); read {len(entries)} entries anyway"] if problem else []
-    return entries, [s for s in skipped if s.endswith("(skipped)")], warnings + notes
+    out = _feed_entries(parsed, settings, source=source, category=category, base=base)
+    if problem:
+        out.warnings.insert(0, f"{source}: malformed feed ({problem}); read {len(out.entries)} entries anyway")
+    return out
 
 
 def _parse_time(value: str, settings: Settings) -> datetime:
@@ -338,21 +346,20 @@ def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], 
     return records, warnings
 
 
-def parse_records(data: bytes, settings: Settings, *, name: str) -> tuple[list[Entry], list[str], list[str]]:
-    """(entries, skipped, warnings) of a JSON or CSV article file (see README for the format)."""
+def parse_records(data: bytes, settings: Settings, *, name: str) -> Parsed:
+    """The entries of a JSON or CSV article file (see README for the format)."""
     records, warnings = _records(data, name)
     cats = CategoryMap(settings)
-    source = Path(name).name
-    entries, skipped = [], []
+    out = Parsed(warnings=warnings)
     for where, record in records:
-        entry, note = _record_entry(record, where, settings, source=source, cats=cats)
+        entry, note = _record_entry(record, where, settings, source=Path(name).name, cats=cats)
         if entry is None:
-            skipped.append(note)
+            out.skipped.append(note)
         else:
-            entries.append(entry)
+            out.entries.append(entry)
             if note:
-                warnings.append(note)
-    return entries, skipped, warnings
+                out.warnings.append(note)
+    return out
 
 
 def store(session: Session, entries: list[Entry], report: ImportReport, *, source: str) -> None:
@@ -394,14 +401,13 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
 
 def import_file(session: Session, settings: Settings, name: str, data: bytes) -> ImportReport:
     """Import one .json, .csv or RSS/Atom file (by its extension); InvalidInput if unreadable."""
-    report = ImportReport(source=Path(name).name)
+    source = Path(name).name
     if name.lower().endswith((".json", ".csv")):
-        entries, skipped, warnings = parse_records(data, settings, name=Path(name).name)
+        parsed = parse_records(data, settings, name=source)
     else:
-        entries, skipped, warnings = parse_feed(data, settings, source=Path(name).name)
-    report.skipped += skipped
-    report.warnings += warnings
-    store(session, entries, report, source=Path(name).name)
+        parsed = parse_feed(data, settings, source=source)
+    report = ImportReport(source=source, skipped=parsed.skipped, warnings=parsed.warnings)
+    store(session, parsed.entries, report, source=source)
     return report
 
 
@@ -460,8 +466,8 @@ def _fetch_one(session: Session, settings: Settings, feed: FeedSettings, client:
         if got.data is None:
             report.not_modified = True
             return
-        entries, skipped, warnings = parse_feed(got.data, settings, source=label, category=feed.category,
-                                                url=got.url, headers=got.headers)
+        parsed = parse_feed(got.data, settings, source=label, category=feed.category, url=got.url,
+                            headers=got.headers)
     except InvalidInput as exc:
         state.etag, state.last_modified = etag, modified  # read it in full next time
         message = str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
@@ -469,9 +475,9 @@ def _fetch_one(session: Session, settings: Settings, feed: FeedSettings, client:
         report.warnings.append(f"{message}; the other feeds still import")
         return
     state.last_error = ""
-    report.skipped += skipped
-    report.warnings += warnings
-    store(session, entries, report, source=feed.name)
+    report.skipped += parsed.skipped
+    report.warnings += parsed.warnings
+    store(session, parsed.entries, report, source=feed.name)
 
 
 def fetch_all(session: Session, settings: Settings) -> list[ImportReport]:

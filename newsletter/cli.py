@@ -498,6 +498,157 @@ def subscribers_reactivate(
     console.print(f"{email}: {previous} -> active", highlight=False)
 
 
+# --- sending (issue 5) -------------------------------------------------------------------
+
+deliveries_app = _typer("The delivery ledger: who got an issue, who did not, and why.")
+app.add_typer(deliveries_app, name="deliveries")
+
+
+class _SendProgress:
+    """A rich progress bar on a terminal; a plain log line every few seconds otherwise (cron)."""
+
+    def __init__(self) -> None:
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.clock = time.monotonic
+        self.started = self.last = self.clock()
+        self.bar = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), console=err_console,
+                            transient=True) if err_console.is_terminal else None
+        self.task = self.bar.add_task("send", total=None, detail="") if self.bar else None
+
+    def __enter__(self) -> _SendProgress:
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def __call__(self, report: Any, total: int) -> None:
+        elapsed = max(self.clock() - self.started, 1e-6)
+        detail = f"failed {report.failed}, {report.sent / elapsed:.0f} msg/s"
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, total=total, completed=report.sent + report.failed, detail=detail)
+        elif self.clock() - self.last >= 5:
+            self.last = self.clock()
+            typer.echo(f"sent {report.sent} of {total}, {detail}", err=True)
+
+
+def _print_send_report(report: Any) -> None:
+    console.print(f"issue {report.week}: sent {report.sent}, failed {report.failed} (bounced {report.bounced}), "
+                  f"skipped {report.skipped}, retries {report.retrying} in {report.elapsed:.1f} s "
+                  f"({report.rate:.0f} msg/s); issue is {report.issue_status}", highlight=False)
+    if report.remaining:
+        console.print(f"{report.remaining} deliveries still open ({report.ambiguous} ambiguous); "
+                      f"`newsletter stats --week {report.week}` lists them", highlight=False)
+    for note in report.notes:
+        console.print(note, highlight=False)
+
+
+@app.command("send")
+def send_cmd(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the recipients per variant; send nothing."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Send at most N messages in this run."),
+    test_to: str | None = typer.Option(None, "--test-to", help="Send one copy to this address, outside the ledger."),
+    force: bool = typer.Option(False, "--force", help="Send even if the issue is older than [delivery] max_age_hours."),
+    resend_ambiguous: bool = typer.Option(False, "--resend-ambiguous",
+                                          help="Also resend messages an interrupted send may or may not have sent."),
+) -> None:
+    """Send the built issue to every active subscriber (their sections only); resumes where it stopped.
+
+    Example: newsletter send --week 2026-W48 --dry-run
+    """
+    from newsletter import sender
+
+    c = get(ctx)
+    if dry_run:
+        with c.sessions.begin() as s:
+            plans = sender.dry_run(s, c.settings, week)
+        print_table("Recipients per variant", ["sections", "recipients", "for example"],
+                    [[" ".join(p.sections), p.recipients, ", ".join(p.examples)] for p in plans])
+        console.print(f"{sum(p.recipients for p in plans)} messages would be sent", highlight=False)
+        return
+    if test_to:
+        address = subscribers.normalize_email(test_to)
+        with c.sessions.begin() as s:
+            reply = sender.send_test(s, c.settings, week, address)
+        console.print(f"test copy sent to {address}: {reply}", highlight=False)
+        return
+    with _SendProgress() as progress:
+        report = sender.send(c.sessions, c.settings, week, limit=limit, force=force,
+                             resend_ambiguous=resend_ambiguous, progress=progress)
+    _print_send_report(report)
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    no_fetch: bool = typer.Option(False, "--no-fetch", help="Do not pull the feeds first."),
+) -> None:
+    """Cron entry: fetch feeds, build this week's issue, send it once send_day/send_time has passed.
+
+    Example: newsletter run
+    """
+    from newsletter import scheduler
+
+    c = get(ctx)
+    with _SendProgress() as progress:
+        report = scheduler.run(c.sessions, c.settings, fetch=not no_fetch, progress=progress)
+    for line in report.lines:
+        console.print(line, highlight=False)
+    if report.send is not None:
+        _print_send_report(report.send)
+
+
+@app.command("stats")
+def stats_cmd(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+) -> None:
+    """Sent, failed, bounced, pending, ambiguous and unsubscribed counts of an issue.
+
+    Example: newsletter stats --week 2026-W48
+    """
+    from newsletter import stats
+
+    with get(ctx).sessions.begin() as s:
+        result = stats.issue_stats(s, get(ctx).settings, week)
+    print_table(f"Issue {result.week}", ["", "count"], [[label, value] for label, value in result.rows])
+    if result.ambiguous:
+        more = " …" if result.ambiguous > len(result.ambiguous_emails) else ""
+        console.print(f"ambiguous (an interrupted send may or may not have delivered these): "
+                      f"{', '.join(result.ambiguous_emails)}{more}", highlight=False)
+        console.print(f"resend them with `newsletter send --week {result.week} --resend-ambiguous`", highlight=False)
+
+
+@deliveries_app.command("export")
+def deliveries_export(
+    ctx: typer.Context,
+    file: Path | None = typer.Argument(None, help="CSV file to write; default: standard output."),
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+) -> None:
+    """Every recipient of an issue as CSV: status, attempts, the server's last reply, times.
+
+    Example: newsletter deliveries export --week 2026-W48 deliveries.csv
+    """
+    from newsletter import stats
+
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        if file is None:
+            stats.export_deliveries(s, c.settings, week, sys.stdout)
+            return
+        with file.open("w", encoding="utf-8", newline="") as fp:
+            n = stats.export_deliveries(s, c.settings, week, fp)
+    typer.echo(f"wrote {n} deliveries to {file}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="newsletter")

@@ -231,9 +231,9 @@ class Engine:
     def _failed(self, job: Job, reply: str, *, bounce: bool = False) -> Outcome:
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, reply, bounce=bounce)
 
-    def _retry(self, job: Job, reply: str, delay: float | None = None) -> Outcome:
+    def _retry(self, job: Job, reply: str, delay: float | None = None, *, may_fail: bool = True) -> Outcome:
         attempts = job.attempts + 1
-        if attempts >= self.options.max_attempts:
+        if attempts >= self.options.max_attempts and may_fail:
             return self._failed(job, f"{reply} (gave up after {attempts} attempts)")
         when = ledger.retry_at(attempts, self.options.retry_delay) if delay is None else utcnow() + timedelta(seconds=delay)
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
@@ -267,12 +267,14 @@ class Engine:
         except TransportUnavailable as exc:
             if exc.code in THROTTLING:
                 self.rate.throttle()
-            self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0))
+            # A server that is down must not use up attempts: only while it accepts other
+            # messages can one that keeps breaking the connection be given up.
+            self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0, may_fail=self.report.sent > 0))
             self.unavailable += 1
-            if self.unavailable >= 2 * self.options.concurrency + 2:
+            if self.unavailable >= self.options.concurrency + 2:
                 self.fatal = exc
             else:
-                await asyncio.sleep(min(0.1 * 2 ** min(self.unavailable, 6), 5.0))
+                await asyncio.sleep(min(0.05 * 2 ** min(self.unavailable, 6), 2.0))
             return
         else:
             self.writer.settle(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.SENT, reply))
@@ -460,7 +462,7 @@ def dry_run(session: Session, settings: Settings, week: str | None = None) -> li
         add(key, 1, [email])
     for chunk in ledger.plan_chunks(session, content):
         emails = dict(session.execute(select(Subscriber.id, Subscriber.email)
-                                      .where(Subscriber.id.in_([sid for sid, _ in chunk]))).tuples())
+                                      .where(Subscriber.id.in_([sid for sid, _ in chunk]))).all())
         for sid, sections in chunk:
             if sections:
                 add(ledger.variant_key(sections), 1, [emails[sid]])

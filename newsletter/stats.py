@@ -1,0 +1,99 @@
+"""Who got an issue, who did not, and why: counts from the ledger and the events table,
+and the per-recipient export, so that question never needs the mail server's logs.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from typing import IO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from newsletter import builder, ledger
+from newsletter.config import Settings
+from newsletter.errors import NotFound
+from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
+
+EXPORT_COLUMNS = ["email", "name", "status", "attempts", "last_reply", "sent_at", "claimed_at", "next_attempt_at",
+                  "sections"]
+AMBIGUOUS_SHOWN = 20
+
+
+@dataclass
+class IssueStats:
+    week: str
+    status: str
+    subject: str
+    deliveries: dict[str, int]  # per DeliveryStatus value
+    ambiguous: int
+    in_flight: int  # `sending` rows of a sender that is still running
+    ambiguous_emails: list[str]
+    unsubscribed_since: int  # unsubscribes (any source) since the send started
+    events: dict[str, int] = field(default_factory=dict)  # per EventKind, credited to this issue
+
+    @property
+    def rows(self) -> list[tuple[str, object]]:
+        """(label, value) lines in the order `newsletter stats` prints them."""
+        d = self.deliveries
+        return [("issue", f"{self.week} ({self.status})"), ("subject", self.subject),
+                ("recipients", sum(d.values()) - d.get(DeliveryStatus.SKIPPED, 0)),
+                ("sent", d.get(DeliveryStatus.SENT, 0)), ("failed", d.get(DeliveryStatus.FAILED, 0)),
+                ("bounced", self.events.get(EventKind.BOUNCE, 0)),
+                ("pending", d.get(DeliveryStatus.PENDING, 0)), ("sending now", self.in_flight),
+                ("ambiguous", self.ambiguous), ("skipped", d.get(DeliveryStatus.SKIPPED, 0)),
+                ("unsubscribed since sending", self.unsubscribed_since),
+                ("complaints", self.events.get(EventKind.COMPLAINT, 0))]
+
+
+def _issue(session: Session, settings: Settings, week: str | None) -> Issue:
+    week = week or builder.current_week(settings)
+    issue = session.scalar(select(Issue).where(Issue.week == week))
+    if issue is None:
+        raise NotFound(f"there is no issue {week}; `newsletter issue list` shows the built ones")
+    return issue
+
+
+def event_counts(session: Session, issue: Issue) -> dict[str, int]:
+    """Events credited to the issue, per kind (unsubscribes from its links, bounces and
+    complaints about its messages): the one place later reports add their kinds."""
+    rows = session.execute(select(Event.kind, func.count()).where(Event.issue_id == issue.id).group_by(Event.kind))
+    return {str(kind): n for kind, n in rows}
+
+
+def issue_stats(session: Session, settings: Settings, week: str | None = None) -> IssueStats:
+    """Counts for one issue (default: this week's)."""
+    issue = _issue(session, settings, week)
+    by_status = {str(s): n for s, n in session.execute(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status))}
+    ambiguous = ledger.ambiguous_filter(session, issue.id)
+    emails = list(session.scalars(select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+                                  .where(ambiguous).order_by(Subscriber.email).limit(AMBIGUOUS_SHOWN)))
+    n_ambiguous = session.scalar(select(func.count()).select_from(Delivery).where(ambiguous)) or 0
+    since = 0
+    if issue.send_started_at is not None:
+        since = session.scalar(select(func.count()).select_from(Event).where(
+            Event.kind == EventKind.UNSUBSCRIBE, Event.created_at >= issue.send_started_at)) or 0
+    return IssueStats(issue.week, str(issue.status), issue.subject, by_status, n_ambiguous,
+                      by_status.get(DeliveryStatus.SENDING, 0) - n_ambiguous, emails, since,
+                      event_counts(session, issue))
+
+
+def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:
+    """Write every recipient of the issue as CSV (status, attempts, last reply, times); returns the row count."""
+    issue = _issue(session, settings, week)
+    writer = csv.writer(fp)
+    writer.writerow(EXPORT_COLUMNS)
+    rows = session.execute(select(Subscriber.email, Subscriber.name, Delivery)
+                           .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+                           .where(Delivery.issue_id == issue.id).order_by(Delivery.id)
+                           .execution_options(yield_per=1000))
+    n = 0
+    for email, name, d in rows:
+        writer.writerow([email, name, d.status, d.attempts, d.last_reply,
+                         *(t.isoformat(timespec="seconds") if t else "" for t in (d.sent_at, d.claimed_at,
+                                                                                 d.next_attempt_at)),
+                         d.variant.replace(",", " ")])
+        n += 1
+    return n

@@ -173,12 +173,14 @@ def confirmation_message(settings: Settings, subscriber_id: int, email: str) -> 
     return msg
 
 
-def unsubscribes_per_issue(session: Session) -> dict[int | None, dict[str, int]]:
-    """Unsubscribe events per issue id (None: not from an issue) and per source, for stats."""
-    rows = session.execute(select(Event.issue_id, Event.source, func.count())
-                           .where(Event.kind == EventKind.UNSUBSCRIBE)
-                           .group_by(Event.issue_id, Event.source)).tuples()
+def unsubscribes_per_issue(session: Session, issue_id: int | None = None) -> dict[int | None, dict[str, int]]:
+    """Unsubscribe events per issue id (None: not from an issue's link) and per source
+    (one-click, page, mailto, admin …), for `newsletter stats`; `issue_id` limits it to one issue."""
+    query = (select(Event.issue_id, Event.source, func.count()).where(Event.kind == EventKind.UNSUBSCRIBE)
+             .group_by(Event.issue_id, Event.source))
+    if issue_id is not None:
+        query = query.where(Event.issue_id == issue_id)
     counts: dict[int | None, dict[str, int]] = {}
-    for issue_id, source, n in rows:
-        counts.setdefault(issue_id, {})[source] = n
+    for issue, source, n in session.execute(query):
+        counts.setdefault(issue, {})[source] = n
     return counts

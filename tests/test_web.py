@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 from web_support import add_subscriber, link_in, make_issue, path_of, subscriber
 
-from newsletter import subscribers, tokens
+from newsletter import selfservice, subscribers, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.models import (
@@ -80,6 +80,21 @@ def test_one_click_post_unsubscribes_at_once_and_credits_the_issue(
     # Mail providers may repeat the POST: still 200, still one event.
     assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert events(sessions, sid, EventKind.UNSUBSCRIBE) == [("one-click", issue_id)]
+
+
+def test_unsubscribes_are_counted_per_issue_and_source(client: TestClient, settings: Settings,
+                                                       sessions: sessionmaker[Session]) -> None:
+    first = make_issue(sessions, settings, "2026-W40", title="One", sent=True)
+    second = make_issue(sessions, settings, "2026-W41", title="Two", sent=True)
+    clicks = [(first, {"List-Unsubscribe": "One-Click"}), (first, {"List-Unsubscribe": "One-Click"}),
+              (first, {"action": "unsubscribe"}), (second, {"action": "unsubscribe"}), (None, {})]
+    for i, (issue_id, body) in enumerate(clicks):
+        sid = add_subscriber(sessions, f"r{i}@example.com")
+        assert client.post(path_of(settings, tokens.unsubscribe_url(settings, sid, issue_id)), data=body).is_success
+    with sessions.begin() as s:
+        assert selfservice.unsubscribes_per_issue(s) == {first: {"one-click": 2, "page": 1}, second: {"page": 1},
+                                                         None: {"page": 1}}
+        assert selfservice.unsubscribes_per_issue(s, second) == {second: {"page": 1}}
 
 
 def test_one_click_accepts_multipart_body(client: TestClient, settings: Settings,

@@ -32,6 +32,8 @@ def test_full_issue_stays_under_gmail_clipping(settings: Settings) -> None:
     for article in articles:
         assert f'href="{article.url.replace("&", "&amp;")}"' in html and article.title in html
         assert article.url in text and article.title in text
+    # Links inside summaries keep their URL, unbroken, in the text part.
+    assert len(re.findall(r"the full report\s+\(https://example\.com/report\?id=42\)", text)) == 49
 
 
 def test_premailer_runs_once_per_variant_never_per_subscriber(settings: Settings,

@@ -102,9 +102,10 @@ def default_subject(settings: Settings, week: str) -> str:
     send_day = scheduled_at(settings, week).astimezone(settings.tz).date()
     monday = _monday(week)
     year, number, _ = monday.isocalendar()
-    return settings.newsletter.subject.format(
+    subject = settings.newsletter.subject.format(
         name=settings.newsletter.name, week=week, week_number=number, year=year,
         date=f"{send_day.day} {send_day:%B %Y}")
+    return " ".join(subject.split())
 
 
 def _find_lead(candidates: list[Article], lead_url: str, week: str) -> Article:
@@ -142,7 +143,7 @@ def build(session: Session, settings: Settings, week: str | None = None, *, intr
     if intro is not None:
         issue.intro = intro.strip()
     if subject is not None:
-        issue.subject = subject.strip()
+        issue.subject = " ".join(subject.split())  # one header line: no CR/LF
     issue.subject = issue.subject or default_subject(settings, week)
     if lead_url:
         issue.lead_article_id = _find_lead(candidates, lead_url, week).id

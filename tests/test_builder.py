@@ -98,19 +98,19 @@ def test_unknown_category_goes_to_default_section(session: Session, settings: Se
 def test_intro_markdown_subject_and_rebuild_rules(session: Session, settings: Settings) -> None:
     add_article(session, "First", "news", utc(2026, 11, 24, 9))
     intro = "Hello **readers**! <script>alert(1)</script> [site](https://example.com) [x](javascript:alert(1))"
-    builder.build(session, settings, "2026-W48", intro=intro, subject="Custom subject",
+    builder.build(session, settings, "2026-W48", intro=intro, subject=" Custom\r\nBcc: x@example.com ",
                   lead_url="https://example.com/first")
     content = builder.load_content(session, settings, "2026-W48")
     assert "<strong>readers</strong>" in content.intro_html
     assert "<script>" not in content.intro_html and "&lt;script&gt;" in content.intro_html
     assert 'href="https://example.com"' in content.intro_html and "javascript:" not in content.intro_html.split("[x]")[0]
     assert 'href="javascript' not in content.intro_html
-    assert content.subject == "Custom subject"
+    assert content.subject == "Custom Bcc: x@example.com"  # one line, never a second header
     # Rebuilding refreshes the articles and keeps the editor's choices ...
     add_article(session, "Second", "products", utc(2026, 11, 25, 9))
     builder.build(session, settings, "2026-W48")
     content = builder.load_content(session, settings, "2026-W48")
-    assert [s.slug for s in content.sections] == ["products"] and content.subject == "Custom subject"
+    assert [s.slug for s in content.sections] == ["products"] and content.subject == "Custom Bcc: x@example.com"
     assert content.lead is not None and "readers" in content.intro_html
     # ... and --force resets them to the defaults.
     builder.build(session, settings, "2026-W48", force=True)

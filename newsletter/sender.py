@@ -53,7 +53,7 @@ class SendSettings:
     max_attempts: int = 5
     retry_delay: float = 60.0
     max_age_hours: float = 72.0
-    batch_size: int = 500
+    batch_size: int = 100
     max_wait: float = 300.0  # a retry due later than this waits for the next run
     throttle_seconds: float = 60.0  # how long a throttling reply halves the rate
 
@@ -203,7 +203,7 @@ class Engine:
         self.factory = MessageFactory(settings, content.issue_id)
         self.templates: dict[str, Template] = {}
         self.rate = RateLimit(options.rate_per_second, options.throttle_seconds)
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.batch_size * 2)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.batch_size)
         self.writer = LedgerWriter(sessions, content.issue_id, worker, lease, self._committed)
         self.in_flight = 0
         self.unavailable = 0  # consecutive connection failures, over all workers

@@ -22,13 +22,20 @@ FAST = SendSettings(concurrency=4, max_attempts=3, retry_delay=0.05, max_wait=10
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_issue(sessions: sessionmaker[Session], settings: Settings) -> str:
-    """One article per configured category this week, built into an issue; its week."""
+def add_articles(sessions: sessionmaker[Session]) -> None:
+    """One article per configured category, published now."""
     now = utcnow()
     with sessions.begin() as s:
         for i, slug in enumerate(("news", "products", "events")):
             s.add(Article(guid=f"g{i}", url=f"https://example.com/{slug}/{i}", title=f"{slug.title()} headline {i}",
                           category=slug, summary=f"<p>About {slug}.</p>", published_at=now - timedelta(minutes=i)))
+
+
+def build_issue(sessions: sessionmaker[Session], settings: Settings) -> str:
+    """One article per configured category this week, built into an issue due an hour ago; its week."""
+    add_articles(sessions)
+    now = utcnow()
+    with sessions.begin() as s:
         issue = builder.build(s, settings)
         issue.scheduled_at = now - timedelta(hours=1)
         return issue.week

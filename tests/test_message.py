@@ -1,0 +1,131 @@
+"""Messages: byte templates decode to exactly what render.personalize gives, headers are
+correct and injection-proof, and DKIM signatures verify."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import builder, message, render, tokens
+from newsletter.config import DkimSettings, Settings
+from newsletter.errors import InvalidInput
+from newsletter.message import MessageFactory
+from newsletter.transport import wire_form
+from tests.sending_support import body, build_issue
+
+
+@pytest.fixture
+def variant(sessions: sessionmaker[Session], settings: Settings) -> render.Variant:
+    week = build_issue(sessions, settings)
+    with sessions.begin() as s:
+        content = builder.load_content(s, settings, week)
+    return render.render_variant(settings, content, ("news", "events"))
+
+
+def parse(data: bytes):  # type: ignore[no-untyped-def]
+    return message_from_bytes(data, policy=policy.default)
+
+
+def test_filled_template_decodes_to_personalize_output(variant: render.Variant, settings: Settings) -> None:
+    factory = MessageFactory(settings, 7)
+    template = factory.prepare(variant)
+    name = "Zoë <Ünïcode> & \"Co\"\nnext line"
+    msg = parse(factory.build(template, 42, "zoe@example.org", name))
+    html, text = render.personalize(variant, unsubscribe_url=tokens.unsubscribe_url(settings, 42, 7),
+                                    preferences_url=tokens.preferences_url(settings, 42), name=name)
+    assert body(msg, "html").replace("\r\n", "\n") == html.replace("\r\n", "\n")
+    assert body(msg, "plain").replace("\r\n", "\n") == text.replace("\r\n", "\n")
+    assert msg["To"].addresses[0].display_name == 'Zoë <Ünïcode> & "Co" next line'
+    assert msg["To"].addresses[0].addr_spec == "zoe@example.org"
+
+
+def test_wire_form_is_ready_for_data(variant: render.Variant, settings: Settings) -> None:
+    """CRLF only, no line longer than SMTP allows, no line starting with '.': the
+    transport sends the bytes as they are, without a second pass."""
+    factory = MessageFactory(settings, 7)
+    data = factory.build(factory.prepare(variant), 1, "a@example.org", ".Dot Person")
+    lines = data.split(b"\r\n")
+    assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in lines) <= 998
+    assert not any(line.startswith(b".") for line in lines)
+    assert wire_form(data) == data
+
+
+def test_headers_subject_and_ids(variant: render.Variant, settings: Settings) -> None:
+    variant = dataclasses.replace(variant, subject="Grüße aus Köln — Woche 48 ✓")
+    factory = MessageFactory(settings, 7)
+    template = factory.prepare(variant)
+    first = parse(factory.build(template, 42, "a@example.org", ""))
+    again = parse(MessageFactory(settings, 7).build(template, 42, "a@example.org", ""))
+    other = parse(factory.build(template, 43, "b@example.org", ""))
+    assert first["Subject"] == "Grüße aus Köln — Woche 48 ✓"
+    assert first["From"] == "Test Weekly <news@example.com>" and first["Reply-To"] == "editor@example.com"
+    assert first["To"] == "a@example.org"
+    assert first["Message-ID"] == again["Message-ID"] == message.message_id(settings, 7, 42)
+    assert first["Message-ID"] != other["Message-ID"]
+    assert first["List-Id"] == "Test Weekly <test-weekly.example.com>"
+    token = tokens.unsubscribe_url(settings, 42, 7).rpartition("/")[2]
+    assert first["List-Unsubscribe"] == (f"<{tokens.unsubscribe_url(settings, 42, 7)}>, "
+                                         f"<mailto:unsubscribe@example.com?subject=unsubscribe-{token}>")
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert first["Date"].datetime is not None and first["MIME-Version"] == "1.0"
+    assert [p.get_content_type() for p in first.iter_parts()] == ["text/plain", "text/html"]
+    assert message.return_path(settings, 42, 7) == "news@example.com"
+
+
+@pytest.mark.parametrize("field", ["subject", "from_address", "reply_to"])
+def test_line_breaks_in_header_values_are_refused(field: str, variant: render.Variant, settings: Settings) -> None:
+    if field == "subject":
+        variant = dataclasses.replace(variant, subject="Hello\r\nBcc: all@example.net")
+    else:
+        n = dataclasses.replace(settings.newsletter, **{field: "x@example.com\nBcc: all@example.net"})
+        settings = dataclasses.replace(settings, newsletter=n)
+    with pytest.raises(InvalidInput, match="contains a line break; header values must be one line"):
+        MessageFactory(settings, 7).prepare(variant)
+
+
+def test_a_recipient_address_with_a_line_break_is_refused(variant: render.Variant, settings: Settings) -> None:
+    factory = MessageFactory(settings, 7)
+    with pytest.raises(InvalidInput):
+        factory.build(factory.prepare(variant), 1, "a@example.org\r\nBcc: x@example.net", "")
+
+
+def test_unsubscribe_mailto_can_be_configured(variant: render.Variant, settings: Settings) -> None:
+    n = dataclasses.replace(settings.newsletter, unsubscribe_mailto="leave@lists.example.com")
+    settings = dataclasses.replace(settings, newsletter=n)
+    factory = MessageFactory(settings, 7)
+    msg = parse(factory.build(factory.prepare(variant), 1, "a@example.org", ""))
+    assert "<mailto:leave@lists.example.com?subject=unsubscribe-" in msg["List-Unsubscribe"]
+
+
+def test_dkim_signature_covers_list_unsubscribe_and_verifies(variant: render.Variant, settings: Settings,
+                                                             tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    (tmp_path / "dkim.pem").write_bytes(pem)
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    settings = dataclasses.replace(settings, dkim=DkimSettings("news2026", "example.com", str(tmp_path / "dkim.pem")))
+    factory = MessageFactory(settings, 7)
+    data = factory.build(factory.prepare(variant), 42, "a@example.org", "Ann")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"news2026._domainkey.example.com."
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+    assert dkim.verify(data, dnsfunc=dns)
+    signed = parse(data)["DKIM-Signature"].replace(" ", "").replace("\r\n", "").lower()
+    assert "d=example.com" in signed and "s=news2026" in signed
+    h_tag = signed.split("h=")[1].split(";")[0].split(":")
+    assert {"from", "subject", "list-unsubscribe", "list-unsubscribe-post"} <= set(h_tag)
+    # Tampering with the unsubscribe header breaks the signature.
+    assert not dkim.verify(data.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+                                        b"List-Unsubscribe-Post: nothing"), dnsfunc=dns)

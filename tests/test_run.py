@@ -1,0 +1,98 @@
+"""`newsletter run`, the cron entry: build, wait for the send time, send once, never overlap."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter import builder, locks, scheduler
+from newsletter.config import Settings
+from newsletter.models import Issue, utcnow
+from tests.conftest import SmtpServer
+from tests.sending_support import add_articles, add_subscribers, body, cli, issue_status, options
+
+RSS = """<?xml version="1.0"?>
+<rss version="2.0"><channel><title>Trade site</title><link>https://example.com/</link>
+<item><title>Fresh from the feed</title><link>https://example.com/fresh</link>
+<guid>https://example.com/fresh</guid><pubDate>{date}</pubDate><description>New today.</description></item>
+</channel></rss>
+"""
+
+
+def test_run_builds_then_sends_once_the_send_time_has_passed(sessions: sessionmaker[Session], settings: Settings,
+                                                              smtp_server: SmtpServer) -> None:
+    add_articles(sessions)
+    emails = add_subscribers(sessions, 3)
+    week = builder.current_week(settings)
+    due = builder.scheduled_at(settings, week)
+
+    early = scheduler.run(sessions, settings, now=due - timedelta(hours=1), fetch=False, options=options())
+    assert early.send is None and smtp_server.messages == []
+    assert early.lines[-1].startswith("not sending yet: due ")
+    assert issue_status(sessions, week) == "draft"
+
+    on_time = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False, options=options(),)
+    assert on_time.send is not None and on_time.send.sent == 3
+    assert sorted(smtp_server.recipients()) == emails and issue_status(sessions, week) == "sent"
+
+    later = scheduler.run(sessions, settings, now=due + timedelta(minutes=6), fetch=False, options=options())
+    assert later.lines == [f"issue {week} was already sent"] and len(smtp_server.messages) == 3
+
+
+def test_overlapping_runs_never_double_send(sessions: sessionmaker[Session], settings: Settings,
+                                           smtp_server: SmtpServer) -> None:
+    add_articles(sessions)
+    add_subscribers(sessions, 2)
+    due = builder.scheduled_at(settings, builder.current_week(settings))
+    other = locks.new_holder()  # another run of this very process: alive
+    with sessions.begin() as s:
+        assert locks.acquire(s, scheduler.RUN_LEASE, other, scheduler.RUN_TTL) is None
+    busy = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False, options=options())
+    assert busy.lines == [f"another `newsletter run` ({other}) is in progress; this one does nothing"]
+    assert smtp_server.messages == []
+    with sessions.begin() as s:
+        locks.release(s, scheduler.RUN_LEASE, other)
+    done = scheduler.run(sessions, settings, now=due + timedelta(minutes=2), fetch=False, options=options())
+    assert done.send is not None and done.send.sent == 2
+
+
+def test_a_crashed_run_does_not_block_the_next(sessions: sessionmaker[Session], settings: Settings,
+                                              smtp_server: SmtpServer) -> None:
+    add_articles(sessions)
+    add_subscribers(sessions, 1)
+    due = builder.scheduled_at(settings, builder.current_week(settings))
+    with sessions.begin() as s:  # a lease left by a process that no longer exists on this host
+        assert locks.acquire(s, scheduler.RUN_LEASE, f"{locks.HOST}:999999999:dead", 3600) is None
+    report = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False, options=options())
+    assert report.send is not None and report.send.sent == 1
+
+
+def test_run_without_articles_says_so(sessions: sessionmaker[Session], settings: Settings,
+                                      smtp_server: SmtpServer) -> None:
+    report = scheduler.run(sessions, settings, fetch=False, options=options())
+    assert report.send is None and report.lines[0].startswith("not built: no articles were published in ")
+    with sessions.begin() as s:
+        assert s.scalar(select(Issue)) is None
+
+
+def test_cli_run_fetches_the_feed_and_sends(config_path: Path, sessions: sessionmaker[Session], settings: Settings,
+                                            smtp_server: SmtpServer, tmp_path: Path) -> None:
+    (tmp_path / "feed.xml").write_text(RSS.format(date=utcnow().strftime("%a, %d %b %Y %H:%M:%S +0000")))
+    text = config_path.read_text().replace('send_day = "friday"', "")
+    day = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+    today = utcnow().astimezone(settings.tz)
+    config_path.write_text(text.replace('[newsletter]\n', f'[newsletter]\nsend_day = "{day[today.weekday()]}"\n'
+                                        f'send_time = "00:00"\n', 1)
+                           + '\n[[feeds]]\nname = "Trade site"\nurl = "feed.xml"\ncategory = "news"\n')
+    emails = add_subscribers(sessions, 2)
+    result = cli(config_path, "run")
+    assert result.returncode == 0, result.stderr
+    assert "Trade site: 1 added" in result.stdout
+    assert Counter(smtp_server.recipients()) == Counter(emails)
+    assert "Fresh from the feed" in body(smtp_server.messages[0].message, "plain")
+    again = cli(config_path, "run")
+    assert again.returncode == 0 and "was already sent" in again.stdout and len(smtp_server.messages) == 2

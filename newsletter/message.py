@@ -63,10 +63,17 @@ def domain_of(settings: Settings) -> str:
 
 
 def return_path(settings: Settings, subscriber_id: int, issue_id: int | None) -> str:
-    """The envelope sender (MAIL FROM) of a message to this subscriber: the From address.
+    """The envelope sender (MAIL FROM) of a message to this subscriber.
 
-    One function so the bounce handling can turn it into a per-subscriber VERP address."""
-    return address_of(settings.newsletter.from_address)
+    With [bounces] return_path_domain set it is the VERP address
+    `<return_path_local>+<bounce token>@<domain>`: the token names subscriber and issue,
+    so a bounce is tied to them even when the report itself names no one. Otherwise
+    (and for test sends, subscriber 0) it is the From address."""
+    b = settings.bounces
+    if not b.return_path_domain or not subscriber_id:
+        return address_of(settings.newsletter.from_address)
+    token = tokens.make(settings.newsletter.secret_key, tokens.BOUNCE, subscriber_id, issue_id)
+    return f"{b.return_path_local}+{token}@{b.return_path_domain}"
 
 
 def message_id(settings: Settings, issue_id: int, subscriber_id: int) -> str:

@@ -620,6 +620,8 @@ def stats_cmd(
     with get(ctx).sessions.begin() as s:
         result = stats.issue_stats(s, get(ctx).settings, week)
     print_table(f"Issue {result.week}", ["", "count"], [[label, value] for label, value in result.rows])
+    if result.bounces.warning:
+        err_console.print(f"warning: {result.bounces.warning}", highlight=False, soft_wrap=True)
     if result.ambiguous:
         more = " …" if result.ambiguous > len(result.ambiguous_emails) else ""
         console.print(f"ambiguous (an interrupted send may or may not have delivered these): "

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter import builder, ledger
+from newsletter.bounce_policy import IssueBounces, issue_bounces
 from newsletter.config import Settings
 from newsletter.errors import NotFound
 from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
@@ -32,6 +33,8 @@ class IssueStats:
     ambiguous_emails: list[str]
     unsubscribed_since: int  # unsubscribes (any source) since the send started
     events: dict[str, int] = field(default_factory=dict)  # per EventKind, credited to this issue
+    # hard (reports and SMTP 5xx) / soft bounces, complaints: subscribers, each counted once
+    bounces: IssueBounces = field(default_factory=lambda: IssueBounces(0, 0, 0, 0))
 
     @property
     def rows(self) -> list[tuple[str, object]]:
@@ -40,11 +43,12 @@ class IssueStats:
         return [("issue", f"{self.week} ({self.status})"), ("subject", self.subject),
                 ("recipients", sum(d.values()) - d.get(DeliveryStatus.SKIPPED, 0)),
                 ("sent", d.get(DeliveryStatus.SENT, 0)), ("failed", d.get(DeliveryStatus.FAILED, 0)),
-                ("bounced", self.events.get(EventKind.BOUNCE, 0)),
+                ("bounced", self.bounces.hard), ("soft bounces", self.bounces.soft),
                 ("pending", d.get(DeliveryStatus.PENDING, 0)), ("sending now", self.in_flight),
                 ("ambiguous", self.ambiguous), ("skipped", d.get(DeliveryStatus.SKIPPED, 0)),
                 ("unsubscribed since sending", self.unsubscribed_since),
-                ("complaints", self.events.get(EventKind.COMPLAINT, 0))]
+                ("complaints", self.bounces.complaints),
+                ("complaint rate", f"{self.bounces.complaint_rate:.2%}")]
 
 
 def _issue(session: Session, settings: Settings, week: str | None) -> Issue:
@@ -77,7 +81,7 @@ def issue_stats(session: Session, settings: Settings, week: str | None = None) -
             Event.kind == EventKind.UNSUBSCRIBE, Event.created_at >= issue.send_started_at)) or 0
     return IssueStats(issue.week, str(issue.status), issue.subject, by_status, n_ambiguous,
                       by_status.get(DeliveryStatus.SENDING, 0) - n_ambiguous, emails, since,
-                      event_counts(session, issue))
+                      event_counts(session, issue), issue_bounces(session, issue.id))
 
 
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:

@@ -69,3 +69,22 @@ def test_import_missing_path_and_fetch_without_imap(cli_db: Path, tmp_path: Path
     code, _, err = run(cli_db, "bounces", "fetch")
     assert (code, err) == (1, "Error: [bounces] imap_host is not set; set it in config.toml to fetch bounces "
                               "over IMAP\n")
+
+
+def test_stats_show_bounces_complaints_and_warn(cli_db: Path, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        for i in range(8):
+            _mailed(s, f"r{i}@example.org", issues)
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    box.add(dsn("r0@example.org", "5.1.1", "550 5.1.1 user unknown", msgid="<1@x>"))
+    box.add(dsn("r1@example.org", "4.2.2", "452 4.2.2 mailbox full", msgid="<2@x>"))
+    box.add(arf("r2@example.org"))
+    assert run(cli_db, "bounces", "import", str(tmp_path / "Maildir"))[0] == 0
+    code, out, err = run(cli_db, "stats", "--week", issues[0].week)
+    assert code == 0
+    table = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
+    assert (table["sent"], table["bounced"], table["soft bounces"], table["complaints"], table["complaint rate"]) == (
+        "8", "1", "1", "1", "12.50%")
+    assert err == ("warning: complaint rate 12.50% is above 0.1%: mailbox providers start filtering the list "
+                   "at 0.3%\n")

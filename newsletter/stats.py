@@ -11,7 +11,7 @@ from typing import IO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from newsletter import builder, ledger
+from newsletter import builder, ledger, selfservice
 from newsletter.bounce_policy import IssueBounces, issue_bounces
 from newsletter.config import Settings
 from newsletter.errors import NotFound
@@ -35,6 +35,8 @@ class IssueStats:
     events: dict[str, int] = field(default_factory=dict)  # per EventKind, credited to this issue
     # hard (reports and SMTP 5xx) / soft bounces, complaints: subscribers, each counted once
     bounces: IssueBounces = field(default_factory=lambda: IssueBounces(0, 0, 0, 0))
+    # unsubscribes through this issue's own links, per source (one-click, page, mailto)
+    unsubscribes: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[tuple[str, object]]:
@@ -46,9 +48,16 @@ class IssueStats:
                 ("bounced", self.bounces.hard), ("soft bounces", self.bounces.soft),
                 ("pending", d.get(DeliveryStatus.PENDING, 0)), ("sending now", self.in_flight),
                 ("ambiguous", self.ambiguous), ("skipped", d.get(DeliveryStatus.SKIPPED, 0)),
+                ("unsubscribed via this issue", _with_sources(self.unsubscribes)),
                 ("unsubscribed since sending", self.unsubscribed_since),
                 ("complaints", self.bounces.complaints),
                 ("complaint rate", f"{self.bounces.complaint_rate:.2%}")]
+
+
+def _with_sources(counts: dict[str, int]) -> str:
+    """'3 (one-click 2, mailto 1)', or '0'."""
+    total = sum(counts.values())
+    return f"{total} ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if total else "0"
 
 
 def _issue(session: Session, settings: Settings, week: str | None) -> Issue:
@@ -81,7 +90,8 @@ def issue_stats(session: Session, settings: Settings, week: str | None = None) -
             Event.kind == EventKind.UNSUBSCRIBE, Event.created_at >= issue.send_started_at)) or 0
     return IssueStats(issue.week, str(issue.status), issue.subject, by_status, n_ambiguous,
                       by_status.get(DeliveryStatus.SENDING, 0) - n_ambiguous, emails, since,
-                      event_counts(session, issue), issue_bounces(session, issue.id))
+                      event_counts(session, issue), issue_bounces(session, issue.id),
+                      selfservice.unsubscribes_per_issue(session, issue.id).get(issue.id, {}))
 
 
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:

@@ -1,6 +1,6 @@
-"""`newsletter unsubscribes import`: mailed unsubscribe requests from an mbox or a
-Maildir, matched by token (address or subject) or sender, never processed twice; and
-`newsletter serve` refusing the example secret."""
+"""The web app's commands: `newsletter unsubscribes import` (mailed requests from an mbox
+or a Maildir, matched by token in the address or subject, else by sender, never processed
+twice), `newsletter serve` and its secret check, and unsubscribes per issue in `newsletter stats`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from conftest import SmtpServer, free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.testclient import TestClient
 from typer.testing import CliRunner
 from web_support import add_subscriber, make_issue, running_server, subscriber
 
@@ -23,6 +24,7 @@ from newsletter import db, mailin, sender, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
+from newsletter.web import create_app
 
 
 def mail(n: int, *, sender: str, to: str = "unsubscribe@example.com", subject: str = "unsubscribe",
@@ -146,3 +148,24 @@ def test_serve_with_insecure_dev_starts_and_warns(config_path: Path, settings: S
     with running_server(config_path, free_port(), "--insecure-dev") as (base, log):
         assert httpx.get(f"{base}/subscribe", timeout=5).status_code == 200
         assert "anyone can forge subscriber links" in log.read_text()
+
+
+def test_stats_show_unsubscribes_per_issue_by_source(settings: Settings, sessions: sessionmaker[Session],
+                                                    config_path: Path, smtp_server: SmtpServer,
+                                                    tmp_path: Path) -> None:
+    readers = [add_subscriber(sessions, f"r{i}@example.com") for i in range(4)]
+    make_issue(sessions, settings, "2026-W40", title="Story", sent=False)
+    sender.send(sessions, settings, "2026-W40", force=True)
+    links = {m.rcpt_tos[0]: re.search(r"<(http[^>]+)>", m.message["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+             for m in smtp_server.messages}
+    with TestClient(create_app(settings, sessions), base_url=settings.newsletter.base_url) as web:
+        web.post(links["r0@example.com"], data={"List-Unsubscribe": "One-Click"})
+        web.post(links["r1@example.com"], data={"List-Unsubscribe": "One-Click"})
+        web.post(links["r2@example.com"], data={"action": "unsubscribe"})
+    token = links["r3@example.com"].rpartition("/")[2]
+    mailin.import_unsubscribes(sessions, settings, write_mbox(tmp_path / "box", [
+        mail(1, sender="r3@example.com", subject=f"unsubscribe-{token}")]))
+    assert all(subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED for sid in readers)
+    result = CliRunner().invoke(app, ["--config", str(config_path), "stats", "--week", "2026-W40"])
+    assert result.exit_code == 0, result.output
+    assert "unsubscribed via this issue\t4 (mailto 1, one-click 2, page 1)" in result.stdout.splitlines()

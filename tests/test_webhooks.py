@@ -214,3 +214,22 @@ def test_mounted_in_the_web_app(hook_settings: Settings, sessions: sessionmaker[
     with TestClient(create_app(hook_settings, sessions)) as c:
         assert c.post("/webhooks/bounces/postmark", json=bounce, auth=("pm", "pm-pass")).json()["applied"] == 1
     assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED
+
+
+def test_ses_subscription_confirmation_and_foreign_topic(client: TestClient, keys: Keys,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    confirm = {"Type": "SubscriptionConfirmation", "MessageId": "c-1", "Token": "tok", "TopicArn": TOPIC,
+               "Message": "You have chosen to subscribe", "SubscribeURL": "https://sns.example/confirm?tok",
+               "Timestamp": "2026-11-20T10:00:00.000Z", "SignatureVersion": "1"}
+    signature = keys.sns.sign(webhooks.sns_string_to_sign(confirm), padding.PKCS1v15(), hashes.SHA1())
+    confirm["Signature"] = base64.b64encode(signature).decode()
+    with caplog.at_level("WARNING", logger="newsletter.webhooks"):
+        r = client.post("/webhooks/bounces/ses", content=json.dumps(confirm))
+    assert r.json() == {"applied": 0, "skipped": 0}
+    assert "open https://sns.example/confirm?tok to confirm" in caplog.text
+    foreign = _sns(keys, SES_BOUNCE)
+    foreign["TopicArn"] = "arn:aws:sns:eu-west-1:999999999999:other"
+    signature = keys.sns.sign(webhooks.sns_string_to_sign(foreign), padding.PKCS1v15(), hashes.SHA256())
+    foreign["Signature"] = base64.b64encode(signature).decode()
+    r = client.post("/webhooks/bounces/ses", content=json.dumps(foreign))
+    assert r.status_code == 403 and "ses_topic_arn" in r.json()["error"]

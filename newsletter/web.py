@@ -65,6 +65,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> St
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient)."""
     app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory)],
                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app.router.redirect_slashes = False  # the app never redirects, not even to add or drop a '/'
     app.state.newsletter = AppState(
         settings=settings, sessions=session_factory,
         templates=Jinja2Templates(env=render.environment(settings)),

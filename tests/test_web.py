@@ -350,7 +350,8 @@ def test_no_response_redirects_anywhere(client: TestClient, settings: Settings,
         ("POST", path_of(settings, tokens.unsubscribe_url(settings, sid, None))),
         ("GET", path_of(settings, tokens.preferences_url(settings, sid))),
         ("GET", path_of(settings, tokens.confirm_url(settings, sid))),
-        ("GET", "//evil.example/"), ("GET", "/%2F%2Fevil.example"),
+        ("GET", "//evil.example/"), ("GET", "/%2F%2Fevil.example"), ("GET", "/archive/"),
+        ("GET", path_of(settings, tokens.unsubscribe_url(settings, sid, None)) + "/"),
     ]
     for method, path in requests:
         r = client.request(method, path, params=evil, data={"email": "x@example.com", **evil} if method == "POST"

@@ -22,6 +22,7 @@ from datetime import datetime
 from email import quoprimime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from functools import lru_cache
 from pathlib import Path
 
 import dkim
@@ -54,7 +55,9 @@ def check_header(field: str, value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=64)
 def address_of(value: str) -> str:
+    """The bare address of a configured From-style value (parsed once: it is per message)."""
     return parseaddr(value)[1]
 
 
@@ -133,6 +136,11 @@ def _header(name: str, value: str) -> bytes:
     return POLICY.fold_binary(name, check_header(name, value))
 
 
+class WireBytes(bytes):
+    """A message already in SMTP wire form: CRLF line ends only, no line starting with
+    '.', every line within 998 octets; the transport sends it without another pass."""
+
+
 @dataclass(frozen=True)
 class Template:
     """A variant in wire form: statics[0] slot[0] statics[1] … statics[-1]."""
@@ -141,13 +149,13 @@ class Template:
     statics: tuple[bytes, ...]
     slots: tuple[int, ...]
 
-    def fill(self, values: tuple[bytes, ...]) -> bytes:
+    def fill(self, values: tuple[bytes, ...]) -> WireBytes:
         statics = self.statics
         parts = [statics[0]]
         for i, slot in enumerate(self.slots, 1):
             parts.append(values[slot])
             parts.append(statics[i])
-        return b"".join(parts)
+        return WireBytes(b"".join(parts))
 
 
 def _compile(parts: list[bytes | int], sections: tuple[str, ...]) -> Template:
@@ -180,13 +188,13 @@ class DkimSigner:
             raise ConfigError(f"[dkim] private_key_path {str(path)!r}: {exc.strerror}; fix config.toml") from exc
         return cls(d.selector, d.domain, key)
 
-    def sign(self, data: bytes) -> bytes:
+    def sign(self, data: bytes) -> WireBytes:
         try:
             signature = dkim.sign(data, self.selector, self.domain, self.key, include_headers=list(DKIM_HEADERS),
                                   canonicalize=(b"relaxed", b"relaxed"), linesep=b"\r\n")
         except dkim.DKIMException as exc:
             raise ConfigError(f"[dkim] cannot sign with the key in private_key_path: {exc}") from exc
-        return signature + data
+        return WireBytes(signature + data)  # dkimpy folds with CRLF + tab: still wire form
 
 
 class MessageFactory:
@@ -242,7 +250,7 @@ class MessageFactory:
         return (to, _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(), list_unsubscribe,
                 url_unsub, url_prefs, name_text, name_html)
 
-    def build(self, template: Template, subscriber_id: int, address: str, name: str) -> bytes:
+    def build(self, template: Template, subscriber_id: int, address: str, name: str) -> WireBytes:
         """The finished message for one subscriber (DKIM-signed when configured)."""
         data = template.fill(self.values(subscriber_id, address, name))
         return self.signer.sign(data) if self.signer else data

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, ledger, locks, render
@@ -122,13 +122,17 @@ class RateLimit:
 
 class LedgerWriter:
     """Group commit: marks and outcomes queued by the workers go to the database together,
-    in one thread, one transaction per round."""
+    one transaction per round, on one connection held for the whole run.
 
-    def __init__(self, sessions: sessionmaker[Session], issue_id: int, worker: str, lease: str,
+    It runs in the event loop's thread: the ledger work is Python (SQLAlchemy), so a
+    second thread would only fight the loop for the GIL and add latency to each round."""
+
+    def __init__(self, engine: Engine, issue_id: int, worker: str, lease: str,
                  on_commit: Callable[[list[Outcome]], None]) -> None:
-        self.sessions, self.issue_id, self.worker, self.lease = sessions, issue_id, worker, lease
+        self.issue_id, self.worker, self.lease = issue_id, worker, lease
         self.on_commit = on_commit
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self.connection = engine.connect()
+        self.session = Session(bind=self.connection, expire_on_commit=False)
         self.marks: list[tuple[Job, asyncio.Future[bool]]] = []
         self.outcomes: list[Outcome] = []
         self.wake = asyncio.Event()
@@ -136,16 +140,22 @@ class LedgerWriter:
         self.failed: BaseException | None = None
         self.renewed = time.monotonic()
 
-    async def db(self, fn: Callable[[Session], object]) -> object:
-        """Run `fn(session)` in the ledger thread and commit."""
-        def run() -> object:
-            with self.sessions.begin() as session:
-                result = fn(session)
-                if time.monotonic() - self.renewed > LEASE_TTL / 6:
-                    locks.renew(session, self.lease, self.worker, LEASE_TTL)
-                    self.renewed = time.monotonic()
-                return result
-        return await asyncio.get_running_loop().run_in_executor(self.executor, run)
+    def db(self, fn: Callable[[Session], object]) -> object:
+        """Run `fn(session)` and commit (renewing this sender's lease now and then)."""
+        try:
+            result = fn(self.session)
+            if time.monotonic() - self.renewed > LEASE_TTL / 6:
+                locks.renew(self.session, self.lease, self.worker, LEASE_TTL)
+                self.renewed = time.monotonic()
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            raise
+        return result
+
+    def dispose(self) -> None:
+        self.session.close()
+        self.connection.close()
 
     def mark(self, job: Job) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -173,7 +183,8 @@ class LedgerWriter:
             try:
                 # Marks before outcomes: a worker's previous outcome is always committed no
                 # later than its next mark, so each worker has at most one row in `sending`.
-                ok = await self.db(lambda s: (ledger.mark_sending(s, [j for j, _ in marks], self.worker),
+                await asyncio.sleep(0)  # let replies that already arrived queue their marks too
+                ok = self.db(lambda s: (ledger.mark_sending(s, [j for j, _ in marks], self.worker),
                                               ledger.settle(s, outcomes, self.worker, self.issue_id))[0])
             except BaseException as exc:
                 self.failed = exc
@@ -191,7 +202,7 @@ class LedgerWriter:
         self.wake.set()
 
 
-class Engine:
+class SendRun:
     """One run of the sending loop for one issue."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, content: IssueContent,
@@ -204,7 +215,7 @@ class Engine:
         self.templates: dict[str, Template] = {}
         self.rate = RateLimit(options.rate_per_second, options.throttle_seconds)
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.batch_size)
-        self.writer = LedgerWriter(sessions, content.issue_id, worker, lease, self._committed)
+        self.writer = LedgerWriter(sessions.kw["bind"], content.issue_id, worker, lease, self._committed)
         self.in_flight = 0
         self.unavailable = 0  # consecutive connection failures, over all workers
         self.fatal: TransportUnavailable | None = None
@@ -295,7 +306,7 @@ class Engine:
         left = self.limit
         while self.fatal is None and (left is None or left > 0):
             size = self.options.batch_size if left is None else min(left, self.options.batch_size)
-            jobs: list[Job] = await self.writer.db(
+            jobs: list[Job] = self.writer.db(
                 lambda s: ledger.claim_batch(s, self.content.issue_id, self.worker, size))  # type: ignore[assignment]
             for job in jobs:
                 await self.queue.put(job)
@@ -306,7 +317,7 @@ class Engine:
             if self.in_flight or not self.queue.empty() or self.writer.outcomes:
                 await asyncio.sleep(0.05)  # in-flight messages may turn into retries
                 continue
-            due: datetime | None = await self.writer.db(
+            due: datetime | None = self.writer.db(
                 lambda s: ledger.next_due(s, self.content.issue_id, self.worker))  # type: ignore[assignment]
             if due is None:
                 return
@@ -332,8 +343,8 @@ class Engine:
             await self.writer.close()
             await writer
             await self.transport.close()
-            await self.writer.db(lambda s: ledger.release(s, self.content.issue_id, self.worker))
-            self.writer.executor.shutdown()
+            self.writer.db(lambda s: ledger.release(s, self.content.issue_id, self.worker))
+            self.writer.dispose()
         if self.fatal is not None:
             raise TransportUnavailable(f"{self.fatal}; stopped sending. The issue stays resumable: fix the server "
                                        f"or [smtp] settings and run `newsletter send` again",
@@ -422,7 +433,7 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
             if issue.status != IssueStatus.SENDING:
                 issue.status, issue.send_started_at = IssueStatus.SENDING, issue.send_started_at or utcnow()
             total = ledger.open_count(session, issue.id)
-        engine = Engine(sessions, settings, content, transport or open_transport(settings), options, worker,
+        engine = SendRun(sessions, settings, content, transport or open_transport(settings), options, worker,
                         lease, report, progress, limit, min(total, limit) if limit is not None else total)
         asyncio.run(engine.run())
         with sessions.begin() as session:

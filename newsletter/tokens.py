@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -36,7 +37,10 @@ class TokenData:
     issued_at: datetime | None = None  # only for timed purposes (confirm, csrf, preview)
 
 
+@lru_cache(maxsize=32)
 def _serializer(secret: str, purpose: str) -> URLSafeSerializer | URLSafeTimedSerializer:
+    # Cached: the sender makes two tokens per message, and building a serializer costs
+    # as much as signing with it. Serializers hold no per-call state.
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
     cls = URLSafeTimedSerializer if purpose in MAX_AGE else URLSafeSerializer

@@ -56,7 +56,7 @@ def test_wire_form_is_ready_for_data(variant: render.Variant, settings: Settings
     assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in lines) <= 998
     assert not any(line.startswith(b".") for line in lines)
-    assert wire_form(data) == data
+    assert wire_form(bytes(data)) == data  # a second normalisation pass would change nothing
 
 
 def test_headers_subject_and_ids(variant: render.Variant, settings: Settings) -> None:

@@ -64,6 +64,15 @@ def categories(session: Session) -> list[tuple[str, str]]:
                                                            .order_by(Category.position))]
 
 
+def _known_topics(session: Session, slugs: Sequence[str]) -> list[str]:
+    """Every category slug; InvalidInput (worded for a reader) if `slugs` names another."""
+    known = [slug for slug, _ in categories(session)]
+    unknown = sorted(set(slugs) - set(known))
+    if unknown:
+        raise InvalidInput(f"there is no topic {unknown[0]!r}")
+    return known
+
+
 def view(session: Session, subscriber_id: int) -> SubscriberView:
     """The subscriber behind a verified token; NotFound if the row was deleted."""
     sub = _get(session, subscriber_id)
@@ -90,7 +99,7 @@ def save_preferences(session: Session, subscriber_id: int, *, name: str, slugs: 
     """Store a new name and category choice; choosing every category stores "all", so
     categories added later reach the subscriber too. Raises InvalidInput if none is chosen."""
     sub = _get(session, subscriber_id)
-    known = [slug for slug, _ in categories(session)]
+    known = _known_topics(session, slugs)
     if not slugs:
         raise InvalidInput("choose at least one topic, or unsubscribe from everything below")
     clean_name = " ".join(name.split())[:200]
@@ -110,9 +119,7 @@ def request_subscription(session: Session, email: str, *, name: str = "",
     a stranger typing someone's address can neither alter nor detect their subscription.
     Raises InvalidInput for a malformed address or unknown category."""
     normalized = subscribers.normalize_email(email)
-    unknown = set(slugs) - {slug for slug, _ in categories(session)}
-    if unknown:  # checked for every address alike, so the answer tells nothing about it
-        raise InvalidInput(f"unknown topic {sorted(unknown)[0]!r}")
+    _known_topics(session, slugs)  # checked for every address alike, so the answer tells nothing about it
     sub = subscribers.get_by_email(session, normalized)
     if sub is None:
         try:

@@ -206,12 +206,14 @@ def test_preferences_save_topics_and_name(client: TestClient, settings: Settings
     assert [src for src, _ in events(sessions, sid, EventKind.PREFERENCES)] == ["page", "page"]
 
 
-def test_preferences_need_at_least_one_topic(client: TestClient, settings: Settings,
+def test_preferences_need_at_least_one_known_topic(client: TestClient, settings: Settings,
                                             sessions: sessionmaker[Session]) -> None:
     sid = add_subscriber(sessions, "ada@example.com", categories=("news",))
     path, csrf = _prefs(client, settings, sid)
     r = client.post(path, data={"csrf": csrf, "action": "save", "name": "Bob"})
     assert r.status_code == 400 and "choose at least one topic" in r.text
+    r = client.post(path, data={"csrf": csrf, "action": "save", "name": "Bob", "category": ["news", "sport"]})
+    assert r.status_code == 400 and "there is no topic &#39;sport&#39;" in r.text
     assert subscriber(sessions, sid).name == "Ada"
 
 

@@ -100,6 +100,10 @@ def test_invalid_address_shows_the_form_again(client: TestClient, sessions: sess
     r = client.post("/subscribe", data={"email": "bob@", "name": "<b>Bob</b>"})
     assert r.status_code == 400 and "is not an email address" in r.text
     assert 'value="&lt;b&gt;Bob&lt;/b&gt;"' in r.text
+    add_subscriber(sessions, "listed@example.com")
+    for email in ("new@example.com", "listed@example.com"):  # the same answer for both
+        r = client.post("/subscribe", data={"email": email, "category": ["sport"]})
+        assert r.status_code == 400 and "there is no topic &#39;sport&#39;" in r.text
     assert smtp_server.messages == []  # type: ignore[attr-defined]
 
 

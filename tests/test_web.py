@@ -19,6 +19,7 @@ from web_support import add_subscriber, link_in, make_issue, path_of, subscriber
 from newsletter import selfservice, subscribers, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
+from newsletter.db import make_engine, session_factory
 from newsletter.models import (
     Event,
     EventKind,
@@ -382,3 +383,10 @@ def test_cli_weblink_prints_a_working_preview_link(client: TestClient, settings:
     assert r.status_code == 200 and "Draft story" in r.text
     missing = CliRunner().invoke(app, ["--config", str(config_path), "issue", "weblink", "--week", "2026-W30"])
     assert missing.exit_code == 1 and missing.stderr.startswith("Error: no issue for 2026-W30")
+
+
+def test_healthz_is_503_when_the_database_is_unreachable(settings: Settings, tmp_path: Path) -> None:
+    broken = session_factory(make_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"))
+    with TestClient(create_app(settings, broken), base_url=BASE) as c:
+        r = c.get("/healthz")
+    assert r.status_code == 503 and r.json() == {"status": "error", "database": "unreachable"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import email.policy
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -337,7 +338,19 @@ def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: s
     with session_factory() as session:
         if not inspect(session.get_bind()).has_table("subscribers"):
             raise ConfigError("the database has no tables yet; run 'newsletter init' or 'newsletter db upgrade' first")
+    logging.getLogger("uvicorn.access").addFilter(_hide_tokens)
     uvicorn.run(create_app(settings, session_factory), host=host, port=port, log_level="info")
+
+
+TOKEN_IN_PATH = re.compile(r"^(/(?:unsubscribe|preferences|confirm)/)[^/?]+|([?&]key=)[^&]+")
+
+
+def _hide_tokens(record: logging.LogRecord) -> bool:
+    """Access log lines keep the route but not the token: a token is a key to someone's subscription."""
+    if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+        path = TOKEN_IN_PATH.sub(lambda m: (m.group(1) or m.group(2)) + "…", record.args[2])
+        record.args = (*record.args[:2], path, *record.args[3:])
+    return True
 
 
 # -- errors ----------------------------------------------------------------------------

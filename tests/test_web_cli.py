@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mailbox
 import re
+import time
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import unquote
@@ -140,14 +141,20 @@ def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions
     assert unsubscribe_events(sessions) == [(sid, "mailto", issue_id, "mailto:<req1@mail.example>")]
 
 
-def test_serve_with_insecure_dev_starts_and_warns(config_path: Path, settings: Settings) -> None:
+def test_serve_with_insecure_dev_starts_warns_and_logs_no_tokens(config_path: Path, settings: Settings) -> None:
     text = config_path.read_text().replace('secret_key = "test-secret-key-0123456789abcdef"',
                                            f'secret_key = "{config_mod.EXAMPLE_SECRET}"')
     config_path.write_text(text)
     db.upgrade(db.make_engine(settings.database_url))
     with running_server(config_path, free_port(), "--insecure-dev") as (base, log):
         assert httpx.get(f"{base}/subscribe", timeout=5).status_code == 200
-        assert "anyone can forge subscriber links" in log.read_text()
+        token = tokens.make(config_mod.EXAMPLE_SECRET, tokens.UNSUBSCRIBE, 1, 2)
+        assert httpx.get(f"{base}/unsubscribe/{token}", timeout=5).status_code == 404
+        time.sleep(0.3)  # the access log line is written after the response
+        text = log.read_text()
+    assert "anyone can forge subscriber links" in text
+    # The access log keeps the route, never the token (it is a key to someone's subscription).
+    assert '"GET /unsubscribe/… HTTP/1.1" 404' in text and token not in text
 
 
 def test_stats_show_unsubscribes_per_issue_by_source(settings: Settings, sessions: sessionmaker[Session],

@@ -318,6 +318,9 @@ async def home(request: Request) -> Response:
     return await subscribe(request)
 
 
+# -- serving ---------------------------------------------------------------------------
+
+
 def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: str, port: int,
           insecure_dev: bool = False) -> None:
     """Run the app with uvicorn until interrupted.

@@ -8,7 +8,7 @@ import csv
 from dataclasses import dataclass, field
 from typing import IO
 
-from sqlalchemy import func, select
+from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from newsletter import builder, ledger, selfservice
@@ -69,9 +69,11 @@ def _issue(session: Session, settings: Settings, week: str | None) -> Issue:
 
 
 def event_counts(session: Session, issue: Issue) -> dict[str, int]:
-    """Events credited to the issue, per kind (unsubscribes from its links, bounces and
-    complaints about its messages): the one place later reports add their kinds."""
-    rows = session.execute(select(Event.kind, func.count()).where(Event.issue_id == issue.id).group_by(Event.kind))
+    """Subscribers with an event credited to the issue, per kind (unsubscribes from its
+    links, bounces and complaints about its messages), each subscriber counted once:
+    the one place later reports add their kinds."""
+    rows = session.execute(select(Event.kind, func.count(distinct(Event.subscriber_id)))
+                           .where(Event.issue_id == issue.id).group_by(Event.kind))
     return {str(kind): n for kind, n in rows}
 
 

@@ -40,6 +40,7 @@ from newsletter.errors import (
 )
 
 BeforeData = Callable[[], Awaitable[None]]
+ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20<>\x7f]")  # would break out of MAIL FROM:<…> / RCPT TO:<…>
 
 
 class Transport(Protocol):
@@ -181,19 +182,22 @@ class SmtpTransport:
 
     async def send(self, envelope_from: str, recipient: str, data: bytes, *,
                    before_data: BeforeData | None = None) -> str:
-        try:
-            mail_from, rcpt_to = envelope_from.encode("ascii"), recipient.encode("ascii")
-        except UnicodeEncodeError:
-            raise PermanentDeliveryError(f"{recipient}: non-ASCII addresses need SMTPUTF8, which is not supported",
-                                         reply="not sent: non-ASCII address") from None
+        if ADDRESS_FORBIDDEN.search(envelope_from + recipient):
+            raise PermanentDeliveryError(f"{recipient!r} is not a usable address", reply="not sent: bad address")
         body = wire_form(data)
         async with self._slots:
             conn = self._idle.pop() if self._idle else self._new_connection()
             try:
                 if not conn.is_connected:
                     await self._connect(conn)
+                mail_from, rcpt_to, options = envelope_from.encode(), recipient.encode(), ()
+                if not (envelope_from + recipient).isascii():
+                    if not conn.supports_extension("smtputf8"):
+                        raise PermanentDeliveryError(f"{recipient}: the server does not offer SMTPUTF8, needed for "
+                                                     f"a non-ASCII address", reply="not sent: server lacks SMTPUTF8")
+                    options = (b"SMTPUTF8",)
                 try:
-                    await self._command(conn, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">")
+                    await self._command(conn, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">", *options)
                     await self._command(conn, f"RCPT TO {recipient}", b"RCPT", b"TO:<" + rcpt_to + b">",
                                         ok=(250, 251))
                     if before_data is not None:

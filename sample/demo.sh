@@ -27,3 +27,9 @@ step newsletter issue preview --out preview.html
 step newsletter issue preview --subscriber ada@example.com --out preview-ada.html
 step newsletter issue list
 echo "open demo/preview.html (the whole issue) or demo/preview-ada.html (as ada@example.com gets it) in a browser"
+
+# Send it through the outbox transport (no mail server needed): one .eml file per message.
+step newsletter send --dry-run
+step newsletter send
+step newsletter stats
+echo "$(ls outbox | wc -l) messages in demo/outbox/, e.g. demo/outbox/$(ls outbox | head -1)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from email import message_from_bytes, policy
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +15,9 @@ from newsletter.config import Settings
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
 from newsletter.models import Event, EventKind, Issue, SubscriberStatus, utcnow
 from newsletter.transport import SmtpOptions, SmtpTransport
-from tests.conftest import SmtpServer, free_port
+from aiosmtpd.controller import Controller
+
+from tests.conftest import RecordingHandler, SmtpServer, free_port
 from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, options
 
 
@@ -221,3 +224,32 @@ def test_rate_limit_paces_the_sending(sessions: sessionmaker[Session], settings:
     add_subscribers(sessions, 6)
     report = sender.send(sessions, settings, week, options=options(rate_per_second=10))
     assert report.sent == 6 and report.elapsed >= 0.5
+
+
+def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
+        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 2)
+    with sessions.begin() as s:
+        subscribers.add(s, "jörg@bücher.example", name="Jörg")
+    strict = RecordingHandler()
+    port = free_port()
+    controller = Controller(strict, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        report = sender.send(sessions, settings, week, options=options(),
+                             transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+    finally:
+        controller.stop()
+    assert sorted(r for m in strict.messages for r in m.rcpt_tos) == emails
+    assert report.failed == 1 and report.bounced == 0 and issue_status(sessions, week) == "sent"
+    row = deliveries(sessions, week)["jörg@bücher.example"]
+    assert (row.status, row.last_reply) == ("failed", "not sent: server lacks SMTPUTF8")
+    with sessions.begin() as s:  # not the subscriber's fault: still active, and a server that can takes it
+        assert subscribers.get_by_email(s, "jörg@bücher.example").status == SubscriberStatus.ACTIVE
+        s.merge(row).status = "pending"
+        s.scalar(select(Issue).where(Issue.week == week)).status = "sending"
+    sender.send(sessions, settings, week, options=options())
+    assert smtp_server.recipients() == ["jörg@bücher.example"]
+    received = message_from_bytes(smtp_server.messages[0].data, policy=policy.default)
+    assert str(received["To"]) == "Jörg <jörg@bücher.example>"

@@ -114,10 +114,12 @@ class RateLimit:
         if self.next_at > now:
             await asyncio.sleep(self.next_at - now)
 
-    def throttle(self) -> None:
+    def throttle(self) -> float:
+        """Halve the pace (the achieved one, if unlimited) for throttle_seconds; returns it."""
         achieved = self.count / max(time.monotonic() - self.started, 1e-3)
         self.current = max(1.0, (self.current or achieved) / 2)
         self.until = time.monotonic() + self.throttle_seconds
+        return self.current
 
 
 class LedgerWriter:
@@ -249,6 +251,14 @@ class SendRun:
         when = ledger.retry_at(attempts, self.options.retry_delay) if delay is None else utcnow() + timedelta(seconds=delay)
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
 
+    def _maybe_throttle(self, exc: TransientDeliveryError | TransportUnavailable) -> None:
+        if exc.code in THROTTLING:
+            already = self.rate.until > time.monotonic()
+            rate = self.rate.throttle()
+            if not already:  # one note per slow-down period, not one per reply
+                self.report.notes.append(f"the server asked to slow down ({exc.reply}): {rate:.0f} messages/s "
+                                         f"for {self.options.throttle_seconds:.0f} s")
+
     async def deliver(self, job: Job) -> None:
         """One message: mark, MAIL/RCPT while the mark commits, DATA once it is durable."""
         await self.rate.wait()
@@ -272,12 +282,10 @@ class SendRun:
         except PermanentDeliveryError as exc:
             self.writer.settle(self._failed(job, exc.reply or str(exc), bounce=exc.code is not None))
         except TransientDeliveryError as exc:
-            if exc.code in THROTTLING:
-                self.rate.throttle()
+            self._maybe_throttle(exc)
             self.writer.settle(self._retry(job, exc.reply or str(exc)))
         except TransportUnavailable as exc:
-            if exc.code in THROTTLING:
-                self.rate.throttle()
+            self._maybe_throttle(exc)
             # A server that is down must not use up attempts: only while it accepts other
             # messages can one that keeps breaking the connection be given up.
             self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0, may_fail=self.report.sent > 0))

@@ -85,6 +85,7 @@ def test_retry_due_later_waits_for_the_next_run(sessions: sessionmaker[Session],
     add_subscribers(sessions, 2)
     smtp_server.faults.data["reader0@example.org"] = ["421 4.7.0 slow down"]
     report = sender.send(sessions, settings, week, options=options(retry_delay=3600))
+    assert any(n.startswith("the server asked to slow down (421 4.7.0 slow down): ") for n in report.notes)
     row = deliveries(sessions, week)["reader0@example.org"]
     assert (row.status, row.attempts) == ("pending", 1) and row.next_attempt_at > utcnow()
     assert report.remaining == 1 and issue_status(sessions, week) == "sending"

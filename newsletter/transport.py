@@ -48,9 +48,10 @@ class Transport(Protocol):
                    before_data: BeforeData | None = None) -> str:
         """Hand one message over; return the server's reply text.
 
-        `before_data` runs after the server accepted the recipient and before the
-        message is handed over; if it raises, the transaction is reset and the
-        exception propagates (the engine uses it to wait for its ledger commit).
+        `before_data` runs once the server has accepted the recipient and waits for
+        the message, before the message is handed over; if it raises, the transaction
+        is abandoned and the exception propagates (the engine waits there for its
+        ledger commit, so the commit overlaps MAIL, RCPT and DATA).
         Raises TransientDeliveryError, PermanentDeliveryError or TransportUnavailable."""
         ...
 
@@ -152,9 +153,18 @@ class SmtpTransport:
             raise _reply_error(response.code, response.message, stage)
         return response.message
 
-    async def _data(self, conn: aiosmtplib.SMTP, body: bytes) -> str:
-        """DATA with a body already in wire form: written as is, no second normalisation pass."""
+    async def _data(self, conn: aiosmtplib.SMTP, body: bytes, before: BeforeData | None) -> str:
+        """DATA with a body already in wire form: written as is, no second normalisation pass.
+
+        `before` runs once the server waits for the body (354). If it raises, the
+        connection is dropped, so the server discards the unfinished transaction."""
         await self._command(conn, "DATA", b"DATA", ok=(354,))
+        if before is not None:
+            try:
+                await before()
+            except BaseException:
+                conn.close()
+                raise
         protocol = conn.protocol
         try:
             with _map_errors(f"sending the message to {self.options.address}"):
@@ -200,9 +210,7 @@ class SmtpTransport:
                     await self._command(conn, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">", *options)
                     await self._command(conn, f"RCPT TO {recipient}", b"RCPT", b"TO:<" + rcpt_to + b">",
                                         ok=(250, 251))
-                    if before_data is not None:
-                        await before_data()
-                    return await self._data(conn, body)
+                    return await self._data(conn, body, before_data)
                 except BaseException:
                     if conn.is_connected:
                         await self._reset(conn)

@@ -100,7 +100,7 @@ def populate(settings: config.Settings, n: int) -> str:
     with sessions.begin() as s:
         for i in range(12):
             cat = CATEGORIES[i % len(CATEGORIES)]
-            summary = " ".join(rnd.choice(WORDS) for _ in range(30)).capitalize() + "."
+            summary = " ".join(rnd.choice(WORDS) for _ in range(16)).capitalize() + "."
             s.add(Article(guid=f"a{i}", url=f"https://news.example.com/{cat}/{i}-article", category=cat,
                           title=f"{cat.title()}: " + " ".join(rnd.choice(WORDS) for _ in range(7)),
                           author="Staff", summary=f"<p>{summary}</p>", published_at=now - timedelta(minutes=i)))
@@ -123,6 +123,15 @@ def populate(settings: config.Settings, n: int) -> str:
     return week
 
 
+def peak_rss_mb() -> float:
+    """VmHWM of this process. Not ru_maxrss: Linux carries that over from the parent
+    across fork and exec, so a child would report the (large) benchmark parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def engine_run(config_path: Path, week: str) -> None:
     """Child process: the engine end to end (plan, render, send, ledger); prints JSON."""
     settings = config.load(config_path, environ={})
@@ -130,7 +139,7 @@ def engine_run(config_path: Path, week: str) -> None:
     started = time.perf_counter()
     report = send(db.session_factory(engine), settings, week, options=SendSettings.from_settings(settings))
     elapsed = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"sent": report.sent, "failed": report.failed, "elapsed": elapsed,
                       "rate": report.sent / elapsed, "rss_mb": rss}))
 

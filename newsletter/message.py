@@ -212,7 +212,9 @@ class MessageFactory:
     def prepare(self, variant: Variant) -> Template:
         """The expensive step, once per variant: headers, encoding, slots."""
         n = self.settings.newsletter
-        boundary = "=_nl_" + hashlib.sha256("|".join(variant.sections).encode() + variant.html.encode()).hexdigest()[:28]
+        # "=_" never occurs in quoted-printable text, so the boundary cannot clash with a body.
+        digest = hashlib.sha256("|".join(variant.sections).encode() + variant.html.encode()).hexdigest()
+        boundary = "=_nl_" + digest[:28]
         head: list[bytes | int] = [_header("From", n.from_address)]
         if n.reply_to:
             head.append(_header("Reply-To", n.reply_to))

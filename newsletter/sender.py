@@ -3,10 +3,10 @@
 Shape (listmonk's manager, with a ledger that survives kill -9):
 - one task reserves batches of ledger rows (`ledger.claim_batch`) into a queue;
 - `concurrency` workers each take a job, ask the ledger writer to mark it `sending`,
-  run MAIL/RCPT meanwhile, and hand the message over (DATA) only once that mark is
+  run MAIL, RCPT and DATA meanwhile, and hand the message over only once that mark is
   committed; so after a crash at most `concurrency` rows are ambiguous;
-- one ledger writer commits marks and results together in small batches, in a
-  single database thread (group commit: one transaction per round, not per message).
+- one ledger writer commits marks and results together (group commit: one
+  transaction per round for all connections, not one per message).
 
 Variants are rendered once (`render.render_variant`) and turned into byte templates
 (`message.MessageFactory.prepare`); per subscriber only the slots are filled.
@@ -29,6 +29,7 @@ from newsletter.builder import IssueContent
 from newsletter.config import Settings
 from newsletter.errors import (
     Conflict,
+    InvalidInput,
     NotFound,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -220,17 +221,17 @@ class LedgerWriter:
 class SendRun:
     """One run of the sending loop for one issue."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings, content: IssueContent,
+    def __init__(self, engine: Engine, settings: Settings, content: IssueContent,
                  transport: Transport, options: SendSettings, worker: str, lease: str,
                  report: SendReport, progress: Progress | None, limit: int | None, total: int) -> None:
-        self.sessions, self.settings, self.content = sessions, settings, content
+        self.settings, self.content = settings, content
         self.transport, self.options, self.worker = transport, options, worker
         self.report, self.progress, self.limit, self.total = report, progress, limit, total
         self.factory = MessageFactory(settings, content.issue_id)
         self.templates: dict[str, Template] = {}
         self.rate = RateLimit(options.rate_per_second, options.throttle_seconds)
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.batch_size)
-        self.writer = LedgerWriter(sessions.kw["bind"], content.issue_id, worker, lease, self._committed,
+        self.writer = LedgerWriter(engine, content.issue_id, worker, lease, self._committed,
                                    max(1, options.concurrency // 2))
         self.in_flight = 0
         self.unavailable = 0  # consecutive connection failures, over all workers
@@ -262,7 +263,8 @@ class SendRun:
         attempts = job.attempts + 1
         if attempts >= self.options.max_attempts and may_fail:
             return self._failed(job, f"{reply} (gave up after {attempts} attempts)")
-        when = ledger.retry_at(attempts, self.options.retry_delay) if delay is None else utcnow() + timedelta(seconds=delay)
+        when = (ledger.retry_at(attempts, self.options.retry_delay) if delay is None
+                else utcnow() + timedelta(seconds=delay))
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
 
     def _maybe_throttle(self, exc: TransientDeliveryError | TransportUnavailable) -> None:
@@ -274,14 +276,16 @@ class SendRun:
                                          f"for {self.options.throttle_seconds:.0f} s")
 
     async def deliver(self, job: Job) -> None:
-        """One message: mark, MAIL/RCPT while the mark commits, DATA once it is durable."""
+        """One message: mark, MAIL/RCPT/DATA while the mark commits, the body once it is durable."""
         await self.rate.wait()
-        allowed = self.writer.mark(job)
+        template = self.template(job.variant)  # an error here concerns every message: it stops the run
         try:
-            data = self.factory.build(self.template(job.variant), job.subscriber_id, job.email, job.name)
-        except Exception:
-            allowed.cancel()
-            raise
+            data = self.factory.build(template, job.subscriber_id, job.email, job.name)
+        except InvalidInput as exc:  # this subscriber's address cannot go in a header
+            if await self.writer.mark(job):
+                self.writer.settle(self._failed(job, f"not sent: {exc}"))
+            return
+        allowed = self.writer.mark(job)
 
         async def before_data() -> None:
             if not await allowed:
@@ -455,9 +459,10 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
             if issue.status != IssueStatus.SENDING:
                 issue.status, issue.send_started_at = IssueStatus.SENDING, issue.send_started_at or utcnow()
             total = ledger.open_count(session, issue.id)
-        engine = SendRun(sessions, settings, content, transport or open_transport(settings), options, worker,
-                        lease, report, progress, limit, min(total, limit) if limit is not None else total)
-        asyncio.run(engine.run())
+        engine = sessions.kw["bind"]  # the ledger writer holds one connection of its own
+        run = SendRun(engine, settings, content, transport or open_transport(settings), options, worker, lease,
+                      report, progress, limit, min(total, limit) if limit is not None else total)
+        asyncio.run(run.run())
         with sessions.begin() as session:
             _finish(session, content.issue_id, report)
     finally:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import sender, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
-from newsletter.models import Event, EventKind, Issue, SubscriberStatus, utcnow
+from newsletter.models import Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
 from newsletter.transport import SmtpOptions, SmtpTransport
 from aiosmtpd.controller import Controller
 
@@ -254,3 +254,16 @@ def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
     assert smtp_server.recipients() == ["jörg@bücher.example"]
     received = message_from_bytes(smtp_server.messages[0].data, policy=policy.default)
     assert str(received["To"]) == "Jörg <jörg@bücher.example>"
+
+
+def test_an_address_that_cannot_go_in_a_header_fails_alone(sessions: sessionmaker[Session], settings: Settings,
+                                                          smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 2)
+    with sessions.begin() as s:  # written around the API, as an old import might have
+        s.add(Subscriber(email="evil@example.org\r\nBcc: all@example.net", email_key="evil", name="",
+                         status=SubscriberStatus.ACTIVE, attributes={}))
+    report = sender.send(sessions, settings, week, options=options())
+    assert sorted(smtp_server.recipients()) == emails and report.failed == 1
+    row = deliveries(sessions, week)["evil@example.org\r\nBcc: all@example.net"]
+    assert row.status == "failed" and "contains a line break" in row.last_reply

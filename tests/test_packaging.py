@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_templates_migrations_and_example_config(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT),
                     "-w", str(tmp_path)], check=True, timeout=300, capture_output=True)
     wheel = next(tmp_path.glob("newsletter-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

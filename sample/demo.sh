@@ -2,6 +2,8 @@
 # The whole job on the embedded default (SQLite + outbox), in ./demo, with sample data.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# Start clean each time: a sent issue is never rebuilt, so a second run needs a fresh demo.
+rm -rf demo
 mkdir -p demo
 cd demo
 export NEWSLETTER_DELIVERY_TRANSPORT=outbox   # no mail server needed: .eml files in demo/outbox/

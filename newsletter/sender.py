@@ -191,10 +191,9 @@ class LedgerWriter:
             if len(self.marks) < self.batch and not self.closing:
                 # Fewer, fuller rounds: each costs far more than one more row in it.
                 self.full.clear()
-                try:
-                    await asyncio.wait_for(self.full.wait(), ROUND_GATHER)
-                except TimeoutError:
-                    pass
+                timer = asyncio.get_running_loop().call_later(ROUND_GATHER, self.full.set)
+                await self.full.wait()
+                timer.cancel()
             marks, self.marks = self.marks, []
             outcomes, self.outcomes = self.outcomes, []
             try:

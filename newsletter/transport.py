@@ -143,9 +143,11 @@ class SmtpTransport:
             if conn.is_ehlo_or_helo_needed:
                 await conn.ehlo()
 
-    async def _command(self, conn: aiosmtplib.SMTP, stage: str, *args: bytes, ok: tuple[int, ...] = (250,)) -> str:
+    async def _command(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, stage: str, *args: bytes,
+                       ok: tuple[int, ...] = (250,)) -> str:
+        deadline.reschedule(asyncio.get_running_loop().time() + self.options.timeout)
         with _map_errors(f"{stage} at {self.options.address}"):
-            response = await conn.execute_command(*args)
+            response = await conn.execute_command(*args, timeout=None)
         if response.code not in ok:
             if response.code == 421:  # the server is closing this connection: not the recipient's fault
                 raise TransportUnavailable(f"{stage}: {response.code} {response.message}", code=421,
@@ -153,25 +155,28 @@ class SmtpTransport:
             raise _reply_error(response.code, response.message, stage)
         return response.message
 
-    async def _data(self, conn: aiosmtplib.SMTP, body: bytes, before: BeforeData | None) -> str:
+    async def _data(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, body: bytes,
+                    before: BeforeData | None) -> str:
         """DATA with a body already in wire form: written as is, no second normalisation pass.
 
         `before` runs once the server waits for the body (354). If it raises, the
         connection is dropped, so the server discards the unfinished transaction."""
-        await self._command(conn, "DATA", b"DATA", ok=(354,))
+        await self._command(conn, deadline, "DATA", b"DATA", ok=(354,))
         if before is not None:
+            deadline.reschedule(None)  # our own wait, not the server's
             try:
                 await before()
             except BaseException:
                 conn.close()
                 raise
+        deadline.reschedule(asyncio.get_running_loop().time() + self.options.timeout)
         protocol = conn.protocol
         try:
             with _map_errors(f"sending the message to {self.options.address}"):
                 if protocol is None:
                     raise aiosmtplib.SMTPServerDisconnected("connection lost")
                 protocol.write(body + b".\r\n")  # one send() call: the copy costs less than a syscall
-                response = await protocol.read_response(timeout=self.options.timeout)
+                response = await protocol.read_response(timeout=None)
         except TransportUnavailable:
             conn.close()  # the reply may still arrive: never pair it with a later command
             raise
@@ -180,6 +185,16 @@ class SmtpTransport:
                 conn.close()
             raise _reply_error(response.code, response.message, "end of DATA")
         return f"{response.code} {response.message}"
+
+    async def _transaction(self, conn: aiosmtplib.SMTP, mail_from: bytes, rcpt_to: bytes, options: tuple[bytes, ...],
+                           body: bytes, before: BeforeData | None) -> str:
+        """MAIL, RCPT, DATA and the body. One deadline, moved forward at each command, bounds
+        each wait for the server (cheaper than a wait_for around every reply)."""
+        async with asyncio.timeout(None) as deadline:
+            await self._command(conn, deadline, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">", *options)
+            await self._command(conn, deadline, f"RCPT TO {rcpt_to.decode()}", b"RCPT", b"TO:<" + rcpt_to + b">",
+                                ok=(250, 251))
+            return await self._data(conn, deadline, body, before)
 
     async def _reset(self, conn: aiosmtplib.SMTP) -> None:
         try:
@@ -207,10 +222,11 @@ class SmtpTransport:
                                                      f"a non-ASCII address", reply="not sent: server lacks SMTPUTF8")
                     options = (b"SMTPUTF8",)
                 try:
-                    await self._command(conn, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">", *options)
-                    await self._command(conn, f"RCPT TO {recipient}", b"RCPT", b"TO:<" + rcpt_to + b">",
-                                        ok=(250, 251))
-                    return await self._data(conn, body, before_data)
+                    return await self._transaction(conn, mail_from, rcpt_to, options, body, before_data)
+                except TimeoutError as exc:
+                    conn.close()  # a late reply must never be paired with a later command
+                    raise TransportUnavailable(f"no reply from SMTP server {self.options.address} within "
+                                               f"{self.options.timeout:g} s", reply="timeout") from exc
                 except BaseException:
                     if conn.is_connected:
                         await self._reset(conn)

@@ -267,3 +267,17 @@ def test_an_address_that_cannot_go_in_a_header_fails_alone(sessions: sessionmake
     assert sorted(smtp_server.recipients()) == emails and report.failed == 1
     row = deliveries(sessions, week)["evil@example.org\r\nBcc: all@example.net"]
     assert row.status == "failed" and "contains a line break" in row.last_reply
+
+
+def test_a_server_that_stops_answering_times_out_and_the_issue_stays_resumable(
+        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 3)
+    smtp_server.faults.delay = 2.0  # before answering the end of DATA
+    slow = SmtpTransport(SmtpOptions("127.0.0.1", smtp_server.port, timeout=0.2, size=1))
+    with pytest.raises(TransportUnavailable, match=rf"no reply from SMTP server 127.0.0.1:{smtp_server.port} "
+                                                   r"within 0.2 s; stopped sending"):
+        sender.send(sessions, settings, week, options=options(concurrency=1), transport=slow)
+    rows = deliveries(sessions, week)
+    assert {d.status for d in rows.values()} == {"pending"}  # nothing left in `sending`: all retried later
+    assert all("not delivered: no reply" in d.last_reply for d in rows.values() if d.attempts)

@@ -135,7 +135,7 @@ def _base(request: Request) -> str:
 async def unsubscribe(request: Request) -> Response:
     """GET: a page with one button. POST: unsubscribe now (RFC 8058 one-click or the button)."""
     data = _token(request, tokens.UNSUBSCRIBE)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD (scanners) only show the page
         sub = await _db(request, selfservice.view, data.subscriber_id)
         return _page(request, "web/unsubscribe.html", title="Unsubscribe", sub=sub)
     form = await request.form()
@@ -191,7 +191,7 @@ async def subscribe(request: Request) -> Response:
     embed = request.query_params.get("embed") == "1"
     csp = EMBED_CSP if embed else PAGE_CSP
     topics = await _db(request, selfservice.categories)
-    if request.method == "GET":
+    if request.method != "POST":
         return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
                      error="", values={}, public=True)
     st = _state(request)
@@ -243,7 +243,7 @@ async def send_confirmation(settings: Settings, subscriber_id: int, address: str
 async def confirm(request: Request) -> Response:
     """GET: a page with a confirm button (scanners prefetch links). POST: activate."""
     data = _token(request, tokens.CONFIRM)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD (scanners) only show the page
         sub = await _db(request, selfservice.view, data.subscriber_id)
         return _page(request, "web/confirm.html", title="Confirm your subscription", sub=sub)
     sub = await _db(request, selfservice.confirm, data)

@@ -69,6 +69,18 @@ def test_get_unsubscribe_shows_one_button_and_changes_nothing(client: TestClient
     assert subscriber(sessions, sid).status == SubscriberStatus.ACTIVE
 
 
+def test_head_requests_of_scanners_change_nothing(client: TestClient, settings: Settings,
+                                                  sessions: sessionmaker[Session]) -> None:
+    """Starlette answers HEAD on GET routes: a prefetching scanner must not unsubscribe or confirm."""
+    active = add_subscriber(sessions, "ada@example.com")
+    pending = add_subscriber(sessions, "bob@example.com", status=SubscriberStatus.PENDING)
+    for url in (tokens.unsubscribe_url(settings, active, None), tokens.preferences_url(settings, active),
+                tokens.confirm_url(settings, pending)):
+        assert client.head(path_of(settings, url)).status_code == 200
+    assert subscriber(sessions, active).status == SubscriberStatus.ACTIVE
+    assert subscriber(sessions, pending).status == SubscriberStatus.PENDING
+
+
 def test_one_click_post_unsubscribes_at_once_and_credits_the_issue(
         client: TestClient, settings: Settings, sessions: sessionmaker[Session]) -> None:
     sid = add_subscriber(sessions, "ada@example.com")

@@ -32,7 +32,7 @@ from newsletter.config import Settings
 from newsletter.errors import ConfigError, InvalidInput
 from newsletter.render import Variant
 
-# Slot numbers: index into the per-subscriber values tuple built by `Personal.values`.
+# Slot numbers: index into the per-subscriber values tuple built by `MessageFactory.values`.
 TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML = range(7)
 BODY_SLOTS = {
     False: {render.UNSUBSCRIBE_URL: URL_UNSUBSCRIBE, render.PREFERENCES_URL: URL_PREFERENCES,

@@ -122,6 +122,7 @@ def test_dkim_signature_covers_list_unsubscribe_and_verifies(variant: render.Var
         return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
     assert dkim.verify(data, dnsfunc=dns)
+    assert wire_form(bytes(data)) == data  # the signature header keeps the wire form
     signed = parse(data)["DKIM-Signature"].replace(" ", "").replace("\r\n", "").lower()
     assert "d=example.com" in signed and "s=news2026" in signed
     h_tag = signed.split("h=")[1].split(";")[0].split(":")

@@ -207,6 +207,7 @@ HEADER_ALIASES = {
     "created_at": {"createdat"},  # written by export; the database keeps its own
 }
 IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
+ALL = "all"  # the categories cell meaning "every category" (no choice)
 MAX_IMPORT_BYTES = 500 * 1024 * 1024
 
 
@@ -314,8 +315,10 @@ def _parse_rows(text: str, source: str, category_ids: dict[str, int], report: Im
     parsed: list[_Row] = []
 
     def cell(row: list[str], name: str) -> str | None:
+        """The cell's text, or None when absent or blank: a blank cell changes nothing, so
+        re-importing an old sheet never wipes a name or topics a subscriber chose since."""
         i = known.get(name)
-        return row[i].strip() if i is not None and i < len(row) else None
+        return (row[i].strip() or None) if i is not None and i < len(row) else None
 
     for line, row in enumerate(rows, start=2):
         if not any(c.strip() for c in row):
@@ -336,11 +339,12 @@ def _parse_rows(text: str, source: str, category_ids: dict[str, int], report: Im
             continue
         name = cell(row, "name")
         if name is None and ("first_name" in known or "last_name" in known):
-            name = " ".join(p for p in (cell(row, "first_name"), cell(row, "last_name")) if p)
+            name = " ".join(p for p in (cell(row, "first_name"), cell(row, "last_name")) if p) or None
         cats_raw = cell(row, "categories")
         cats: list[int] | None = None
         if cats_raw is not None:
-            slugs = [s.strip() for s in re.split(r"[,;|]", cats_raw) if s.strip()]
+            # "all" (what export writes for no choice) resets to every category.
+            slugs = [s.strip() for s in re.split(r"[,;|]", cats_raw) if s.strip() and s.strip().lower() != ALL]
             unknown = [s for s in slugs if s not in category_ids]
             if unknown:
                 report.invalid.append(RowError(line, email, f"has unknown category {unknown[0]!r}"))
@@ -481,7 +485,7 @@ def export_csv(session: Session, fp: IO[str], *, status: SubscriberStatus | None
     writer = csv.writer(fp)
     writer.writerow(EXPORT_COLUMNS + extra)
     for s in subs:
-        writer.writerow([s.email, s.name, s.status, ",".join(cats.get(s.id, [])), s.consent_source,
+        writer.writerow([s.email, s.name, s.status, ",".join(cats.get(s.id, [])) or ALL, s.consent_source,
                          s.consent_at.isoformat() if s.consent_at else "", s.created_at.isoformat()]
                         + [(s.attributes or {}).get(k, "") for k in extra])
     return len(subs)

@@ -193,3 +193,15 @@ def test_fast_path_agrees_with_email_validator(raw: str) -> None:
     except InvalidInput:
         got = InvalidInput
     assert got == expected
+
+
+def test_blank_cells_keep_what_the_subscriber_chose(sessions: sessionmaker[Session]) -> None:
+    """Re-importing an old sheet with empty cells never wipes a name or a topic choice."""
+    with sessions.begin() as s:
+        subscribers.add(s, "ada@example.com", name="Ada", categories=["events"])
+    report = imp(sessions, "email,name,categories\nada@example.com,,\n")
+    assert (report.updated, report.unchanged) == (0, 1)
+    assert state(sessions)["ada@example.com"][0] == "Ada"
+    assert state(sessions)["ada@example.com"][3] == ("events",)
+    imp(sessions, "email,categories\nada@example.com,all\n")
+    assert state(sessions)["ada@example.com"][3] == ()

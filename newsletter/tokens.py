@@ -1,18 +1,25 @@
-"""Signed, purpose-bound tokens for every subscriber link.
+"""Signed, purpose-bound, opaque tokens for every subscriber link.
 
-A token carries (subscriber id, issue id) signed with HMAC-SHA256 under the config's
-secret key, salted with its purpose, so an unsubscribe token cannot confirm an
-address or open a preferences page. No email address or bare id appears in a URL.
+A token carries (subscriber id, issue id) encrypted as one AES block under a key derived
+from the config's secret key, so no id, sequential or not, can be read from a URL; then
+it is signed with HMAC-SHA256 (itsdangerous) salted with its purpose, so an unsubscribe
+token cannot confirm an address or open a preferences page, and a changed character is
+refused. Timed purposes (confirm, csrf, preview) also carry their signing time.
 Tokens use only URL-safe base64 and '.', so they survive quoted-printable bodies.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
 
 from newsletter.config import Settings
 from newsletter.errors import InvalidToken
@@ -28,6 +35,7 @@ PURPOSES = (UNSUBSCRIBE, PREFERENCES, CONFIRM, BOUNCE, CSRF, PREVIEW)
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 # Seconds each timed purpose stays valid; the other purposes never expire.
 MAX_AGE = {CONFIRM: CONFIRM_MAX_AGE, CSRF: 24 * 3600, PREVIEW: 30 * 24 * 3600}
+_IDS = struct.Struct(">QQ")  # subscriber id, issue id + 1 (0 = no issue): exactly one AES block
 
 
 @dataclass(frozen=True)
@@ -38,40 +46,62 @@ class TokenData:
 
 
 @lru_cache(maxsize=32)
-def _serializer(secret: str, purpose: str) -> URLSafeSerializer | URLSafeTimedSerializer:
-    # Cached: the sender makes two tokens per message, and building a serializer costs
-    # as much as signing with it. Serializers hold no per-call state.
+def _signer(secret: str, purpose: str) -> Signer:
+    # Cached: the sender makes two tokens per message, and building a signer costs as
+    # much as signing with it. Signers hold no per-call state.
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    cls = URLSafeTimedSerializer if purpose in MAX_AGE else URLSafeSerializer
-    return cls(secret, salt=f"newsletter.{purpose}")
+    cls = TimestampSigner if purpose in MAX_AGE else Signer
+    return cls(secret, salt=f"newsletter.{purpose}", digest_method=hashlib.sha256)
+
+
+@lru_cache(maxsize=8)
+def _cipher(secret: str) -> Cipher[modes.ECB]:
+    # One block, encrypted once: ECB of a single block is the AES permutation itself.
+    key = hashlib.sha256(b"newsletter.token-ids\0" + secret.encode()).digest()
+    return Cipher(algorithms.AES(key), modes.ECB())
+
+
+def _seal(secret: str, subscriber_id: int, issue_id: int | None) -> bytes:
+    encryptor = _cipher(secret).encryptor()
+    block = encryptor.update(_IDS.pack(subscriber_id, 0 if issue_id is None else issue_id + 1)) + encryptor.finalize()
+    return base64.urlsafe_b64encode(block).rstrip(b"=")
+
+
+def _unseal(secret: str, sealed: bytes) -> tuple[int, int | None]:
+    try:
+        block = base64.urlsafe_b64decode(sealed + b"==")
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidToken("this link is not valid") from exc
+    if len(block) != _IDS.size:
+        raise InvalidToken("this link is not valid")
+    decryptor = _cipher(secret).decryptor()
+    subscriber_id, issue = _IDS.unpack(decryptor.update(block) + decryptor.finalize())
+    return subscriber_id, (issue - 1 if issue else None)
 
 
 def make(secret: str, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
     """A token for one subscriber (and optionally one issue) and one purpose."""
-    payload = [subscriber_id] if issue_id is None else [subscriber_id, issue_id]
-    return str(_serializer(secret, purpose).dumps(payload))
+    return _signer(secret, purpose).sign(_seal(secret, subscriber_id, issue_id)).decode("ascii")
 
 
 def read(secret: str, purpose: str, token: str, *, max_age: int | None = None) -> TokenData:
     """Verify a token; raises InvalidToken if forged, truncated, expired or of another purpose.
 
     `max_age` (seconds) overrides the purpose's lifetime in MAX_AGE."""
-    serializer = _serializer(secret, purpose)
+    signer = _signer(secret, purpose)
     issued_at = None
     try:
-        if isinstance(serializer, URLSafeTimedSerializer):
-            payload, issued_at = serializer.loads(token, max_age=max_age or MAX_AGE[purpose], return_timestamp=True)
+        if isinstance(signer, TimestampSigner):
+            sealed, issued_at = signer.unsign(token, max_age=max_age or MAX_AGE[purpose], return_timestamp=True)
         else:
-            payload = serializer.loads(token)
+            sealed = signer.unsign(token)
     except SignatureExpired as exc:
         raise InvalidToken("this link has expired") from exc
     except BadSignature as exc:
         raise InvalidToken("this link is not valid") from exc
-    if (not isinstance(payload, list) or not 1 <= len(payload) <= 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in payload)):
-        raise InvalidToken("this link is not valid")
-    return TokenData(payload[0], payload[1] if len(payload) == 2 else None, issued_at)
+    subscriber_id, issue_id = _unseal(secret, sealed)
+    return TokenData(subscriber_id, issue_id, issued_at)
 
 
 def unsubscribe_url(settings: Settings, subscriber_id: int, issue_id: int | None) -> str:

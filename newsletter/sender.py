@@ -41,6 +41,7 @@ from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subs
 from newsletter.transport import Transport, open_transport, send_one
 
 THROTTLING = frozenset({421, 451, 454})  # "slow down" replies (SES and other relays)
+LOGIN_REFUSED = frozenset({530, 534, 535, 538})  # AUTH failed: retrying cannot help, stop at once
 LEASE_TTL = 120.0  # seconds; renewed every LEASE_TTL / 6 while sending
 SQLITE_LEASE = ledger.SENDER_LEASE + ":sqlite"
 # A ledger round waits up to this long for half the connections to queue their marks:
@@ -307,7 +308,7 @@ class SendRun:
             # messages can one that keeps breaking the connection be given up.
             self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0, may_fail=self.report.sent > 0))
             self.unavailable += 1
-            if self.unavailable >= self.options.concurrency + 2:
+            if exc.code in LOGIN_REFUSED or self.unavailable >= self.options.concurrency + 2:
                 self.fatal = exc
             else:
                 await asyncio.sleep(min(0.05 * 2 ** min(self.unavailable, 6), 2.0))

@@ -281,3 +281,30 @@ def test_a_server_that_stops_answering_times_out_and_the_issue_stays_resumable(
     rows = deliveries(sessions, week)
     assert {d.status for d in rows.values()} == {"pending"}  # nothing left in `sending`: all retried later
     assert all("not delivered: no reply" in d.last_reply for d in rows.values() if d.attempts)
+
+
+def test_smtp_auth_login_and_a_refused_login(sessions: sessionmaker[Session], settings: Settings,
+                                             smtp_server: SmtpServer) -> None:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def check(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and data.login in ("mailer", b"mailer") and data.password == b"s3cret"
+        return AuthResult(success=ok, handled=False)
+
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 2)
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=False, authenticator=check)
+    controller.start()
+    try:
+        with pytest.raises(TransportUnavailable, match=r"login refused \(535 .*\); check \[smtp\] username and "
+                                                       r"password; stopped sending"):
+            sender.send(sessions, settings, week, options=options(), transport=SmtpTransport(
+                SmtpOptions("127.0.0.1", port, username="mailer", password="wrong", timeout=5, size=2)))
+        assert handler.messages == []
+        sender.send(sessions, settings, week, options=options(), transport=SmtpTransport(
+            SmtpOptions("127.0.0.1", port, username="mailer", password="s3cret", timeout=5, size=2)))
+    finally:
+        controller.stop()
+    assert sorted(r for m in handler.messages for r in m.rcpt_tos) == emails

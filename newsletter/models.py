@@ -103,6 +103,7 @@ class EventKind(enum.StrEnum):
     COMPLAINT = "complaint"
     REACTIVATE = "reactivate"
     IMPORT = "import"
+    WEBHOOK = "webhook"  # a provider's one-time signature token, kept a few minutes against replays
 
 
 class Subscriber(Base):

@@ -6,11 +6,15 @@ check changes nothing and gets 403, a provider left unconfigured in `[bounces]` 
             checked against the PEM certificate in `ses_certificate`. The tool never
             downloads SigningCertURL (no network at request time, and a fetched URL is
             an attack surface): save the certificate once, point the setting at it.
-  sendgrid  Signed Event Webhook: ECDSA P-256 over timestamp + body, key `sendgrid_public_key`.
+  sendgrid  Signed Event Webhook: ECDSA P-256 over timestamp + body, key `sendgrid_public_key`;
+            the timestamp must be within MAX_SKEW of our clock.
   postmark  HTTP basic auth from the webhook URL (`postmark_username` / `postmark_password`).
-  mailgun   HMAC-SHA256 of timestamp + token under `mailgun_signing_key`.
+  mailgun   HMAC-SHA256 of timestamp + token under `mailgun_signing_key`. Mailgun does not
+            sign event-data, so a signature is good once: the timestamp must be within
+            MAX_SKEW and the token is remembered (an Event of kind webhook whose external_id
+            is the token) until that window is over; a reused token is a replay.
 Notifications become `bounces.Report`s and go through the same policy as returned mail,
-deduplicated by the provider's event id.
+deduplicated by a signed id (SNS feedback or message id, SendGrid event id, Mailgun token).
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -40,8 +48,12 @@ from newsletter.bounce_policy import Policy, Tally, apply_report
 from newsletter.bounces import Finding, Kind, Report, ses_findings, severity
 from newsletter.config import BouncesSettings, Settings
 from newsletter.errors import ConfigError
+from newsletter.models import Event, EventKind, utcnow
 
 log = logging.getLogger(__name__)
+
+# How far a signed timestamp may be from our clock, either way (Mailgun and SendGrid).
+MAX_SKEW = 300
 
 
 class Refused(Exception):
@@ -58,7 +70,15 @@ class Notification:
     report: Report
 
 
-Parser = Callable[[BouncesSettings, Any, bytes], list[Notification]]
+@dataclass(frozen=True)
+class Batch:
+    """What one authentic request says; `once` is a signed key a second request may not reuse."""
+
+    notifications: list[Notification] = field(default_factory=list)
+    once: str = ""
+
+
+Parser = Callable[[BouncesSettings, Any, bytes], Batch]
 
 
 def routes(settings: Settings, session_factory: sessionmaker[Session]) -> list[Route]:
@@ -78,25 +98,51 @@ def routes(settings: Settings, session_factory: sessionmaker[Session]) -> list[R
         if len(body) > policy.max_bytes:
             return JSONResponse({"error": "notification too large"}, 413)
         try:
-            notifications = parser(b, request.headers, body)
+            batch = parser(b, request.headers, body)
+            tally = await run_in_threadpool(_apply, session_factory, policy, provider, batch)
         except Refused as exc:
             log.warning("webhook %s refused: %s", provider, exc)
             return JSONResponse({"error": str(exc)}, exc.status)
-        tally = await run_in_threadpool(_apply, session_factory, policy, provider, notifications)
         return JSONResponse({"applied": sum(tally.applied.values()), "skipped": sum(tally.skipped.values())})
 
     return [Route("/webhooks/bounces/{provider}", endpoint, methods=["POST"])]
 
 
-def _apply(sessions: sessionmaker[Session], policy: Policy, provider: str,
-           notifications: list[Notification]) -> Tally:
+def _apply(sessions: sessionmaker[Session], policy: Policy, provider: str, batch: Batch) -> Tally:
     tally = Tally()
     with sessions.begin() as session:
-        for n in notifications:
+        if batch.once:
+            _use_once(session, provider, batch.once)
+        for n in batch.notifications:
             tally.messages += 1
             apply_report(session, policy, n.report, report_id=n.report_id, source=f"webhook:{provider}",
                          where=f"webhook {provider} {n.report_id}", tally=tally)
     return tally
+
+
+def _use_once(session: Session, provider: str, key: str) -> None:
+    """Remember `key`, or raise Refused(403) if it was used before (in this transaction's commit,
+    so two racing requests cannot both pass). Keys older than any timestamp still accepted
+    (first use can be up to MAX_SKEW early, then valid for MAX_SKEW more) are forgotten."""
+    session.execute(delete(Event).where(Event.kind == EventKind.WEBHOOK,
+                                        Event.created_at < utcnow() - timedelta(seconds=3 * MAX_SKEW)))
+    session.add(Event(kind=EventKind.WEBHOOK, source=f"webhook:{provider}", detail="one-time signature token",
+                      external_id=f"once:{provider}:{key}"[:500]))
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise Refused(403, f"{provider} signature was already used (a replay); nothing changed") from exc
+
+
+def _fresh(provider: str, timestamp: str) -> None:
+    """Refuse a signed timestamp more than MAX_SKEW seconds from now: an old signature is a replay."""
+    try:
+        skew = time.time() - int(timestamp)
+    except ValueError as exc:
+        raise Refused(403, f"{provider} timestamp {timestamp[:20]!r} is not a Unix time") from exc
+    if abs(skew) > MAX_SKEW:
+        raise Refused(403, f"{provider} timestamp is {abs(skew):.0f} s {'old' if skew > 0 else 'ahead'}, over "
+                           f"{MAX_SKEW} s (a replay, or this host's clock is wrong: check NTP)")
 
 
 def _json(body: bytes) -> Any:
@@ -148,7 +194,7 @@ class _Keys:
             sendgrid_key = loaded
         return cls(sns_key, sendgrid_key)
 
-    def ses(self, b: BouncesSettings, headers: Any, body: bytes) -> list[Notification]:
+    def ses(self, b: BouncesSettings, headers: Any, body: bytes) -> Batch:
         if self.sns_key is None:
             raise Refused(403, "ses is not configured: set [bounces] ses_certificate")
         msg = _json(body)
@@ -160,9 +206,9 @@ class _Keys:
         if msg.get("Type") == "SubscriptionConfirmation":
             # Confirming means opening SubscribeURL; this tool fetches nothing, so a person does it.
             log.warning("SNS subscription to %s: open %s to confirm it", msg.get("TopicArn"), msg.get("SubscribeURL"))
-            return []
+            return Batch()
         if msg.get("Type") != "Notification":
-            return []
+            return Batch()
         try:
             ses = json.loads(msg.get("Message") or "")
         except ValueError as exc:
@@ -173,9 +219,9 @@ class _Keys:
         report_id = f"ses:{detail.get('feedbackId') or msg.get('MessageId')}"
         source = str((ses.get("mail") or {}).get("source") or "")
         token = m.group(1) if (m := re.search(rf"{re.escape(b.return_path_local)}\+([\w.-]+)@", source)) else ""
-        return [Notification(report_id, Report(report_id, tuple(ses_findings(ses)), token))]
+        return Batch([Notification(report_id, Report(report_id, tuple(ses_findings(ses)), token))])
 
-    def sendgrid(self, b: BouncesSettings, headers: Any, body: bytes) -> list[Notification]:
+    def sendgrid(self, b: BouncesSettings, headers: Any, body: bytes) -> Batch:
         if self.sendgrid_key is None:
             raise Refused(403, "sendgrid is not configured: set [bounces] sendgrid_public_key")
         signature = headers.get("x-twilio-email-event-webhook-signature", "")
@@ -184,10 +230,11 @@ class _Keys:
             self.sendgrid_key.verify(_b64(signature, "signature"), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature as exc:
             raise Refused(403, "SendGrid signature does not match") from exc
+        _fresh("SendGrid", timestamp)  # a replay within the window only repeats signed event ids
         events = _json(body)
         if not isinstance(events, list):
             raise Refused(400, "SendGrid posts a JSON array of events")
-        return [n for e in events if isinstance(e, dict) and (n := _sendgrid_event(e))]
+        return Batch([n for e in events if isinstance(e, dict) and (n := _sendgrid_event(e))])
 
 
 SNS_FIELDS = {
@@ -233,7 +280,7 @@ def _sendgrid_event(e: dict[str, Any]) -> Notification | None:
 
 # --- Postmark and Mailgun: shared secrets ---------------------------------------------
 
-def _postmark(b: BouncesSettings, headers: Any, body: bytes) -> list[Notification]:
+def _postmark(b: BouncesSettings, headers: Any, body: bytes) -> Batch:
     if not (b.postmark_username and b.postmark_password):
         raise Refused(403, "postmark is not configured: set [bounces] postmark_username and postmark_password")
     scheme, _, encoded = headers.get("authorization", "").partition(" ")
@@ -253,22 +300,23 @@ def _postmark(b: BouncesSettings, headers: Any, body: bytes) -> list[Notificatio
         kind = Kind.HARD if btype in ("HardBounce", "BadEmailAddress") else Kind.SOFT
         finding = Finding(email, kind, str(record.get("TypeCode", "")), description[:1000])
     else:
-        return []
+        return Batch()
     report_id = f"postmark:{record.get('ID') or hashlib.sha256(body).hexdigest()}"
-    return [Notification(report_id, Report(report_id, (finding,)))]
+    return Batch([Notification(report_id, Report(report_id, (finding,)))])
 
 
-def _mailgun(b: BouncesSettings, headers: Any, body: bytes) -> list[Notification]:
+def _mailgun(b: BouncesSettings, headers: Any, body: bytes) -> Batch:
     if not b.mailgun_signing_key:
         raise Refused(403, "mailgun is not configured: set [bounces] mailgun_signing_key")
     payload = _json(body)
     sig = payload.get("signature") if isinstance(payload, dict) else None
     if not isinstance(sig, dict):
         raise Refused(403, "Mailgun signature missing")
-    expected = hmac.new(b.mailgun_signing_key.encode(), f"{sig.get('timestamp', '')}{sig.get('token', '')}".encode(),
-                        hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, str(sig.get("signature", ""))):
+    timestamp, token = str(sig.get("timestamp", "")), str(sig.get("token", ""))
+    expected = hmac.new(b.mailgun_signing_key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, str(sig.get("signature", ""))) or not token:
         raise Refused(403, "Mailgun signature does not match")
+    _fresh("Mailgun", timestamp)
     data = payload.get("event-data")
     if not isinstance(data, dict):
         raise Refused(400, "Mailgun event-data missing")
@@ -284,6 +332,7 @@ def _mailgun(b: BouncesSettings, headers: Any, body: bytes) -> list[Notification
         kind = severity(code, text) if data.get("severity") == "permanent" else Kind.SOFT
         finding = Finding(email, kind, code, text[:1000])
     else:
-        return []
-    report_id = f"mailgun:{data.get('id') or sig.get('token')}"
-    return [Notification(report_id, Report(report_id, (finding,)))]
+        return Batch(once=token)  # remembered even so: its signature must not carry a forged event later
+    # event-data (its id too) is unsigned: only the token identifies this report.
+    report_id = f"mailgun:{token}"
+    return Batch([Notification(report_id, Report(report_id, (finding,)))], once=token)

@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from starlette.testclient import TestClient
 from newsletter import subscribers, tokens, webhooks
 from newsletter.config import Secret, Settings
 from newsletter.errors import ConfigError
-from newsletter.models import Delivery, SubscriberStatus
+from newsletter.models import Delivery, Event, EventKind, SubscriberStatus
 from test_bounces_policy import _issues, _mailed
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
+MAX_AGE_PLUS = webhooks.MAX_SKEW + 60  # seconds: past the accepted window
 
 
 @dataclasses.dataclass
@@ -134,9 +136,9 @@ def test_ses_verp_token_in_mail_source(client: TestClient, keys: Keys, sessions:
     assert _status(sessions, "full@example.org") == SubscriberStatus.BOUNCED
 
 
-def _sendgrid(keys: Keys, events: list[dict]) -> tuple[bytes, dict[str, str]]:
+def _sendgrid(keys: Keys, events: list[dict], *, age: int = 0) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(events).encode()
-    ts = "1700000000"
+    ts = str(int(time.time()) - age)
     sig = keys.sendgrid.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
     return body, {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
                   "X-Twilio-Email-Event-Webhook-Timestamp": ts}
@@ -172,8 +174,8 @@ def test_postmark_basic_auth(client: TestClient, sessions: sessionmaker[Session]
     assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
 
 
-def _mailgun(key: str, data: dict, token: str = "tok-1") -> dict:
-    ts = "1700000000"
+def _mailgun(key: str, data: dict, token: str = "tok-1", *, age: int = 0) -> dict:
+    ts = str(int(time.time()) - age)
     sig = hmac.new(key.encode(), (ts + token).encode(), hashlib.sha256).hexdigest()
     return {"signature": {"timestamp": ts, "token": token, "signature": sig}, "event-data": data}
 
@@ -190,6 +192,74 @@ def test_mailgun_hmac(client: TestClient, sessions: sessionmaker[Session]) -> No
     assert _status(sessions, "full@example.org") == SubscriberStatus.ACTIVE  # one soft bounce is only counted
     with sessions.begin() as s:
         assert subscribers.get_by_email(s, "full@example.org").soft_bounces == 1  # type: ignore[union-attr]
+
+
+def _events(sessions: sessionmaker[Session]) -> list[tuple[EventKind, str]]:
+    with sessions.begin() as s:
+        return [(e.kind, e.external_id or "") for e in s.scalars(select(Event).order_by(Event.id))]
+
+
+def test_mailgun_replayed_signature_with_forged_event_is_refused(client: TestClient,
+                                                                 sessions: sessionmaker[Session]) -> None:
+    """Mailgun signs only timestamp + token: a captured signature must not carry other event-data."""
+    delivered = {"id": "mg-9", "event": "delivered", "recipient": "angry@example.org"}
+    signed = _mailgun("mg-key", delivered, "tok-9")
+    assert client.post("/webhooks/bounces/mailgun", json=signed).json() == {"applied": 0, "skipped": 0}
+    before = _events(sessions)
+    forged = {**signed, "event-data": {"id": "forged-1", "event": "complained", "recipient": "angry@example.org"}}
+    r = client.post("/webhooks/bounces/mailgun", json=forged)
+    assert r.status_code == 403 and "already used" in r.json()["error"]
+    # The same request twice (a retry or a replay) is refused too; a real complaint with its
+    # own token still works afterwards.
+    assert client.post("/webhooks/bounces/mailgun", json=signed).status_code == 403
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.ACTIVE and _events(sessions) == before
+    complained = {"id": "forged-1", "event": "complained", "recipient": "angry@example.org"}
+    assert client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", complained, "tok-10")).json() == {
+        "applied": 1, "skipped": 0}
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+
+
+def test_mailgun_dedupes_on_the_signed_token_not_the_event_id(client: TestClient,
+                                                              sessions: sessionmaker[Session]) -> None:
+    """event-data.id is chosen by whoever posts: reusing a real one must not mask a new report."""
+    soft = {"id": "same-id", "event": "failed", "severity": "temporary", "recipient": "full@example.org",
+            "delivery-status": {"code": 452, "message": "4.2.2 mailbox full"}}
+    complaint = {"id": "same-id", "event": "complained", "recipient": "full@example.org"}
+    assert client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", soft, "tok-a")).json()["applied"] == 1
+    assert client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", complaint, "tok-b")).json() == {
+        "applied": 1, "skipped": 0}
+    assert _status(sessions, "full@example.org") == SubscriberStatus.COMPLAINED
+    ids = [external for kind, external in _events(sessions) if kind != EventKind.WEBHOOK and external]
+    assert len(ids) == 2 and all("mailgun:tok-" in i for i in ids)
+
+
+def test_stale_or_future_signatures_are_refused(client: TestClient, keys: Keys,
+                                                sessions: sessionmaker[Session]) -> None:
+    complained = {"id": "mg-3", "event": "complained", "recipient": "angry@example.org"}
+    spam = [{"email": "angry@example.org", "event": "spamreport", "sg_event_id": "e9"}]
+    before = _events(sessions)
+    for age in (MAX_AGE_PLUS, -MAX_AGE_PLUS):
+        r = client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", complained, f"tok{age}", age=age))
+        assert r.status_code == 403 and "over 300 s" in r.json()["error"]
+        body, headers = _sendgrid(keys, spam, age=age)
+        r = client.post("/webhooks/bounces/sendgrid", content=body, headers=headers)
+        assert r.status_code == 403 and "over 300 s" in r.json()["error"]
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.ACTIVE and _events(sessions) == before
+    # Within the window (a slow network, a clock a little off) is still accepted.
+    assert client.post("/webhooks/bounces/mailgun",
+                       json=_mailgun("mg-key", complained, "tok-ok", age=200)).json()["applied"] == 1
+    assert _status(sessions, "angry@example.org") == SubscriberStatus.COMPLAINED
+
+
+def test_old_mailgun_tokens_are_forgotten(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    """Only tokens whose timestamp could still pass are kept, so the table does not grow."""
+    delivered = {"id": "d", "event": "delivered", "recipient": "full@example.org"}
+    client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", delivered, "tok-old"))
+    with sessions.begin() as s:
+        s.scalars(select(Event).where(Event.kind == EventKind.WEBHOOK)).one().created_at -= datetime.timedelta(
+            seconds=3 * webhooks.MAX_SKEW + 1)
+    client.post("/webhooks/bounces/mailgun", json=_mailgun("mg-key", delivered, "tok-new"))
+    assert [e for k, e in _events(sessions) if k == EventKind.WEBHOOK] == ["once:mailgun:tok-new"]
 
 
 def test_unconfigured_provider_is_refused(settings: Settings, sessions: sessionmaker[Session]) -> None:

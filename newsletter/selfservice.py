@@ -64,13 +64,17 @@ def categories(session: Session) -> list[tuple[str, str]]:
                                                            .order_by(Category.position))]
 
 
-def _known_topics(session: Session, slugs: Sequence[str]) -> list[str]:
-    """Every category slug; InvalidInput (worded for a reader) if `slugs` names another."""
-    known = [slug for slug, _ in categories(session)]
+def check_topics(topics: Sequence[tuple[str, str]], slugs: Sequence[str]) -> list[str]:
+    """Every slug of `topics` (from `categories`); InvalidInput (worded for a reader) if `slugs` names another."""
+    known = [slug for slug, _ in topics]
     unknown = sorted(set(slugs) - set(known))
     if unknown:
         raise InvalidInput(f"there is no topic {unknown[0]!r}")
     return known
+
+
+def _known_topics(session: Session, slugs: Sequence[str]) -> list[str]:
+    return check_topics(categories(session), slugs)
 
 
 def view(session: Session, subscriber_id: int) -> SubscriberView:
@@ -117,7 +121,8 @@ def request_subscription(session: Session, email: str, *, name: str = "",
 
     A new address becomes a pending subscriber. An existing one is never changed here, so
     a stranger typing someone's address can neither alter nor detect their subscription.
-    Raises InvalidInput for a malformed address or unknown category."""
+    The web app calls this after its answer is sent, since a new address costs a write and
+    a listed one only a read. Raises InvalidInput for a malformed address or unknown category."""
     normalized = subscribers.normalize_email(email)
     _known_topics(session, slugs)  # checked for every address alike, so the answer tells nothing about it
     sub = subscribers.get_by_email(session, normalized)

@@ -85,8 +85,10 @@ def _state(request: Request) -> AppState:
 
 async def _db(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run `fn(session, …)` in one transaction in a worker thread."""
-    sessions = _state(request).sessions
+    return await _transaction(_state(request).sessions, fn, *args, **kwargs)
 
+
+async def _transaction(sessions: sessionmaker[Session], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     def work() -> T:
         with sessions.begin() as session:
             return fn(session, *args, **kwargs)
@@ -167,7 +169,7 @@ async def preferences(request: Request) -> Response:
             # Links get forwarded: coming back takes a confirmation from the mailbox, like a new sign-up.
             sub = await _db(request, selfservice.view, sid)
             if sub.status == SubscriberStatus.UNSUBSCRIBED:
-                background = _confirmation_task(request, sid, sub.email)
+                background = BackgroundTask(_mail_confirmation, _state(request), sid, sub.email)
             notice = "We have sent you an email: open the link in it to subscribe again."
         else:
             try:
@@ -187,7 +189,9 @@ async def preferences(request: Request) -> Response:
 
 async def subscribe(request: Request) -> Response:
     """GET: the form (`?embed=1`: without page chrome, for an iframe). POST: ask for a
-    confirmation mail. The answer is the same whether or not the address is listed."""
+    confirmation mail. The answer is the same whether or not the address is listed, and so
+    is the work done before it: the address is looked up (and a new one stored) only after
+    the answer is sent, in `_subscribe_later`, so its timing cannot tell a listed address either."""
     embed = request.query_params.get("embed") == "1"
     csp = EMBED_CSP if embed else PAGE_CSP
     topics = await _db(request, selfservice.categories)
@@ -203,30 +207,33 @@ async def subscribe(request: Request) -> Response:
     values = {k: str(form.get(k, "")) for k in ("email", "name")}
     background = None
     if not form.get("website"):  # a hidden field only bots fill in
+        slugs = [str(v) for v in form.getlist("category")]
         try:
             address = subscribers.normalize_email(values["email"])
-            sid = await _db(request, selfservice.request_subscription, address, name=values["name"],
-                            slugs=[str(v) for v in form.getlist("category")])
+            selfservice.check_topics(topics, slugs)
         except InvalidInput as exc:
             return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
                          error=str(exc), values=values, status_code=400)
-        if sid is not None:
-            background = _confirmation_task(request, sid, address)
+        background = BackgroundTask(_subscribe_later, st, address, values["name"], slugs)
     return _message(request, "Check your inbox",
                     "If this address can be subscribed, we have sent it a link to confirm. "
                     "Nothing is sent to you until you confirm.", embed=embed, csp=csp, background=background)
 
 
-def _confirmation_task(request: Request, subscriber_id: int, address: str) -> BackgroundTask | None:
-    """Mail a confirmation link after the response, within the per-address limit.
+async def _subscribe_later(st: AppState, address: str, name: str, slugs: list[str]) -> None:
+    """After the answer: list a new address as pending and mail it a confirmation link."""
+    sid = await _transaction(st.sessions, selfservice.request_subscription, address, name=name, slugs=slugs)
+    if sid is not None:
+        await _mail_confirmation(st, sid, address)
+
+
+async def _mail_confirmation(st: AppState, subscriber_id: int, address: str) -> None:
+    """Mail a confirmation link within the per-address limit (runs after the answer).
 
     Counted only when a mail would go out, so a stranger cannot use up someone's quota by
-    submitting an already active address; sending after the response keeps the answer's
-    timing the same for listed and unlisted addresses."""
-    st = _state(request)
-    if not st.per_address.hit(subscribers.email_key(address)):
-        return None
-    return BackgroundTask(send_confirmation, st.settings, subscriber_id, address)
+    submitting an already active address."""
+    if st.per_address.hit(subscribers.email_key(address)):
+        await send_confirmation(st.settings, subscriber_id, address)
 
 
 async def send_confirmation(settings: Settings, subscriber_id: int, address: str) -> None:

@@ -3,13 +3,17 @@ no enumeration, rate limits per address and per client, confirm only on POST."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from conftest import SmtpServer
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 from web_support import add_subscriber, link_in, make_issue, path_of, subscriber
@@ -93,6 +97,68 @@ def test_answer_is_the_same_for_listed_and_unlisted_addresses(client: TestClient
     with sessions.begin() as s:
         sub = subscribers.get_by_email(s, "active@example.com")
         assert sub is not None and sub.name == "Ada"
+
+
+def _post_and_watch(settings: Settings, sessions: sessionmaker[Session], engine: Engine,
+                    email: str) -> tuple[int, list[str], SubscriberStatus | None]:
+    """POST /subscribe straight through ASGI and note, at the moment the answer's last byte
+    is sent (before any background work), the SQL run so far and the address's row."""
+    app = create_app(settings, sessions)
+    body = urlencode({"email": email, "name": "X"}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/subscribe", "raw_path": b"/subscribe", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    statements: list[str] = []
+    seen: dict[str, Any] = {}
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    async def run() -> None:
+        answered = asyncio.Event()
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop()
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                seen["sql"] = list(statements)
+                seen["row"] = status_of(sessions, email)
+                answered.set()
+
+        await asyncio.wait_for(app(scope, receive, send), 30)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        asyncio.run(run())
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return seen["code"], seen["sql"], seen["row"]
+
+
+def test_the_answer_comes_before_any_lookup_of_the_address(settings: Settings, sessions: sessionmaker[Session],
+                                                          engine: Engine, smtp_server: SmtpServer) -> None:
+    """Timing: a new address costs an insert and a commit, a listed one a read. The answer is
+    sent before either, after the very same SQL for every address; the work follows it."""
+    add_subscriber(sessions, "active@example.com")
+    add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
+    watched = {email: _post_and_watch(settings, sessions, engine, email)
+               for email in ("fresh@example.com", "active@example.com", "gone@example.com")}
+    assert {code for code, _, _ in watched.values()} == {200}
+    assert len({tuple(sql) for _, sql, _ in watched.values()}) == 1
+    sql = " ".join(watched["fresh@example.com"][1]).lower()
+    assert "subscribers" not in sql and "insert" not in sql
+    assert watched["fresh@example.com"][2] is None  # not stored yet when the answer went out …
+    assert status_of(sessions, "fresh@example.com") == SubscriberStatus.PENDING  # … but right after
+    assert smtp_server.recipients() == ["fresh@example.com"]
 
 
 def test_invalid_address_shows_the_form_again(client: TestClient, sessions: sessionmaker[Session],

@@ -1,0 +1,131 @@
+"""Does the /subscribe answer's timing tell whether an address is listed?
+
+Posts the form straight to the ASGI app, in a random order of new addresses and one listed
+address, and takes the time until the answer's last byte (the work done after it, in the
+background task, is not part of what the client waits for). Prints the median per
+(this request, previous request) kind, so a difference caused by the request's own address
+and one left behind by the previous request's background work can be told apart.
+
+Usage: python benchmarks/subscribe_timing.py [--n 1200] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import create_engine, make_url
+from starlette.applications import Starlette
+
+from newsletter import config, subscribers
+from newsletter.db import make_engine, session_factory, upgrade
+from newsletter.web import create_app
+
+CONFIG = """
+[newsletter]
+base_url = "http://127.0.0.1:8000"
+secret_key = "benchmark-secret-key-0123456789"
+[database]
+url = "{url}"
+[delivery]
+transport = "outbox"
+"""
+
+
+async def answer_time(app: Starlette, email: str) -> float:
+    """Seconds from the request to the last byte of the answer."""
+    body = urlencode({"email": email}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/subscribe", "raw_path": b"/subscribe", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    answered = asyncio.Event()
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    end = 0.0
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal end
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            end = time.perf_counter()
+            answered.set()
+
+    start = time.perf_counter()
+    await app(scope, receive, send)  # returns after the background work too
+    return end - start
+
+
+async def measure(app: Starlette, n: int) -> dict[tuple[str, str], list[float]]:
+    rnd = random.Random(1)
+    times: dict[tuple[str, str], list[float]] = {}
+    previous = "listed"
+    for _ in range(n):
+        kind = rnd.choice(["new", "listed"])
+        email = "listed@example.com" if kind == "listed" else f"new-{uuid.uuid4().hex[:12]}@example.com"
+        times.setdefault((kind, previous), []).append(await answer_time(app, email))
+        previous = kind
+    return times
+
+
+def run(url: str, n: int, folder: Path) -> None:
+    (folder / "config.toml").write_text(CONFIG.format(url=url))
+    settings = config.load(folder / "config.toml", environ={})
+    unlimited = dataclasses.replace(settings.web, subscribe_per_client_per_hour=10**9,
+                                    subscribe_per_address_per_hour=10**9)
+    settings = dataclasses.replace(settings, web=unlimited)
+    engine = make_engine(url)
+    upgrade(engine, settings)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        subscribers.add(s, "listed@example.com", source="cli")
+    try:
+        times = asyncio.run(measure(create_app(settings, sessions), n))
+    finally:
+        engine.dispose()
+    print(f"{make_url(url).get_backend_name()}, time to the answer (median):")
+    for (kind, previous), values in sorted(times.items()):
+        print(f"  {kind:6} address after a {previous:6} one: {statistics.median(values) * 1000:5.2f} ms "
+              f"(n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1200)
+    parser.add_argument("--pg", help="a PostgreSQL URL; a scratch schema is created and dropped")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.pg:
+            run(f"sqlite:///{tmp}/bench.db", args.n, Path(tmp))
+            return
+        schema = "bench_" + uuid.uuid4().hex[:12]
+        admin = create_engine(args.pg)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        try:
+            url = make_url(args.pg).update_query_dict({"options": f"-csearch_path={schema}"})
+            run(url.render_as_string(hide_password=False), args.n, Path(tmp))
+        finally:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+            admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -68,9 +68,10 @@ def test_bounce_and_complaint_stop_the_next_issue(sessions: sessionmaker[Session
     box.add(arf(readers[1], msgid="<fbl-1@fbl.example.net>"))
     tally = import_path(sessions, Policy.from_settings(verp), tmp_path / "bounces")
     assert tally.applied == {"hard": 1, "complaint": 1} and not tally.skipped
+    issue_id = deliveries(sessions, first)[readers[0]].issue_id  # its own session: not nested below
     with sessions.begin() as s:
         status = {e: subscribers.get_by_email(s, e).status for e in readers}  # type: ignore[union-attr]
-        stats = issue_bounces(s, deliveries(sessions, first)[readers[0]].issue_id)
+        stats = issue_bounces(s, issue_id)
     assert status == {readers[0]: SubscriberStatus.BOUNCED, readers[1]: SubscriberStatus.COMPLAINED,
                       readers[2]: SubscriberStatus.ACTIVE, readers[3]: SubscriberStatus.ACTIVE}
     assert (stats.delivered, stats.hard, stats.soft, stats.complaints) == (4, 1, 0, 1)

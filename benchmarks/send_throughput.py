@@ -21,19 +21,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Iterator
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from newsletter import builder, config, db, render, tokens  # noqa: E402
-from newsletter.models import Article, Subscriber, SubscriberCategory, SubscriberStatus, utcnow  # noqa: E402
+from newsletter.models import (  # noqa: E402
+    Article,
+    Category,
+    Subscriber,
+    SubscriberCategory,
+    SubscriberStatus,
+    utcnow,
+)
 from newsletter.sender import SendSettings, send  # noqa: E402
 
 PEER = Path.home() / ".cache/postfix-peer/bin"
@@ -105,8 +112,7 @@ def populate(settings: config.Settings, n: int) -> str:
                           title=f"{cat.title()}: " + " ".join(rnd.choice(WORDS) for _ in range(7)),
                           author="Staff", summary=f"<p>{summary}</p>", published_at=now - timedelta(minutes=i)))
         week = builder.build(s, settings).week
-        ids = {c.slug: c.id for c in s.scalars(__import__("sqlalchemy").select(__import__(
-            "newsletter.models", fromlist=["Category"]).Category))}
+        ids = {c.slug: c.id for c in s.scalars(select(Category))}
         conn = s.connection()
         subs = [{"id": i + 1, "email": f"reader{i}@example.org", "email_key": f"reader{i}@example.org",
                  "name": f"Reader {i}", "status": SubscriberStatus.ACTIVE, "consent_source": "bench",

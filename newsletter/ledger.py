@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, bindparam, false, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,6 @@ from newsletter.models import (
     Delivery,
     DeliveryStatus,
     EventKind,
-    Lock,
     Subscriber,
     SubscriberCategory,
     SubscriberStatus,
@@ -64,14 +63,6 @@ class Outcome:
     reply: str
     next_attempt_at: datetime | None = None
     bounce: bool = False  # a 5xx for the recipient: mark the subscriber bounced
-
-
-def take_write_lock(session: Session) -> None:
-    """On SQLite, take the write lock first in a transaction that reads before it writes:
-    in WAL mode such a transaction fails at once ('database is locked', no busy wait) if
-    another process, say the web app recording an unsubscribe, wrote in between."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Lock).where(false()).values(holder=Lock.holder))
 
 
 def variant_key(sections: Sequence[str]) -> str:
@@ -143,7 +134,6 @@ def claim_batch(session: Session, issue_id: int, worker: str, limit: int) -> lis
     moment without waiting on, or taking, each other's rows; the reservation is then
     visible as `claimed_by` (a live sender's rows are skipped by the others). On SQLite
     one sender runs at a time (see sender.py), and the plain SELECT is enough."""
-    take_write_lock(session)
     now = utcnow()
     live = locks.live_holders(session, SENDER_LEASE)
     query = (select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant,

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import articles, builder, ledger, locks, sender
+from newsletter import articles, builder, locks, sender
 from newsletter.config import Settings
 from newsletter.errors import InvalidInput
 from newsletter.models import Issue, IssueStatus, utcnow
@@ -62,7 +62,6 @@ def run(sessions: sessionmaker[Session], settings: Settings, *, now: datetime | 
             with sessions.begin() as session:
                 report.lines += [r.summary_line for r in articles.fetch_all(session, settings)]
         with sessions.begin() as session:
-            ledger.take_write_lock(session)
             issue = _build(session, settings, week, report)
             due = issue.scheduled_at if issue is not None else None
             status = issue.status if issue is not None else None

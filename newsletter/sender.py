@@ -152,7 +152,7 @@ class LedgerWriter:
     def db(self, fn: Callable[[Session], object]) -> object:
         """Run `fn(session)` and commit (renewing this sender's lease now and then)."""
         try:
-            if time.monotonic() - self.renewed > LEASE_TTL / 6:  # first: a write, see ledger.take_write_lock
+            if time.monotonic() - self.renewed > LEASE_TTL / 6:
                 locks.renew(self.session, self.lease, self.worker, LEASE_TTL)
                 self.renewed = time.monotonic()
             result = fn(self.session)
@@ -417,7 +417,6 @@ def _acquire_sender(sessions: sessionmaker[Session], worker: str) -> str:
 
 
 def _finish(session: Session, issue_id: int, report: SendReport) -> None:
-    ledger.take_write_lock(session)
     issue = session.get(Issue, issue_id)
     assert issue is not None
     report.remaining = ledger.open_count(session, issue_id)
@@ -451,7 +450,6 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
     lease = _acquire_sender(sessions, worker)
     try:
         with sessions.begin() as session:
-            ledger.take_write_lock(session)
             issue = session.get(Issue, content.issue_id)
             assert issue is not None
             if resend_ambiguous:

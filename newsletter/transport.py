@@ -31,13 +31,13 @@ import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.config import Settings
-from newsletter.message import WireBytes
 from newsletter.errors import (
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
     TransportUnavailable,
 )
+from newsletter.message import WireBytes
 
 BeforeData = Callable[[], Awaitable[None]]
 ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20<>\x7f]")  # would break out of MAIL FROM:<…> / RCPT TO:<…>

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -11,10 +10,10 @@ from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import ledger, sender, subscribers, tokens
+from newsletter import sender, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.db import make_engine, session_factory
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
@@ -311,23 +310,6 @@ def test_smtp_auth_login_and_a_refused_login(sessions: sessionmaker[Session], se
     finally:
         controller.stop()
     assert sorted(r for m in handler.messages for r in m.rcpt_tos) == emails
-
-
-def test_ledger_transactions_take_the_sqlite_write_lock_first(engine: Engine, sessions: sessionmaker[Session],
-                                                              db_url: str) -> None:
-    """Else a read-then-write transaction dies with 'database is locked' when the web app
-    writes in between (WAL snapshots cannot be upgraded)."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite only")
-    other = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.1, isolation_level=None)
-    try:
-        with sessions.begin() as s:
-            ledger.take_write_lock(s)
-            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-                other.execute("UPDATE subscribers SET name = name")
-        other.execute("UPDATE subscribers SET name = name")  # free again after the commit
-    finally:
-        other.close()
 
 
 def test_unsubscribes_from_another_connection_succeed_while_a_send_commits(

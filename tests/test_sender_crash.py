@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
@@ -75,11 +74,9 @@ def test_kill_9_mid_send_then_resume_mails_nobody_twice_and_skips_nobody(
     assert issue_status(sessions, week) == "sent"
 
 
-def test_two_senders_on_postgresql_share_the_work(config_path: Path, engine: Engine,
-                                                 sessions: sessionmaker[Session], settings: Settings,
-                                                 smtp_server: SmtpServer) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("several senders at once need PostgreSQL (SQLite: see the next test)")
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: see the next test
+def test_two_senders_on_postgresql_share_the_work(config_path: Path, sessions: sessionmaker[Session],
+                                                 settings: Settings, smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 300)
     smtp_server.faults.delay = 0.01
@@ -97,11 +94,9 @@ def test_two_senders_on_postgresql_share_the_work(config_path: Path, engine: Eng
     assert issue_status(sessions, week) == "sent"
 
 
-def test_a_second_sender_on_sqlite_is_told_to_wait(config_path: Path, engine: Engine,
-                                                  sessions: sessionmaker[Session], settings: Settings,
-                                                  smtp_server: SmtpServer) -> None:
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite only")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_second_sender_on_sqlite_is_told_to_wait(config_path: Path, sessions: sessionmaker[Session],
+                                                  settings: Settings, smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 40)
     smtp_server.faults.delay = 0.25

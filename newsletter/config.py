@@ -66,6 +66,7 @@ class SmtpSettings:
     starttls: bool = False
     ssl: bool = False
     timeout: float = 30.0
+    data_timeout: float = 600.0
     concurrency: int = 8
     rate_per_second: float = 0.0
     max_attempts: int = 5

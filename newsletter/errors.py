@@ -11,6 +11,7 @@ web app catch them at the edge. This module imports nothing from the package.
           ├── TransientDeliveryError   4xx reply: retry later
           ├── PermanentDeliveryError   5xx reply: the recipient bounced
           └── TransportUnavailable     connect/timeout/drop: reconnect and retry
+               └── AmbiguousDelivery   no reply after the whole message went out
 """
 
 from __future__ import annotations
@@ -59,3 +60,8 @@ class PermanentDeliveryError(DeliveryError):
 
 class TransportUnavailable(DeliveryError):
     """The connection failed, timed out or dropped: reconnect and retry."""
+
+
+class AmbiguousDelivery(TransportUnavailable):
+    """The whole message went out but its reply never came: the server may have taken it,
+    so it is neither retried nor failed (RFC 1047's duplicate-message problem)."""

@@ -59,7 +59,7 @@ class Outcome:
 
     delivery_id: int
     subscriber_id: int
-    status: DeliveryStatus  # SENT, FAILED, or PENDING (retry at next_attempt_at)
+    status: DeliveryStatus  # SENT, FAILED, PENDING (retry at next_attempt_at) or SENDING (ambiguous)
     reply: str
     next_attempt_at: datetime | None = None
     bounce: bool = False  # a 5xx for the recipient: mark the subscriber bounced

@@ -28,6 +28,7 @@ from newsletter import builder, ledger, locks, render
 from newsletter.builder import IssueContent
 from newsletter.config import Settings
 from newsletter.errors import (
+    AmbiguousDelivery,
     Conflict,
     InvalidInput,
     NotFound,
@@ -41,7 +42,6 @@ from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subs
 from newsletter.transport import Transport, open_transport, send_one
 
 THROTTLING = frozenset({421, 451, 454})  # "slow down" replies (SES and other relays)
-LOGIN_REFUSED = frozenset({530, 534, 535, 538})  # AUTH failed: retrying cannot help, stop at once
 LEASE_TTL = 120.0  # seconds; renewed every LEASE_TTL / 6 while sending
 SQLITE_LEASE = ledger.SENDER_LEASE + ":sqlite"
 # A ledger round waits up to this long for half the connections to queue their marks:
@@ -245,6 +245,8 @@ class SendRun:
             elif o.status == DeliveryStatus.FAILED:
                 r.failed += 1
                 r.bounced += o.bounce
+            elif o.status == DeliveryStatus.SENDING:
+                r.ambiguous += 1
             else:
                 r.retrying += 1
         if self.progress is not None and outcomes:
@@ -302,13 +304,19 @@ class SendRun:
         except TransientDeliveryError as exc:
             self._maybe_throttle(exc)
             self.writer.settle(self._retry(job, exc.reply or str(exc)))
+        except AmbiguousDelivery as exc:
+            # Left in `sending`: listed as ambiguous, resent only on --resend-ambiguous.
+            self.writer.settle(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.SENDING, exc.reply))
+            self.fatal = exc  # a server silent for data_timeout is broken: stop, do not pile up more
+            return
         except TransportUnavailable as exc:
             self._maybe_throttle(exc)
             # A server that is down must not use up attempts: only while it accepts other
             # messages can one that keeps breaking the connection be given up.
             self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0, may_fail=self.report.sent > 0))
             self.unavailable += 1
-            if exc.code in LOGIN_REFUSED or self.unavailable >= self.options.concurrency + 2:
+            # A 5xx here (login, EHLO, STARTTLS, MAIL FROM) refuses us, not a recipient: stop at once.
+            if (exc.code or 0) >= 500 or self.unavailable >= self.options.concurrency + 2:
                 self.fatal = exc
             else:
                 await asyncio.sleep(min(0.05 * 2 ** min(self.unavailable, 6), 2.0))

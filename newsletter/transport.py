@@ -32,6 +32,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.config import Settings
 from newsletter.errors import (
+    AmbiguousDelivery,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -76,10 +77,10 @@ def _map_errors(where: str) -> Iterator[None]:
         raise TransportUnavailable(f"{where}: login refused ({exc.code} {exc.message}); check [smtp] username "
                                    f"and password", code=exc.code, reply=f"{exc.code} {exc.message}") from exc
     except aiosmtplib.SMTPResponseException as exc:
-        if isinstance(exc, aiosmtplib.SMTPConnectError) or exc.code == 421:
-            raise TransportUnavailable(f"{where}: {exc.code} {exc.message}", code=exc.code,
-                                       reply=f"{exc.code} {exc.message}") from exc
-        raise _reply_error(exc.code, exc.message, where) from exc
+        # Replies raised here come from the greeting, EHLO or STARTTLS: they are about us or
+        # the server, never about a recipient, so no 5xx here may bounce a subscriber.
+        raise TransportUnavailable(f"{where}: {exc.code} {exc.message}", code=exc.code,
+                                   reply=f"{exc.code} {exc.message}") from exc
     except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
         text = str(exc) or type(exc).__name__
         raise TransportUnavailable(f"{where}: {text}", reply=text) from exc
@@ -110,11 +111,13 @@ class SmtpOptions:
     ssl: bool = False
     timeout: float = 30.0
     size: int = 8
+    data_timeout: float = 600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpOptions:
         s = settings.smtp
-        return cls(s.host, s.port, s.username, str(s.password), s.starttls, s.ssl, s.timeout, s.concurrency)
+        return cls(s.host, s.port, s.username, str(s.password), s.starttls, s.ssl, s.timeout, s.concurrency,
+                   s.data_timeout)
 
     @property
     def address(self) -> str:
@@ -149,8 +152,10 @@ class SmtpTransport:
         with _map_errors(f"{stage} at {self.options.address}"):
             response = await conn.execute_command(*args, timeout=None)
         if response.code not in ok:
-            if response.code == 421:  # the server is closing this connection: not the recipient's fault
-                raise TransportUnavailable(f"{stage}: {response.code} {response.message}", code=421,
+            # 421: the server is closing this connection; a 5xx to MAIL FROM refuses our sender.
+            # Neither is the recipient's fault: the run stops or reconnects, nobody bounces.
+            if response.code == 421 or (args[0] == b"MAIL" and response.code >= 500):
+                raise TransportUnavailable(f"{stage}: {response.code} {response.message}", code=response.code,
                                            reply=f"{response.code} {response.message}")
             raise _reply_error(response.code, response.message, stage)
         return response.message
@@ -169,16 +174,22 @@ class SmtpTransport:
             except BaseException:
                 conn.close()
                 raise
-        deadline.reschedule(asyncio.get_running_loop().time() + self.options.timeout)
+        deadline.reschedule(None)  # the final reply has its own, longer wait (RFC 5321 4.5.3.2.6)
         protocol = conn.protocol
         try:
             with _map_errors(f"sending the message to {self.options.address}"):
                 if protocol is None:
                     raise aiosmtplib.SMTPServerDisconnected("connection lost")
                 protocol.write(body + b".\r\n")  # one send() call: the copy costs less than a syscall
-                response = await protocol.read_response(timeout=None)
-        except TransportUnavailable:
+                response = await protocol.read_response(timeout=self.options.data_timeout)
+        except TransportUnavailable as exc:
             conn.close()  # the reply may still arrive: never pair it with a later command
+            if isinstance(exc.__cause__, aiosmtplib.SMTPTimeoutError):
+                # The message is out and the server is silent: it may be queued already.
+                # A dropped connection, by contrast, means the server discards the transaction.
+                raise AmbiguousDelivery(f"no reply from SMTP server {self.options.address} within "
+                                        f"{self.options.data_timeout:g} s after the whole message",
+                                        reply="ambiguous: no reply to the end of the message") from exc
             raise
         if response.code != 250:
             if response.code == 421:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from newsletter.db import make_engine, session_factory
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
 from newsletter.models import Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
 from newsletter.transport import SmtpOptions, SmtpTransport
-from tests.conftest import RecordingHandler, SmtpServer, free_port
+from tests.conftest import Received, RecordingHandler, SmtpServer, free_port
 from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, options
 
 
@@ -271,18 +272,92 @@ def test_an_address_that_cannot_go_in_a_header_fails_alone(sessions: sessionmake
     assert row.status == "failed" and "contains a line break" in row.last_reply
 
 
-def test_a_server_that_stops_answering_times_out_and_the_issue_stays_resumable(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+class QueueThenStallHandler(RecordingHandler):
+    """A relay that queues each message, then takes `stall` seconds to say so."""
+
+    stall = 0.0
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        await asyncio.sleep(self.stall)
+        return "250 2.0.0 OK queued"
+
+
+def test_no_reply_to_the_end_of_a_message_leaves_it_ambiguous_never_resent(
+        sessions: sessionmaker[Session], settings: Settings) -> None:
+    """The server queued the message but answers after the client gave up: resending it
+    would mail the reader twice, so it stays ambiguous until --resend-ambiguous."""
     week = build_issue(sessions, settings)
-    add_subscribers(sessions, 3)
-    smtp_server.faults.delay = 2.0  # before answering the end of DATA
-    slow = SmtpTransport(SmtpOptions("127.0.0.1", smtp_server.port, timeout=0.2, size=1))
-    with pytest.raises(TransportUnavailable, match=rf"no reply from SMTP server 127.0.0.1:{smtp_server.port} "
-                                                   r"within 0.2 s; stopped sending"):
-        sender.send(sessions, settings, week, options=options(concurrency=1), transport=slow)
+    emails = add_subscribers(sessions, 3)
+    handler = QueueThenStallHandler()
+    handler.stall = 1.0
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        slow = SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=1, data_timeout=0.2))
+        with pytest.raises(TransportUnavailable, match=rf"no reply from SMTP server 127.0.0.1:{port} "
+                                                       r"within 0.2 s after the whole message; stopped sending"):
+            sender.send(sessions, settings, week, options=options(concurrency=1), transport=slow)
+        rows = deliveries(sessions, week)
+        assert sorted(d.status for d in rows.values()) == ["pending", "pending", "sending"]
+        handler.stall = 0
+        report = sender.send(sessions, settings, week, options=options(),
+                             transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+        assert report.sent == 2 and report.ambiguous == 1
+        recipients = [r for m in handler.messages for r in m.rcpt_tos]
+        assert sorted(recipients) == emails  # everyone once, nobody twice
+        assert issue_status(sessions, week) == "sending"  # one delivery is still unresolved
+        report = sender.send(sessions, settings, week, options=options(), resend_ambiguous=True,
+                             transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+        assert report.sent == 1 and issue_status(sessions, week) == "sent"  # only on explicit request
+    finally:
+        controller.stop()
+
+
+class RefusingHandler(RecordingHandler):
+    """A server that refuses our sender (MAIL FROM) or our whole connection (EHLO)."""
+
+    def __init__(self, *, mail: str = "", ehlo: str = "") -> None:
+        super().__init__()
+        self.mail, self.ehlo = mail, ehlo
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+        if self.mail:
+            return self.mail
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        return [self.ehlo] if self.ehlo else responses
+
+
+@pytest.mark.parametrize("refusal", [
+    {"mail": "550 5.7.1 sender not authorised"},
+    {"mail": "530 5.7.0 Authentication required"},
+    {"ehlo": "554 5.7.1 client host blocked"},
+])
+def test_a_server_refusing_us_bounces_nobody_and_stops(sessions: sessionmaker[Session], settings: Settings,
+                                                       refusal: dict[str, str]) -> None:
+    """One wrong setting or a blocklisted IP must not mark the whole list bounced."""
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 4)
+    port = free_port()
+    controller = Controller(RefusingHandler(**refusal), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        with pytest.raises(TransportUnavailable, match="stopped sending"):
+            sender.send(sessions, settings, week, options=options(concurrency=2),
+                        transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+    finally:
+        controller.stop()
     rows = deliveries(sessions, week)
-    assert {d.status for d in rows.values()} == {"pending"}  # nothing left in `sending`: all retried later
-    assert all("not delivered: no reply" in d.last_reply for d in rows.values() if d.attempts)
+    assert {d.status for d in rows.values()} == {"pending"}
+    with sessions.begin() as s:
+        assert {sub.status for sub in s.scalars(select(Subscriber))} == {SubscriberStatus.ACTIVE}
+    assert issue_status(sessions, week) == "sending"
 
 
 def test_smtp_auth_login_and_a_refused_login(sessions: sessionmaker[Session], settings: Settings,

@@ -1,8 +1,8 @@
 """Named leases in the `locks` table, so overlapping cron runs and senders never step
 on each other, and a crashed holder never blocks for long.
 
-A lease expires at `expires_at` (its holder renews it). A holder on this host whose
-process no longer exists is dead at once, so a rerun after kill -9 need not wait.
+A lease expires at `expires_at` (its holder renews it). For a holder on this host the
+process itself decides: dead at once after kill -9, alive while it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from newsletter.models import Lock, utcnow
 
 HOST = socket.gethostname()
+STALE_PID = timedelta(days=1)
 
 
 def new_holder() -> str:
@@ -33,12 +34,15 @@ def pid_of(holder: str) -> int | None:
 
 
 def is_alive(holder: str, expires_at: datetime, now: datetime | None = None) -> bool:
-    """Lease not expired and, if the holder runs on this host, its process exists."""
-    if expires_at <= (now or utcnow()):
-        return False
+    """On another host: the lease has not expired. On this host the process answers: a
+    long send outlives its lease without renewing it (a `run` lease lasts an hour), and a
+    killed one is dead at once; a day past expiry the pid may be another program's."""
+    now = now or utcnow()
     pid = pid_of(holder)
     if pid is None:
-        return True
+        return expires_at > now
+    if expires_at <= now - STALE_PID:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

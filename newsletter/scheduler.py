@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import articles, builder, locks, sender
 from newsletter.config import Settings
-from newsletter.errors import InvalidInput
+from newsletter.errors import Conflict, InvalidInput
 from newsletter.models import Issue, IssueStatus, utcnow
 from newsletter.sender import Progress, SendReport, SendSettings
 from newsletter.transport import Transport
@@ -44,6 +44,22 @@ def _build(session: Session, settings: Settings, week: str, report: RunReport) -
     return issue
 
 
+def _resume_earlier(sessions: sessionmaker[Session], settings: Settings, week: str, report: RunReport, *,
+                    transport: Transport | None, options: SendSettings | None, progress: Progress | None) -> None:
+    """Finish an issue whose send (or its retries) ran past the end of its own week."""
+    with sessions.begin() as session:
+        unfinished = list(session.scalars(select(Issue.week).where(Issue.status == IssueStatus.SENDING,
+                                                                   Issue.week != week).order_by(Issue.week)))
+    for earlier in unfinished:
+        try:
+            done = sender.send(sessions, settings, earlier, transport=transport, options=options, progress=progress)
+        except Conflict as exc:  # e.g. older than [delivery] max_age_hours: the editor decides
+            report.lines.append(f"issue {earlier} not resumed: {exc}")
+        else:
+            report.lines.append(f"issue {earlier} resumed: sent {done.sent}, failed {done.failed}, "
+                                f"issue is {done.issue_status}")
+
+
 def run(sessions: sessionmaker[Session], settings: Settings, *, now: datetime | None = None,
         fetch: bool = True, transport: Transport | None = None, options: SendSettings | None = None,
         progress: Progress | None = None) -> RunReport:
@@ -61,6 +77,7 @@ def run(sessions: sessionmaker[Session], settings: Settings, *, now: datetime | 
         if fetch and settings.feeds:
             with sessions.begin() as session:
                 report.lines += [r.summary_line for r in articles.fetch_all(session, settings)]
+        _resume_earlier(sessions, settings, week, report, transport=transport, options=options, progress=progress)
         with sessions.begin() as session:
             issue = _build(session, settings, week, report)
             due = issue.scheduled_at if issue is not None else None

@@ -6,12 +6,12 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, locks, scheduler
 from newsletter.config import Settings
-from newsletter.models import Issue, utcnow
+from newsletter.models import Issue, Lock, utcnow
 from tests.conftest import SmtpServer
 from tests.sending_support import add_articles, add_subscribers, body, cli, issue_status, options
 
@@ -96,3 +96,35 @@ def test_cli_run_fetches_the_feed_and_sends(config_path: Path, sessions: session
     assert "Fresh from the feed" in body(smtp_server.messages[0].message, "plain")
     again = cli(config_path, "run")
     assert again.returncode == 0 and "was already sent" in again.stdout and len(smtp_server.messages) == 2
+
+
+def test_a_long_run_on_this_host_keeps_its_lease_past_expiry(sessions: sessionmaker[Session]) -> None:
+    """A send that outlasts the run lease (an hour) must not let the next cron tick in."""
+    mine = locks.new_holder()  # this very process: alive
+    with sessions.begin() as s:
+        assert locks.acquire(s, "test-lease", mine, 0.0) is None  # expires at once
+    with sessions.begin() as s:
+        assert locks.acquire(s, "test-lease", "otherhost:1:abc", 60) == mine
+    dead = f"{locks.HOST}:999999999:dead"  # no such process here
+    with sessions.begin() as s:
+        s.execute(update(Lock).where(Lock.name == "test-lease").values(holder=dead))
+    with sessions.begin() as s:
+        assert locks.acquire(s, "test-lease", "otherhost:1:abc", 60) is None
+
+
+def test_run_finishes_last_weeks_issue_after_the_week_turned(sessions: sessionmaker[Session], settings: Settings,
+                                                            smtp_server: SmtpServer) -> None:
+    """Retries of a late send must not be stranded when the ISO week rolls over."""
+    from newsletter import sender
+    add_articles(sessions)
+    emails = add_subscribers(sessions, 3)
+    week = builder.current_week(settings)
+    due = builder.scheduled_at(settings, week)
+    builder_run = scheduler.run(sessions, settings, now=due - timedelta(hours=1), fetch=False, options=options())
+    assert builder_run.send is None
+    sender.send(sessions, settings, week, options=options(), limit=1)
+    assert issue_status(sessions, week) == "sending" and len(smtp_server.messages) == 1
+    next_week = scheduler.run(sessions, settings, now=due + timedelta(days=3), fetch=False, options=options())
+    assert next_week.week != week
+    assert f"issue {week} resumed: sent 2, failed 0, issue is sent" in next_week.lines
+    assert sorted(smtp_server.recipients()) == emails

@@ -20,7 +20,7 @@ from typing import IO, Any
 from email_validator import EmailNotValidError, validate_email
 from email_validator.syntax import validate_email_local_part
 from email_validator.validate_email import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.errors import Conflict, InvalidInput, NotFound
@@ -209,6 +209,7 @@ HEADER_ALIASES = {
 IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
 ALL = "all"  # the categories cell meaning "every category" (no choice)
 MAX_IMPORT_BYTES = 500 * 1024 * 1024
+CHUNK = 500  # rows per statement batch
 
 
 @dataclass
@@ -389,8 +390,15 @@ def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = 
     rows = _parse_rows(_decode(data, source), source, category_ids, report)
     now = utcnow()
     consent = f"import:{source.rsplit('/', 1)[-1]}"
-    for start in range(0, len(rows), 500):
-        _import_chunk(session, rows[start:start + 500], report, now=now, consent=consent, dry_run=dry_run)
+    analyze = session.get_bind().dialect.name == "postgresql" and not dry_run
+    for start in range(0, len(rows), CHUNK):
+        if analyze and start % (CHUNK * 4) == 0:
+            # The planner's row count for `subscribers` is from before this transaction
+            # (often 0): it then scans the table for every chunk's `email_key IN (…)`,
+            # 500 comparisons per row, and 100,000 rows take minutes instead of seconds.
+            # ANALYZE inside the transaction counts our own new rows (measured).
+            session.execute(text("ANALYZE subscribers"))
+        _import_chunk(session, rows[start:start + CHUNK], report, now=now, consent=consent, dry_run=dry_run)
     return report
 
 

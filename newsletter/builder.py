@@ -192,12 +192,19 @@ def intro_html(markdown: str) -> str:
     return articles_mod.sanitize(_markdown.render(markdown)) if markdown.strip() else ""
 
 
-def load_content(session: Session, settings: Settings, week: str) -> IssueContent:
-    """The built issue of `week` as frozen values; NotFound if it was never built."""
+def get_issue(session: Session, settings: Settings, week: str | None) -> Issue:
+    """The built issue of `week` (default: the current week); NotFound if it was never built."""
+    week = week or current_week(settings)
     _monday(week)
     issue = session.scalar(select(Issue).where(Issue.week == week))
     if issue is None:
         raise NotFound(f"no issue for {week}; run 'newsletter issue build --week {week}' first")
+    return issue
+
+
+def load_content(session: Session, settings: Settings, week: str) -> IssueContent:
+    """The built issue of `week` as frozen values; NotFound if it was never built."""
+    issue = get_issue(session, settings, week)
     rows = session.execute(select(IssueArticle.category, Article)
                            .join(Article, Article.id == IssueArticle.article_id)
                            .where(IssueArticle.issue_id == issue.id)

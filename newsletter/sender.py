@@ -31,7 +31,6 @@ from newsletter.errors import (
     AmbiguousDelivery,
     Conflict,
     InvalidInput,
-    NotFound,
     PermanentDeliveryError,
     TransientDeliveryError,
     TransportUnavailable,
@@ -387,14 +386,6 @@ class SendRun:
 
 # --- entry points ----------------------------------------------------------------------
 
-def find_issue(session: Session, settings: Settings, week: str | None) -> Issue:
-    week = week or builder.current_week(settings)
-    issue = session.scalar(select(Issue).where(Issue.week == week))
-    if issue is None:
-        raise NotFound(f"issue {week} is not built; run `newsletter issue build --week {week}` first")
-    return issue
-
-
 def check_age(settings: Settings, issue: Issue, max_age_hours: float, force: bool) -> None:
     """A restored backup must not mail last week's news: refuse stale issues unless forced."""
     when = issue.scheduled_at or issue.built_at
@@ -446,7 +437,7 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
     options = options or SendSettings.from_settings(settings)
     started = time.monotonic()
     with sessions.begin() as session:
-        issue = find_issue(session, settings, week)
+        issue = builder.get_issue(session, settings, week)
         report = SendReport(issue.week)
         if issue.status == IssueStatus.SENT and not resend_ambiguous:
             report.issue_status = str(issue.status)
@@ -490,7 +481,7 @@ class VariantPlan:
 def dry_run(session: Session, settings: Settings, week: str | None = None) -> list[VariantPlan]:
     """Who would get which variant if `send` ran now (rows still open plus subscribers not
     yet planned); changes nothing."""
-    issue = find_issue(session, settings, week)
+    issue = builder.get_issue(session, settings, week)
     content = builder.load_content(session, settings, issue.week)
     counts: dict[str, list[object]] = {}
 
@@ -519,7 +510,7 @@ def dry_run(session: Session, settings: Settings, week: str | None = None) -> li
 def send_test(session: Session, settings: Settings, week: str | None, address: str) -> str:
     """One copy of the whole issue to `address`, outside the ledger (links are inert
     for a subscriber id 0); returns the server's reply."""
-    issue = find_issue(session, settings, week)
+    issue = builder.get_issue(session, settings, week)
     content = builder.load_content(session, settings, issue.week)
     factory = MessageFactory(settings, content.issue_id)
     template = factory.prepare(render.render_variant(settings, content, render.sections_for(content, ())))

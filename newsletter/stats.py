@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from newsletter import builder, ledger, selfservice
 from newsletter.bounce_policy import IssueBounces, issue_bounces
 from newsletter.config import Settings
-from newsletter.errors import NotFound
 from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
 
 EXPORT_COLUMNS = ["email", "name", "status", "attempts", "last_reply", "sent_at", "claimed_at", "next_attempt_at",
@@ -60,14 +59,6 @@ def _with_sources(counts: dict[str, int]) -> str:
     return f"{total} ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if total else "0"
 
 
-def _issue(session: Session, settings: Settings, week: str | None) -> Issue:
-    week = week or builder.current_week(settings)
-    issue = session.scalar(select(Issue).where(Issue.week == week))
-    if issue is None:
-        raise NotFound(f"there is no issue {week}; `newsletter issue list` shows the built ones")
-    return issue
-
-
 def event_counts(session: Session, issue: Issue) -> dict[str, int]:
     """Subscribers with an event credited to the issue, per kind (unsubscribes from its
     links, bounces and complaints about its messages), each subscriber counted once:
@@ -79,7 +70,7 @@ def event_counts(session: Session, issue: Issue) -> dict[str, int]:
 
 def issue_stats(session: Session, settings: Settings, week: str | None = None) -> IssueStats:
     """Counts for one issue (default: this week's)."""
-    issue = _issue(session, settings, week)
+    issue = builder.get_issue(session, settings, week)
     by_status = {str(s): n for s, n in session.execute(
         select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status))}
     ambiguous = ledger.ambiguous_filter(session, issue.id)
@@ -98,7 +89,7 @@ def issue_stats(session: Session, settings: Settings, week: str | None = None) -
 
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:
     """Write every recipient of the issue as CSV (status, attempts, last reply, times); returns the row count."""
-    issue = _issue(session, settings, week)
+    issue = builder.get_issue(session, settings, week)
     writer = csv.writer(fp)
     writer.writerow(EXPORT_COLUMNS)
     rows = session.execute(select(Subscriber.email, Subscriber.name, Delivery)

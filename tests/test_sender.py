@@ -201,7 +201,7 @@ def test_stale_issue_is_refused_unless_forced(sessions: sessionmaker[Session], s
 
 def test_unbuilt_week_and_header_injection_are_refused(sessions: sessionmaker[Session], settings: Settings,
                                                        smtp_server: SmtpServer) -> None:
-    with pytest.raises(NotFound, match=r"issue 2020-W01 is not built; run `newsletter issue build --week 2020-W01`"):
+    with pytest.raises(NotFound, match=r"no issue for 2020-W01; run 'newsletter issue build --week 2020-W01' first"):
         sender.send(sessions, settings, "2020-W01", options=options())
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 2)

@@ -443,16 +443,11 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
     if dry_run:
         return
     if new_rows:
-        # Core executemany, then one SELECT for the ids: RETURNING with ordered parameters
+        # executemany, then one SELECT for the ids: RETURNING with ordered parameters
         # degrades to one statement per row on SQLite, and the ORM bulk path costs ~2x (measured).
         # The consent record of a new row is its consent_source/consent_at; events are kept
         # for status changes only, so an import of 100k rows does not write 100k events.
-        session.execute(
-            insert(Subscriber.__table__),
-            [{"email": r.email, "email_key": r.key, "name": r.name or "",
-              "status": r.status or SubscriberStatus.ACTIVE, "consent_source": r.consent_source or consent,
-              "consent_at": r.consent_at or now, "status_changed_at": now, "created_at": now,
-              "attributes": r.attributes, "soft_bounces": 0} for r in new_rows])
+        _SubscriberInsert(session).execute(session, new_rows, now=now, consent=consent)
         ids = dict(session.execute(select(Subscriber.email_key, Subscriber.id)
                                    .where(Subscriber.email_key.in_([r.key for r in new_rows]))).all())
         for r in new_rows:
@@ -468,6 +463,45 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
             session.execute(insert(SubscriberCategory.__table__), links)
     if events:
         session.execute(insert(Event.__table__), events)
+
+
+class _SubscriberInsert:
+    """INSERT of new subscribers as one driver-level executemany.
+
+    Each column's own bind processor (TypeEngine.dialect_impl().bind_processor()) is
+    applied here, and the import's constant values (its time, status, consent source) are
+    processed once instead of once per row: SQLAlchemy's per-row parameter processing was
+    a quarter of the import time (profiled)."""
+
+    COLUMNS = ("email", "email_key", "name", "status", "consent_source", "consent_at", "status_changed_at",
+               "created_at", "attributes", "soft_bounces")
+
+    def __init__(self, session: Session) -> None:
+        dialect = session.get_bind().dialect
+        table = Subscriber.__table__
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(self.COLUMNS))
+        self.sql = str(compiled)
+        self.order = compiled.positiontup if compiled.positional else None
+        self.processors = {c: table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in self.COLUMNS}
+
+    def _bind(self, column: str, value: Any) -> Any:
+        processor = self.processors[column]
+        return processor(value) if processor is not None and value is not None else value
+
+    def execute(self, session: Session, rows: list[_Row], *, now: datetime, consent: str) -> None:
+        bind = self._bind
+        now_value, active, default_consent = bind("created_at", now), bind("status", SubscriberStatus.ACTIVE), \
+            bind("consent_source", consent)
+        params = [{"email": r.email, "email_key": r.key, "name": r.name or "",
+                   "status": bind("status", r.status) if r.status else active,
+                   "consent_source": r.consent_source or default_consent,
+                   "consent_at": bind("consent_at", r.consent_at) if r.consent_at else now_value,
+                   "status_changed_at": now_value, "created_at": now_value,
+                   "attributes": bind("attributes", r.attributes), "soft_bounces": 0} for r in rows]
+        if self.order is not None:
+            session.connection().exec_driver_sql(self.sql, [tuple(p[k] for k in self.order) for p in params])
+        else:
+            session.connection().exec_driver_sql(self.sql, params)
 
 
 def _event_for(status: SubscriberStatus) -> EventKind:

@@ -205,3 +205,19 @@ def test_blank_cells_keep_what_the_subscriber_chose(sessions: sessionmaker[Sessi
     assert state(sessions)["ada@example.com"][3] == ("events",)
     imp(sessions, "email,categories\nada@example.com,all\n")
     assert state(sessions)["ada@example.com"][3] == ()
+
+
+def test_imported_rows_read_back_like_rows_added_one_by_one(sessions: sessionmaker[Session]) -> None:
+    """The bulk insert binds values itself: times, status and attributes must come back typed."""
+    from datetime import datetime, timezone
+    imp(sessions, "email,status,consent_at,Company\na@example.com,unsubscribed,2026-01-02T03:04:05Z,ACME\n"
+                  "b@example.com,,,\n")
+    with sessions.begin() as s:
+        a, b = (subscribers.get_by_email(s, e) for e in ("a@example.com", "b@example.com"))
+        assert a.status == SubscriberStatus.UNSUBSCRIBED and b.status == SubscriberStatus.ACTIVE
+        assert a.consent_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        assert b.consent_at is not None and b.consent_at.tzinfo is not None
+        assert abs((datetime.now(timezone.utc) - b.created_at).total_seconds()) < 60
+        assert a.attributes == {"Company": "ACME"} and b.attributes == {}
+        assert s.scalar(select(func.count()).select_from(Subscriber)
+                        .where(Subscriber.status == SubscriberStatus.ACTIVE)) == 1

@@ -79,7 +79,9 @@ def test_two_senders_on_postgresql_share_the_work(config_path: Path, sessions: s
                                                  settings: Settings, smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 300)
-    smtp_server.faults.delay = 0.01
+    # ~4 s of sending, so the second process (started together, but a Python start-up takes
+    # a second on a loaded machine) overlaps the first and takes its share.
+    smtp_server.faults.delay = 0.05
     procs = [start_cli(config_path, "send", "--week", week) for _ in range(2)]
     try:
         outs = [p.communicate(timeout=60) for p in procs]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from conftest import free_port
+from conftest import free_port, stop_process
 from newsletter import subscribers
 from newsletter.bounce_policy import Policy
 from newsletter.config import BouncesSettings, Secret, Settings
@@ -125,12 +125,7 @@ def imap_server() -> Iterator[Imap]:
             pytest.fail("dovecot did not answer within 5 s")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ from email.message import Message
 from pathlib import Path
 
 import httpx
+from conftest import stop_process
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, subscribers
@@ -108,9 +109,4 @@ def running_server(config_path: Path, port: int, *extra: str) -> Iterator[tuple[
             clock.sleep(0.1)
         yield base, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)

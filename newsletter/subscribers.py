@@ -471,7 +471,8 @@ class _SubscriberInsert:
     Each column's own bind processor (TypeEngine.dialect_impl().bind_processor()) is
     applied here, and the import's constant values (its time, status, consent source) are
     processed once instead of once per row: SQLAlchemy's per-row parameter processing was
-    a quarter of the import time (profiled)."""
+    a quarter of the import time (profiled). Plain strings and ints have no processor on
+    SQLite or psycopg and pass as they are."""
 
     COLUMNS = ("email", "email_key", "name", "status", "consent_source", "consent_at", "status_changed_at",
                "created_at", "attributes", "soft_bounces")
@@ -490,11 +491,11 @@ class _SubscriberInsert:
 
     def execute(self, session: Session, rows: list[_Row], *, now: datetime, consent: str) -> None:
         bind = self._bind
-        now_value, active, default_consent = bind("created_at", now), bind("status", SubscriberStatus.ACTIVE), \
-            bind("consent_source", consent)
+        now_value = bind("created_at", now)
+        active = bind("status", SubscriberStatus.ACTIVE)
         params = [{"email": r.email, "email_key": r.key, "name": r.name or "",
                    "status": bind("status", r.status) if r.status else active,
-                   "consent_source": r.consent_source or default_consent,
+                   "consent_source": r.consent_source or consent,
                    "consent_at": bind("consent_at", r.consent_at) if r.consent_at else now_value,
                    "status_changed_at": now_value, "created_at": now_value,
                    "attributes": bind("attributes", r.attributes), "soft_bounces": 0} for r in rows]

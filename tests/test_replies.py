@@ -1,0 +1,111 @@
+"""What a reply blames, on the published wordings of real receivers and relays.
+
+Each row is a reply a newsletter meets in the wild; the blame decides whether a reader is
+suppressed, retried, or whether the run slows down or stops. Only ADDRESS + permanent
+suppresses, so the rows that must NOT suppress matter as much as the ones that must.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter.replies import Blame, judge
+
+CASES = [
+    # The address is gone: the only evidence that suppresses.
+    (550, "", "5.1.1 The email account that you tried to reach does not exist.", Blame.ADDRESS),
+    (
+        550,
+        "",
+        "5.1.1 <bob@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+        Blame.ADDRESS,
+    ),
+    (550, "", "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", Blame.ADDRESS),
+    (554, "", "delivery error: dd This user doesn't have a yahoo.com account (bob@yahoo.com) [0]", Blame.ADDRESS),
+    (None, "", "Sorry, no mailbox here by that name. (#5.1.1)", Blame.ADDRESS),
+    (556, "5.1.10", "Recipient address has null MX", Blame.ADDRESS),
+    (550, "5.2.1", "The email account that you tried to reach is disabled.", Blame.ADDRESS),
+    (None, "5.4.4", "Host or domain name not found. Name service error for name=nx.example", Blame.ADDRESS),
+    # The mailbox is full or busy: soft.
+    (552, "5.2.2", "The email account that you tried to reach is over quota.", Blame.MAILBOX),
+    (452, "4.2.2", "Mailbox full", Blame.MAILBOX),
+    (450, "4.2.1", "The user you are trying to contact is receiving mail too quickly.", Blame.MAILBOX),
+    # Greylisting: retry that recipient, never slow the run.
+    (451, "4.7.1", "Greylisted, try again later", Blame.GREYLIST),
+    (
+        450,
+        "4.2.0",
+        "<bob@example.org>: Recipient address rejected: Greylisted, see http://postgrey.example/",
+        Blame.GREYLIST,
+    ),
+    # Slow down.
+    (
+        421,
+        "4.7.0",
+        "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints",
+        Blame.THROTTLE,
+    ),
+    (
+        421,
+        "4.7.0",
+        (
+            "Our system has detected an unusual rate of unsolicited mail originating from your IP "
+            "address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited."
+        ),
+        Blame.THROTTLE,
+    ),
+    (451, "4.7.500", "Server busy. Please try again later from [192.0.2.1]. (S77714)", Blame.THROTTLE),
+    (454, "", "Throttling failure: Maximum sending rate exceeded.", Blame.THROTTLE),
+    (421, "", "Too many concurrent SMTP connections; please try again later.", Blame.THROTTLE),
+    (454, "4.7.0", "Try again later", Blame.THROTTLE),
+    (421, "", "Service not available, closing transmission channel", Blame.THROTTLE),
+    # Blames us: nobody bounced.
+    (550, "5.7.1", "Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", Blame.SENDER),
+    (
+        550,
+        "5.7.26",
+        "This mail is unauthenticated, which poses a security risk to the sender and Gmail users",
+        Blame.SENDER,
+    ),
+    (550, "5.7.25", "The IP address sending this message does not have a PTR record setup", Blame.SENDER),
+    (550, "5.7.606", "Access denied, banned sending IP [192.0.2.1].", Blame.SENDER),
+    (554, "", "Transaction failed", Blame.SENDER),
+    (554, "", "Message rejected: Email address is not verified.", Blame.SENDER),
+    (
+        553,
+        "5.7.2",
+        "[TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT succeed.",
+        Blame.SENDER,
+    ),
+    (554, "5.7.1", "<bob@example.org>: Relay access denied", Blame.SENDER),
+    (550, "5.7.1", "Sender address rejected: Domain not found", Blame.SENDER),
+    (554, "5.7.9", "Message not accepted for policy reasons.", Blame.SENDER),
+    # Blames the message: our error, never a bounce.
+    (500, "", "Line too long", Blame.MESSAGE),
+    (552, "5.3.4", "Message size exceeds fixed limit", Blame.MESSAGE),
+    (500, "5.5.2", "Syntax error, command unrecognized", Blame.MESSAGE),
+    # The receiver's filter judged the content: soft.
+    (550, "5.7.1", "Message rejected as spam by Content Filtering.", Blame.CONTENT),
+    (554, "5.7.1", "Message filtered. Please see the FAQs section on spam", Blame.CONTENT),
+    # Nothing recognisable.
+    (451, "4.3.0", "Mail server temporarily rejected message.", Blame.TEMPORARY),
+    (550, "", "Requested action not taken", Blame.UNKNOWN),
+]
+
+
+@pytest.mark.parametrize(("code", "status", "text", "blame"), CASES, ids=[c[2][:40] for c in CASES])
+def test_reply_blames(code: int | None, status: str, text: str, blame: Blame) -> None:
+    assert judge(code, status, text).blame is blame
+
+
+def test_only_a_permanent_address_failure_suppresses() -> None:
+    hard = [c for c in CASES if judge(*c[:3]).hard]
+    assert {c[3] for c in hard} == {Blame.ADDRESS}
+    assert not judge(450, "4.1.1", "Recipient address rejected: unverified address: user unknown").hard
+    assert not judge(550, "5.7.1", "Client host rejected: blocked using zen.spamhaus.org, user unknown").hard
+
+
+def test_codes_are_read_from_the_text_when_not_given() -> None:
+    verdict = judge(None, "", "Remote host said: 550 5.2.2 mailbox full")
+    assert (verdict.status, verdict.permanent, verdict.blame) == ("5.2.2", True, Blame.MAILBOX)
+    assert judge(None, "", "said: 451 please retry").permanent is False

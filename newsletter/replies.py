@@ -33,16 +33,22 @@ class Blame(enum.StrEnum):
     UNKNOWN = "unknown"  # permanent, but says nothing we recognise
 
 
+class Stage(enum.StrEnum):
+    """Which SMTP command the reply answered, when known."""
+
+    UNKNOWN = ""
+    CONNECT = "connect"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
 @dataclass(frozen=True)
 class Verdict:
     blame: Blame
     permanent: bool  # 5xx / 5.x.x; a report with no code at all counts as permanent
     status: str = ""  # the enhanced status code found ("5.1.1"), else ""
-
-    @property
-    def hard(self) -> bool:
-        """Evidence that names the address as dead: the only verdict that suppresses a reader."""
-        return self.permanent and self.blame is Blame.ADDRESS
+    hard: bool = False  # evidence that names the address as dead: the only verdict that suppresses
 
 
 def _words(*patterns: str) -> re.Pattern[str]:
@@ -58,7 +64,14 @@ _SENDER_ADDRESS = _words(
     r"from address (?:is )?not (?:verified|allowed|a confirmed)",
     r"sender signature",
     r"email address is not verified",
+    r"(?:unroutable|unknown|invalid|bad|unverified) sender|sender rejected",
 )
+_STAGE_WORDS = (
+    (Stage.DATA, _words(r"(?:in reply to|after) (?:the )?end of data", r"(?:in reply to|after) (?:the )?data\b")),
+    (Stage.RCPT, _words(r"(?:in reply to|after) (?:the )?rcpt(?: to)?\b", r"\brcpt to:?\s*<[^>]*>\s*[:,]?\s*[45]\d\d")),
+    (Stage.MAIL, _words(r"(?:in reply to|after) (?:the )?mail(?: from)?\b")),
+)
+
 _GREYLIST = _words(r"grey-?list", r"gray-?list", r"greylisting in action", r"try again in \d+ (?:sec|min)")
 _THROTTLE = _words(
     r"rate.?limit",
@@ -120,14 +133,15 @@ _ADDRESS = _words(
     r"name or service not known|nxdomain|no (?:valid )?mx (?:record|host)|null mx|does not accept mail",
     r"unrouteable|unroutable|no route to (?:host|domain)",
     r"recipient address rejected: access denied",
-    r"name is not recognized|no longer on server|not our customer",
+    r"name is not recognized|no longer on server|not our customer|inactive email address",
+    r"\bdoes not exist\b|\bdoesn'?t exist\b",
 )
 _MAILBOX = _words(
     r"mailbox (?:is )?full|mail ?box full|over ?quota|quota (?:exceeded|full)|exceed(?:s|ed)? (?:its |the )?quota",
     r"insufficient (?:disk |storage )?(?:space|storage)|out of (?:disk )?space|storage (?:full|limit)",
     r"mailbox (?:is )?(?:busy|locked|temporarily)",
     r"receiving mail (?:too quickly|at a rate)",
-    r"suspend|inactive",
+    r"suspend",
     r"too many messages (?:in|for) (?:this|the) mailbox",
 )
 _MESSAGE = _words(
@@ -189,14 +203,18 @@ ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 REPLY_CODE = re.compile(r"(?<![\d.-])([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
 
 
-def judge(code: int | None, status: str, text: str) -> Verdict:
+def judge(code: int | None, status: str, text: str, *, stage: Stage = Stage.UNKNOWN) -> Verdict:
     """Decide what one reply blames. `code` is the SMTP reply code if known, `status` the
-    enhanced code (RFC 3463) if known, `text` the server's words; missing codes are read
-    from the text."""
+    enhanced code (RFC 3463) if known, `text` the server's words; missing or generic (X.0.0)
+    codes are read from the text, and so is the stage when a transcript names it.
+
+    Hard needs a permanent failure whose wording or code says "no such address". "User
+    unknown" at the end of DATA is not that: RCPT had accepted the address, so it is a
+    content filter talking, and it stays soft."""
     status = status.strip()
-    if not ENHANCED.fullmatch(status):
+    if not ENHANCED.fullmatch(status) or status.endswith(".0.0"):
         found = ENHANCED.search(text)
-        status = found.group(0) if found else ""
+        status = found.group(0) if found else status if ENHANCED.fullmatch(status) else ""
     if code is None:
         reply = REPLY_CODE.search(text)
         code = int(reply.group(1)) if reply else None
@@ -204,12 +222,17 @@ def judge(code: int | None, status: str, text: str) -> Verdict:
         permanent = status[0] == "5"
     else:
         permanent = code is None or code >= 500
-    return Verdict(_blame(code, status, text, permanent), permanent, status)
+    if stage is Stage.UNKNOWN:
+        stage = next((named for named, words in _STAGE_WORDS if words.search(text)), Stage.UNKNOWN)
+    blame = _blame(code, status, text, permanent)
+    if blame is Blame.ADDRESS and stage is Stage.DATA:
+        blame = Blame.CONTENT
+    return Verdict(blame, permanent, status, permanent and blame is Blame.ADDRESS)
 
 
 def _blame(code: int | None, status: str, text: str, permanent: bool) -> Blame:
     detail = status.split(".", 1)[1] if status else ""
-    if _SENDER_ADDRESS.search(text):
+    if _SENDER_ADDRESS.search(text) or detail in ("1.7", "1.8"):
         return Blame.SENDER
     if not permanent and _GREYLIST.search(text):
         return Blame.GREYLIST
@@ -221,10 +244,10 @@ def _blame(code: int | None, status: str, text: str, permanent: bool) -> Blame:
         return Blame.THROTTLE
     if _MESSAGE.search(text):
         return Blame.MESSAGE
+    if _MAILBOX.search(text):  # before ADDRESS: "unknown address error ... mailbox full" is ambiguous, so soft
+        return Blame.MAILBOX
     if _ADDRESS.search(text):
         return Blame.ADDRESS
-    if _MAILBOX.search(text):
-        return Blame.MAILBOX
     if _CONTENT.search(text):
         return Blame.CONTENT
     by_status = _BY_STATUS.get(detail)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.replies import Blame, judge
+from newsletter.replies import Blame, Stage, judge
 
 CASES = [
     # The address is gone: the only evidence that suppresses.
@@ -99,8 +99,9 @@ def test_reply_blames(code: int | None, status: str, text: str, blame: Blame) ->
 
 
 def test_only_a_permanent_address_failure_suppresses() -> None:
-    hard = [c for c in CASES if judge(*c[:3]).hard]
+    hard = [c for c in CASES if judge(*c[:3], stage=Stage.RCPT).hard]
     assert {c[3] for c in hard} == {Blame.ADDRESS}
+    assert len(hard) == len([c for c in CASES if c[3] is Blame.ADDRESS])
     assert not judge(450, "4.1.1", "Recipient address rejected: unverified address: user unknown").hard
     assert not judge(550, "5.7.1", "Client host rejected: blocked using zen.spamhaus.org, user unknown").hard
 
@@ -109,3 +110,24 @@ def test_codes_are_read_from_the_text_when_not_given() -> None:
     verdict = judge(None, "", "Remote host said: 550 5.2.2 mailbox full")
     assert (verdict.status, verdict.permanent, verdict.blame) == ("5.2.2", True, Blame.MAILBOX)
     assert judge(None, "", "said: 451 please retry").permanent is False
+
+
+def test_a_refusal_at_the_end_of_data_is_a_filter_not_a_dead_address() -> None:
+    """RCPT accepted the address; "user unknown" after DATA is the receiver's filter talking."""
+    assert judge(550, "5.1.1", "User unknown", stage=Stage.DATA).blame is Blame.CONTENT
+    transcript = "host mx.example said: 550 5.1.1 <bob@example.org>: User unknown (in reply to end of DATA command)"
+    assert not judge(None, "", transcript).hard
+
+
+def test_ambiguous_wording_stays_soft_and_our_sender_is_never_the_reader() -> None:
+    assert judge(None, "5.0.0", "Unknown address error 550-'5.2.2 <bob@example.org>... Mailbox Full'").blame is (
+        Blame.MAILBOX
+    )
+    assert judge(550, "5.1.7", "No such domain sender.example.").blame is Blame.SENDER
+    assert judge(550, "", "Unroutable sender address").blame is Blame.SENDER
+    assert judge(None, "5.0.0", "550 #5.1.0 Address rejected.").status == "5.1.0"
+
+
+def test_the_stage_is_read_from_a_transcript() -> None:
+    assert judge(None, "5.0.0", "RCPT TO:<bob@example.org>: 550 bob@example.org... No such user").hard
+    assert not judge(None, "", "550 5.1.1 bob@example.org... No such user (in reply to end of DATA command)").hard

@@ -45,8 +45,11 @@ from newsletter.sender import SendSettings, send  # noqa: E402
 
 PEER = Path.home() / ".cache/postfix-peer/bin"
 CATEGORIES = ("news", "case-studies", "products", "events", "comment")
-WORDS = ("supply chain logistics warehouse automation robotics forklift pallet retrofit sensor uptime "
-         "throughput maintenance procurement energy efficiency plant floor operator safety audit").split()
+WORDS = (
+    "supply", "chain", "logistics", "warehouse", "automation", "robotics", "forklift", "pallet", "retrofit", "sensor",
+    "uptime", "throughput", "maintenance", "procurement", "energy", "efficiency", "plant", "floor", "operator",
+    "safety", "audit",
+)
 
 
 def free_port() -> int:

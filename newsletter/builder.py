@@ -92,8 +92,11 @@ def scheduled_at(settings: Settings, week: str) -> datetime:
 def week_articles(session: Session, settings: Settings, week: str) -> list[Article]:
     """Articles published in that week, newest first."""
     start, end = week_bounds(settings, week)
-    query = (select(Article).where(Article.published_at >= start, Article.published_at < end)
-             .order_by(Article.published_at.desc(), Article.id.desc()))
+    query = (
+        select(Article)
+        .where(Article.published_at >= start, Article.published_at < end)
+        .order_by(Article.published_at.desc(), Article.id.desc())
+    )
     return list(session.scalars(query))
 
 
@@ -103,8 +106,8 @@ def default_subject(settings: Settings, week: str) -> str:
     monday = _monday(week)
     year, number, _ = monday.isocalendar()
     subject = settings.newsletter.subject.format(
-        name=settings.newsletter.name, week=week, week_number=number, year=year,
-        date=f"{send_day.day} {send_day:%B %Y}")
+        name=settings.newsletter.name, week=week, week_number=number, year=year, date=f"{send_day.day} {send_day:%B %Y}"
+    )
     return " ".join(subject.split())
 
 
@@ -113,12 +116,21 @@ def _find_lead(candidates: list[Article], lead_url: str, week: str) -> Article:
     for article in candidates:
         if lead_url in (article.url, article.guid) or articles_mod.canonical_url(article.url) == wanted:
             return article
-    raise InvalidInput(f"--lead {lead_url!r} is not an article published in {week}; "
-                       f"see 'newsletter articles list --week {week}'")
+    raise InvalidInput(
+        f"--lead {lead_url!r} is not an article published in {week}; see 'newsletter articles list --week {week}'"
+    )
 
 
-def build(session: Session, settings: Settings, week: str | None = None, *, intro: str | None = None,
-          subject: str | None = None, lead_url: str | None = None, force: bool = False) -> Issue:
+def build(
+    session: Session,
+    settings: Settings,
+    week: str | None = None,
+    *,
+    intro: str | None = None,
+    subject: str | None = None,
+    lead_url: str | None = None,
+    force: bool = False,
+) -> Issue:
     """Create or refresh the draft issue of `week` (default: the current week).
 
     Intro, subject and lead given as None keep what an earlier build set; `force`
@@ -133,8 +145,10 @@ def build(session: Session, settings: Settings, week: str | None = None, *, intr
     candidates = week_articles(session, settings, week)
     if not candidates:
         first, last = start.astimezone(settings.tz).date(), (end - timedelta(seconds=1)).astimezone(settings.tz).date()
-        raise InvalidInput(f"no articles were published in {week} ({first} to {last}); "
-                           f"run 'newsletter articles fetch' or 'newsletter articles import FILE' first")
+        raise InvalidInput(
+            f"no articles were published in {week} ({first} to {last}); "
+            f"run 'newsletter articles fetch' or 'newsletter articles import FILE' first"
+        )
     if issue is None:
         issue = Issue(week=week, status=IssueStatus.DRAFT, subject="", intro="")
         session.add(issue)
@@ -178,10 +192,16 @@ def _pick(settings: Settings, candidates: list[Article], lead_id: int | None) ->
 
 
 def _view(article: Article, section: str) -> ArticleView:
-    return ArticleView(id=article.id, title=article.title, url=articles_mod.safe_url(article.url),
-                       author=article.author, summary=articles_mod.sanitize(article.summary),
-                       image_url=articles_mod.safe_url(article.image_url),
-                       published_at=article.published_at, category=section)
+    return ArticleView(
+        id=article.id,
+        title=article.title,
+        url=articles_mod.safe_url(article.url),
+        author=article.author,
+        summary=articles_mod.sanitize(article.summary),
+        image_url=articles_mod.safe_url(article.image_url),
+        published_at=article.published_at,
+        category=section,
+    )
 
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": True})
@@ -205,10 +225,12 @@ def get_issue(session: Session, settings: Settings, week: str | None) -> Issue:
 def load_content(session: Session, settings: Settings, week: str) -> IssueContent:
     """The built issue of `week` as frozen values; NotFound if it was never built."""
     issue = get_issue(session, settings, week)
-    rows = session.execute(select(IssueArticle.category, Article)
-                           .join(Article, Article.id == IssueArticle.article_id)
-                           .where(IssueArticle.issue_id == issue.id)
-                           .order_by(IssueArticle.position)).all()
+    rows = session.execute(
+        select(IssueArticle.category, Article)
+        .join(Article, Article.id == IssueArticle.article_id)
+        .where(IssueArticle.issue_id == issue.id)
+        .order_by(IssueArticle.position)
+    ).all()
     names = {c.slug: c.name for c in settings.categories}
     grouped: dict[str, list[ArticleView]] = {slug: [] for slug in names}
     lead = None
@@ -217,10 +239,20 @@ def load_content(session: Session, settings: Settings, week: str) -> IssueConten
             lead = _view(article, slug)
         else:
             grouped.setdefault(slug, []).append(_view(article, slug))
-    sections = tuple(Section(slug, names.get(slug, slug.replace("-", " ").capitalize()), tuple(items))
-                     for slug, items in grouped.items() if items)
-    return IssueContent(issue_id=issue.id, week=issue.week, status=issue.status, subject=issue.subject,
-                        intro_html=intro_html(issue.intro), lead=lead, sections=sections)
+    sections = tuple(
+        Section(slug, names.get(slug, slug.replace("-", " ").capitalize()), tuple(items))
+        for slug, items in grouped.items()
+        if items
+    )
+    return IssueContent(
+        issue_id=issue.id,
+        week=issue.week,
+        status=issue.status,
+        subject=issue.subject,
+        intro_html=intro_html(issue.intro),
+        lead=lead,
+        sections=sections,
+    )
 
 
 def list_issues(session: Session) -> list[Issue]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Insert, Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -73,23 +74,28 @@ def variant_sections(key: str) -> tuple[str, ...]:
     return tuple(s for s in key.split(",") if s)
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
+def _insert(session: Session) -> Insert:
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return dialect.insert(Delivery).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
 
 
-def _unplanned(issue_id: int, after: int) -> Select[tuple[int]]:
+def _unplanned(issue_id: int, after: int) -> Select[Any]:
     planned = select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.subscriber_id == Subscriber.id)
-    return (select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.id > after,
-                                        ~planned.exists())
-            .order_by(Subscriber.id).limit(PLAN_CHUNK))
+    return (
+        select(Subscriber.id)
+        .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.id > after, ~planned.exists())
+        .order_by(Subscriber.id)
+        .limit(PLAN_CHUNK)
+    )
 
 
 def _slugs(session: Session, ids: Sequence[int]) -> dict[int, list[str]]:
     found: dict[int, list[str]] = {}
-    rows = session.execute(select(SubscriberCategory.subscriber_id, Category.slug)
-                           .join(Category, Category.id == SubscriberCategory.category_id)
-                           .where(SubscriberCategory.subscriber_id.in_(ids)))
+    rows = session.execute(
+        select(SubscriberCategory.subscriber_id, Category.slug)
+        .join(Category, Category.id == SubscriberCategory.category_id)
+        .where(SubscriberCategory.subscriber_id.in_(ids))
+    )
     for sid, slug in rows:
         found.setdefault(sid, []).append(slug)
     return found
@@ -109,22 +115,35 @@ def plan(session: Session, content: IssueContent) -> int:
     no section matches their categories); returns the number of rows added."""
     added = 0
     for chunk in plan_chunks(session, content):
-        rows = [{"issue_id": content.issue_id, "subscriber_id": sid, "variant": variant_key(sections),
-                 "status": DeliveryStatus.PENDING if sections else DeliveryStatus.SKIPPED,
-                 "last_reply": "" if sections else NO_SECTIONS, "attempts": 0, "claimed_by": "",
-                 "created_at": utcnow()} for sid, sections in chunk]
+        rows = [
+            {
+                "issue_id": content.issue_id,
+                "subscriber_id": sid,
+                "variant": variant_key(sections),
+                "status": DeliveryStatus.PENDING if sections else DeliveryStatus.SKIPPED,
+                "last_reply": "" if sections else NO_SECTIONS,
+                "attempts": 0,
+                "claimed_by": "",
+                "created_at": utcnow(),
+            }
+            for sid, sections in chunk
+        ]
         added += len(rows)
         session.execute(_insert(session), rows)
     return added
 
 
-def _claimable(issue_id: int, live: Sequence[str], now: datetime):  # type: ignore[no-untyped-def]
+def _claimable(issue_id: int, live: Sequence[str], now: datetime) -> ColumnElement[bool]:
     """Pending, due, and not reserved by a live sender (this one included)."""
     free = Delivery.claimed_by == ""
     if live:
         free = or_(free, Delivery.claimed_by.not_in(live))
-    return and_(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, free,
-                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+    return and_(
+        Delivery.issue_id == issue_id,
+        Delivery.status == DeliveryStatus.PENDING,
+        free,
+        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+    )
 
 
 def claim_batch(session: Session, issue_id: int, worker: str, limit: int) -> list[Job]:
@@ -136,27 +155,44 @@ def claim_batch(session: Session, issue_id: int, worker: str, limit: int) -> lis
     one sender runs at a time (see sender.py), and the plain SELECT is enough."""
     now = utcnow()
     live = locks.live_holders(session, SENDER_LEASE)
-    query = (select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant,
-                    Delivery.attempts)
-             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-             .where(_claimable(issue_id, [*live, worker], now)).order_by(Delivery.id).limit(limit))
+    query = (
+        select(
+            Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant, Delivery.attempts
+        )
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(_claimable(issue_id, [*live, worker], now))
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Delivery)
     jobs = [Job(*row) for row in session.execute(query)]
     if jobs:
-        session.execute(update(Delivery).where(Delivery.id.in_([j.delivery_id for j in jobs]))
-                        .values(claimed_by=worker, claimed_at=now))
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([j.delivery_id for j in jobs]))
+            .values(claimed_by=worker, claimed_at=now)
+        )
     return jobs
 
 
 # Built once: statement construction costs more than SQLite's work for a batch of 8.
-_ACTIVE = (select(Subscriber.id).where(Subscriber.id == Delivery.subscriber_id,
-                                       Subscriber.status == SubscriberStatus.ACTIVE).exists())
-MARK = (update(Delivery)
-        .where(Delivery.id.in_(bindparam("ids", expanding=True)), Delivery.status == DeliveryStatus.PENDING,
-               Delivery.claimed_by == bindparam("worker"), _ACTIVE)
-        .values(status=DeliveryStatus.SENDING, claimed_at=bindparam("now"), attempts=Delivery.attempts + 1)
-        .returning(Delivery.id))
+_ACTIVE = (
+    select(Subscriber.id)
+    .where(Subscriber.id == Delivery.subscriber_id, Subscriber.status == SubscriberStatus.ACTIVE)
+    .exists()
+)
+MARK = (
+    update(Delivery)
+    .where(
+        Delivery.id.in_(bindparam("ids", expanding=True)),
+        Delivery.status == DeliveryStatus.PENDING,
+        Delivery.claimed_by == bindparam("worker"),
+        _ACTIVE,
+    )
+    .values(status=DeliveryStatus.SENDING, claimed_at=bindparam("now"), attempts=Delivery.attempts + 1)
+    .returning(Delivery.id)
+)
 
 
 def mark_sending(session: Session, jobs: Sequence[Job], worker: str) -> set[int]:
@@ -169,24 +205,35 @@ def mark_sending(session: Session, jobs: Sequence[Job], worker: str) -> set[int]
     now = utcnow()
     ok = set(session.connection().execute(MARK, {"ids": ids, "worker": worker, "now": now}).scalars())
     if len(ok) < len(ids):  # rare: someone left (or the row was taken); say why in the ledger
-        gone = session.execute(select(Delivery.id, Subscriber.status)
-                               .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                               .where(Delivery.id.in_([i for i in ids if i not in ok]),
-                                      Subscriber.status != SubscriberStatus.ACTIVE)).all()
+        gone = session.execute(
+            select(Delivery.id, Subscriber.status)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Delivery.id.in_([i for i in ids if i not in ok]), Subscriber.status != SubscriberStatus.ACTIVE)
+        ).all()
         for delivery_id, status in gone:
-            session.execute(update(Delivery)
-                            .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.PENDING)
-                            .values(status=DeliveryStatus.SKIPPED, last_reply=f"not sent: subscriber is {status}",
-                                    claimed_at=now))
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.PENDING)
+                .values(status=DeliveryStatus.SKIPPED, last_reply=f"not sent: subscriber is {status}", claimed_at=now)
+            )
     return ok
 
 
-SETTLE = (update(Delivery.__table__)
-          .where(Delivery.__table__.c.id == bindparam("b_id"),
-                 Delivery.__table__.c.status == DeliveryStatus.SENDING,
-                 Delivery.__table__.c.claimed_by == bindparam("b_worker"))
-          .values(status=bindparam("b_status"), last_reply=bindparam("b_reply"), sent_at=bindparam("b_sent_at"),
-                  next_attempt_at=bindparam("b_next"), claimed_by=bindparam("b_claimed_by")))
+SETTLE = (
+    update(Delivery)
+    .where(
+        Delivery.id == bindparam("b_id"),
+        Delivery.status == DeliveryStatus.SENDING,
+        Delivery.claimed_by == bindparam("b_worker"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        last_reply=bindparam("b_reply"),
+        sent_at=bindparam("b_sent_at"),
+        next_attempt_at=bindparam("b_next"),
+        claimed_by=bindparam("b_claimed_by"),
+    )
+)
 
 
 def settle(session: Session, outcomes: Sequence[Outcome], worker: str, issue_id: int) -> None:
@@ -194,36 +241,58 @@ def settle(session: Session, outcomes: Sequence[Outcome], worker: str, issue_id:
     if not outcomes:
         return
     now = utcnow()
-    params = [{"b_id": o.delivery_id, "b_worker": worker, "b_status": o.status, "b_reply": o.reply[:2000],
-               "b_sent_at": now if o.status == DeliveryStatus.SENT else None, "b_next": o.next_attempt_at,
-               "b_claimed_by": "" if o.status == DeliveryStatus.PENDING else worker} for o in outcomes]
+    params = [
+        {
+            "b_id": o.delivery_id,
+            "b_worker": worker,
+            "b_status": o.status,
+            "b_reply": o.reply[:2000],
+            "b_sent_at": now if o.status == DeliveryStatus.SENT else None,
+            "b_next": o.next_attempt_at,
+            "b_claimed_by": "" if o.status == DeliveryStatus.PENDING else worker,
+        }
+        for o in outcomes
+    ]
     session.connection().execute(SETTLE, params)
     for o in outcomes:
         if o.bounce:
             sub = session.get(Subscriber, o.subscriber_id)
             if sub is not None and sub.status not in SUPPRESSED:
-                subscribers.change_status(session, sub, SubscriberStatus.BOUNCED, kind=EventKind.BOUNCE,
-                                          source="smtp", issue_id=issue_id, detail=o.reply[:2000])
+                subscribers.change_status(
+                    session,
+                    sub,
+                    SubscriberStatus.BOUNCED,
+                    kind=EventKind.BOUNCE,
+                    source="smtp",
+                    issue_id=issue_id,
+                    detail=o.reply[:2000],
+                )
 
 
 def release(session: Session, issue_id: int, worker: str) -> None:
     """Give back rows reserved but never started (a clean stop, or an abort)."""
-    session.execute(update(Delivery).where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING,
-                                           Delivery.claimed_by == worker).values(claimed_by=""))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, Delivery.claimed_by == worker)
+        .values(claimed_by="")
+    )
 
 
 def next_due(session: Session, issue_id: int, worker: str) -> datetime | None:
     """When the earliest pending row this worker could claim becomes due (None: none left)."""
     live = [*locks.live_holders(session, SENDER_LEASE), worker]
     free = or_(Delivery.claimed_by == "", Delivery.claimed_by.not_in(live))
-    row = session.execute(select(func.count(), func.min(Delivery.next_attempt_at))
-                          .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, free)).one()
+    row = session.execute(
+        select(func.count(), func.min(Delivery.next_attempt_at)).where(
+            Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, free
+        )
+    ).one()
     if not row[0]:
         return None
     return row[1] or utcnow()
 
 
-def ambiguous_filter(session: Session, issue_id: int):  # type: ignore[no-untyped-def]
+def ambiguous_filter(session: Session, issue_id: int) -> ColumnElement[bool]:
     """Rows in `sending` whose sender is gone."""
     live = locks.live_holders(session, SENDER_LEASE)
     cond = and_(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING)
@@ -232,17 +301,30 @@ def ambiguous_filter(session: Session, issue_id: int):  # type: ignore[no-untype
 
 def requeue_ambiguous(session: Session, issue_id: int) -> int:
     """`send --resend-ambiguous`: make the ambiguous rows pending again."""
-    result = session.execute(update(Delivery).where(ambiguous_filter(session, issue_id))
-                             .values(status=DeliveryStatus.PENDING, claimed_by="", next_attempt_at=None,
-                                     last_reply="resent on request after an interrupted send"))
-    return result.rowcount or 0
+    stmt = (
+        update(Delivery)
+        .where(ambiguous_filter(session, issue_id))
+        .values(
+            status=DeliveryStatus.PENDING,
+            claimed_by="",
+            next_attempt_at=None,
+            last_reply="resent on request after an interrupted send",
+        )
+    )
+    # Session.execute is typed as Result; for an UPDATE it is a CursorResult, which has rowcount.
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
 
 
 def open_count(session: Session, issue_id: int) -> int:
     """Rows still pending or sending: the issue is sent when this reaches 0."""
-    return session.scalar(select(func.count()).where(
-        Delivery.issue_id == issue_id,
-        Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]))) or 0
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Delivery.issue_id == issue_id, Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING])
+            )
+        )
+        or 0
+    )
 
 
 def retry_at(attempts: int, base: float, now: datetime | None = None) -> datetime:

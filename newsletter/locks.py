@@ -11,8 +11,9 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -61,7 +62,8 @@ def acquire(session: Session, name: str, holder: str, ttl: float) -> str | None:
     expires = now + timedelta(seconds=ttl)
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(Lock).values(name=name, holder=holder, expires_at=expires).on_conflict_do_nothing()
-    if session.execute(stmt).rowcount == 1:
+    # Session.execute is typed as Result; for an INSERT it is a CursorResult, which has rowcount.
+    if cast(CursorResult[Any], session.execute(stmt)).rowcount == 1:
         return None
     row = session.execute(select(Lock.holder, Lock.expires_at).where(Lock.name == name).with_for_update()).one()
     if row.holder != holder and is_alive(row.holder, row.expires_at, now):
@@ -71,8 +73,11 @@ def acquire(session: Session, name: str, holder: str, ttl: float) -> str | None:
 
 
 def renew(session: Session, name: str, holder: str, ttl: float) -> None:
-    session.execute(update(Lock).where(Lock.name == name, Lock.holder == holder)
-                    .values(expires_at=utcnow() + timedelta(seconds=ttl)))
+    session.execute(
+        update(Lock)
+        .where(Lock.name == name, Lock.holder == holder)
+        .values(expires_at=utcnow() + timedelta(seconds=ttl))
+    )
 
 
 def release(session: Session, name: str, holder: str) -> None:
@@ -84,4 +89,3 @@ def live_holders(session: Session, prefix: str) -> list[str]:
     now = utcnow()
     rows = session.execute(select(Lock.holder, Lock.expires_at).where(Lock.name.startswith(prefix)))
     return [r.holder for r in rows if is_alive(r.holder, r.expires_at, now)]
-

@@ -8,7 +8,7 @@ key, one delivery per (issue, subscriber). Statuses are StrEnums, never bare str
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -42,13 +42,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -65,8 +65,14 @@ class Base(DeclarativeBase):
 
 def _enum(cls: type[enum.Enum]) -> Enum:
     # VARCHAR + CHECK instead of native enums: adding a status later is a plain migration.
-    return Enum(cls, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True, create_constraint=False)
+    return Enum(
+        cls,
+        native_enum=False,
+        length=20,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+        create_constraint=False,
+    )
 
 
 class SubscriberStatus(enum.StrEnum):
@@ -87,11 +93,11 @@ class IssueStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"        # to be sent (again, after a 4xx, once next_attempt_at passes)
-    SENDING = "sending"        # claimed, on the wire; after a crash this means "ambiguous"
-    SENT = "sent"              # the server accepted it (2xx after DATA)
-    FAILED = "failed"          # permanent failure or attempts exhausted
-    SKIPPED = "skipped"        # the subscriber left before their message was handed over
+    PENDING = "pending"  # to be sent (again, after a 4xx, once next_attempt_at passes)
+    SENDING = "sending"  # claimed, on the wire; after a crash this means "ambiguous"
+    SENT = "sent"  # the server accepted it (2xx after DATA)
+    FAILED = "failed"  # permanent failure or attempts exhausted
+    SKIPPED = "skipped"  # the subscriber left before their message was handed over
 
 
 class EventKind(enum.StrEnum):

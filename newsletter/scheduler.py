@@ -39,30 +39,52 @@ def _build(session: Session, settings: Settings, week: str, report: RunReport) -
     except InvalidInput as exc:
         report.lines.append(f"not built: {exc}")
         return None
-    report.lines.append(f"issue {week} built, due {issue.scheduled_at.astimezone(settings.tz):%a %Y-%m-%d %H:%M}"
-                        if issue.scheduled_at else f"issue {week} built")
+    report.lines.append(
+        f"issue {week} built, due {issue.scheduled_at.astimezone(settings.tz):%a %Y-%m-%d %H:%M}"
+        if issue.scheduled_at
+        else f"issue {week} built"
+    )
     return issue
 
 
-def _resume_earlier(sessions: sessionmaker[Session], settings: Settings, week: str, report: RunReport, *,
-                    transport: Transport | None, options: SendSettings | None, progress: Progress | None) -> None:
+def _resume_earlier(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    week: str,
+    report: RunReport,
+    *,
+    transport: Transport | None,
+    options: SendSettings | None,
+    progress: Progress | None,
+) -> None:
     """Finish an issue whose send (or its retries) ran past the end of its own week."""
     with sessions.begin() as session:
-        unfinished = list(session.scalars(select(Issue.week).where(Issue.status == IssueStatus.SENDING,
-                                                                   Issue.week != week).order_by(Issue.week)))
+        unfinished = list(
+            session.scalars(
+                select(Issue.week).where(Issue.status == IssueStatus.SENDING, Issue.week != week).order_by(Issue.week)
+            )
+        )
     for earlier in unfinished:
         try:
             done = sender.send(sessions, settings, earlier, transport=transport, options=options, progress=progress)
         except Conflict as exc:  # e.g. older than [delivery] max_age_hours: the editor decides
             report.lines.append(f"issue {earlier} not resumed: {exc}")
         else:
-            report.lines.append(f"issue {earlier} resumed: sent {done.sent}, failed {done.failed}, "
-                                f"issue is {done.issue_status}")
+            report.lines.append(
+                f"issue {earlier} resumed: sent {done.sent}, failed {done.failed}, issue is {done.issue_status}"
+            )
 
 
-def run(sessions: sessionmaker[Session], settings: Settings, *, now: datetime | None = None,
-        fetch: bool = True, transport: Transport | None = None, options: SendSettings | None = None,
-        progress: Progress | None = None) -> RunReport:
+def run(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    fetch: bool = True,
+    transport: Transport | None = None,
+    options: SendSettings | None = None,
+    progress: Progress | None = None,
+) -> RunReport:
     """One cron tick; does nothing (says so) while another run holds the lease."""
     now = now or utcnow()
     week = builder.current_week(settings, now)
@@ -89,8 +111,7 @@ def run(sessions: sessionmaker[Session], settings: Settings, *, now: datetime | 
         elif due is not None and now < due:
             report.lines.append(f"not sending yet: due {due.astimezone(settings.tz):%a %Y-%m-%d %H:%M}")
         else:
-            report.send = sender.send(sessions, settings, week, transport=transport, options=options,
-                                      progress=progress)
+            report.send = sender.send(sessions, settings, week, transport=transport, options=options, progress=progress)
         return report
     finally:
         with sessions.begin() as session:

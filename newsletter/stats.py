@@ -16,8 +16,17 @@ from newsletter.bounce_policy import IssueBounces, issue_bounces
 from newsletter.config import Settings
 from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
 
-EXPORT_COLUMNS = ["email", "name", "status", "attempts", "last_reply", "sent_at", "claimed_at", "next_attempt_at",
-                  "sections"]
+EXPORT_COLUMNS = [
+    "email",
+    "name",
+    "status",
+    "attempts",
+    "last_reply",
+    "sent_at",
+    "claimed_at",
+    "next_attempt_at",
+    "sections",
+]
 AMBIGUOUS_SHOWN = 20
 
 
@@ -41,16 +50,23 @@ class IssueStats:
     def rows(self) -> list[tuple[str, object]]:
         """(label, value) lines in the order `newsletter stats` prints them."""
         d = self.deliveries
-        return [("issue", f"{self.week} ({self.status})"), ("subject", self.subject),
-                ("recipients", sum(d.values()) - d.get(DeliveryStatus.SKIPPED, 0)),
-                ("sent", d.get(DeliveryStatus.SENT, 0)), ("failed", d.get(DeliveryStatus.FAILED, 0)),
-                ("bounced", self.bounces.hard), ("soft bounces", self.bounces.soft),
-                ("pending", d.get(DeliveryStatus.PENDING, 0)), ("sending now", self.in_flight),
-                ("ambiguous", self.ambiguous), ("skipped", d.get(DeliveryStatus.SKIPPED, 0)),
-                ("unsubscribed via this issue", _with_sources(self.unsubscribes)),
-                ("unsubscribed since sending", self.unsubscribed_since),
-                ("complaints", self.bounces.complaints),
-                ("complaint rate", f"{self.bounces.complaint_rate:.2%}")]
+        return [
+            ("issue", f"{self.week} ({self.status})"),
+            ("subject", self.subject),
+            ("recipients", sum(d.values()) - d.get(DeliveryStatus.SKIPPED, 0)),
+            ("sent", d.get(DeliveryStatus.SENT, 0)),
+            ("failed", d.get(DeliveryStatus.FAILED, 0)),
+            ("bounced", self.bounces.hard),
+            ("soft bounces", self.bounces.soft),
+            ("pending", d.get(DeliveryStatus.PENDING, 0)),
+            ("sending now", self.in_flight),
+            ("ambiguous", self.ambiguous),
+            ("skipped", d.get(DeliveryStatus.SKIPPED, 0)),
+            ("unsubscribed via this issue", _with_sources(self.unsubscribes)),
+            ("unsubscribed since sending", self.unsubscribed_since),
+            ("complaints", self.bounces.complaints),
+            ("complaint rate", f"{self.bounces.complaint_rate:.2%}"),
+        ]
 
 
 def _with_sources(counts: dict[str, int]) -> str:
@@ -63,28 +79,57 @@ def event_counts(session: Session, issue: Issue) -> dict[str, int]:
     """Subscribers with an event credited to the issue, per kind (unsubscribes from its
     links, bounces and complaints about its messages), each subscriber counted once:
     the one place later reports add their kinds."""
-    rows = session.execute(select(Event.kind, func.count(distinct(Event.subscriber_id)))
-                           .where(Event.issue_id == issue.id).group_by(Event.kind))
+    rows = session.execute(
+        select(Event.kind, func.count(distinct(Event.subscriber_id)))
+        .where(Event.issue_id == issue.id)
+        .group_by(Event.kind)
+    )
     return {str(kind): n for kind, n in rows}
 
 
 def issue_stats(session: Session, settings: Settings, week: str | None = None) -> IssueStats:
     """Counts for one issue (default: this week's)."""
     issue = builder.get_issue(session, settings, week)
-    by_status = {str(s): n for s, n in session.execute(
-        select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status))}
+    by_status = {
+        str(s): n
+        for s, n in session.execute(
+            select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status)
+        )
+    }
     ambiguous = ledger.ambiguous_filter(session, issue.id)
-    emails = list(session.scalars(select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
-                                  .where(ambiguous).order_by(Subscriber.email).limit(AMBIGUOUS_SHOWN)))
+    emails = list(
+        session.scalars(
+            select(Subscriber.email)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(ambiguous)
+            .order_by(Subscriber.email)
+            .limit(AMBIGUOUS_SHOWN)
+        )
+    )
     n_ambiguous = session.scalar(select(func.count()).select_from(Delivery).where(ambiguous)) or 0
     since = 0
     if issue.send_started_at is not None:
-        since = session.scalar(select(func.count()).select_from(Event).where(
-            Event.kind == EventKind.UNSUBSCRIBE, Event.created_at >= issue.send_started_at)) or 0
-    return IssueStats(issue.week, str(issue.status), issue.subject, by_status, n_ambiguous,
-                      by_status.get(DeliveryStatus.SENDING, 0) - n_ambiguous, emails, since,
-                      event_counts(session, issue), issue_bounces(session, issue.id),
-                      selfservice.unsubscribes_per_issue(session, issue.id).get(issue.id, {}))
+        since = (
+            session.scalar(
+                select(func.count())
+                .select_from(Event)
+                .where(Event.kind == EventKind.UNSUBSCRIBE, Event.created_at >= issue.send_started_at)
+            )
+            or 0
+        )
+    return IssueStats(
+        issue.week,
+        str(issue.status),
+        issue.subject,
+        by_status,
+        n_ambiguous,
+        by_status.get(DeliveryStatus.SENDING, 0) - n_ambiguous,
+        emails,
+        since,
+        event_counts(session, issue),
+        issue_bounces(session, issue.id),
+        selfservice.unsubscribes_per_issue(session, issue.id).get(issue.id, {}),
+    )
 
 
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:
@@ -92,15 +137,25 @@ def export_deliveries(session: Session, settings: Settings, week: str | None, fp
     issue = builder.get_issue(session, settings, week)
     writer = csv.writer(fp)
     writer.writerow(EXPORT_COLUMNS)
-    rows = session.execute(select(Subscriber.email, Subscriber.name, Delivery)
-                           .join(Delivery, Delivery.subscriber_id == Subscriber.id)
-                           .where(Delivery.issue_id == issue.id).order_by(Delivery.id)
-                           .execution_options(yield_per=1000))
+    rows = session.execute(
+        select(Subscriber.email, Subscriber.name, Delivery)
+        .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        .where(Delivery.issue_id == issue.id)
+        .order_by(Delivery.id)
+        .execution_options(yield_per=1000)
+    )
     n = 0
     for email, name, d in rows:
-        writer.writerow([email, name, d.status, d.attempts, d.last_reply,
-                         *(t.isoformat(timespec="seconds") if t else "" for t in (d.sent_at, d.claimed_at,
-                                                                                 d.next_attempt_at)),
-                         d.variant.replace(",", " ")])
+        writer.writerow(
+            [
+                email,
+                name,
+                d.status,
+                d.attempts,
+                d.last_reply,
+                *(t.isoformat(timespec="seconds") if t else "" for t in (d.sent_at, d.claimed_at, d.next_attempt_at)),
+                d.variant.replace(",", " "),
+            ]
+        )
         n += 1
     return n

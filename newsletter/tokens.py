@@ -28,8 +28,8 @@ UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
 CONFIRM = "confirm"
 BOUNCE = "bounce"
-CSRF = "csrf"          # hidden field of the preferences form, bound to its subscriber
-PREVIEW = "preview"    # an editor's link to a draft issue: payload (0, issue id), no subscriber
+CSRF = "csrf"  # hidden field of the preferences form, bound to its subscriber
+PREVIEW = "preview"  # an editor's link to a draft issue: payload (0, issue id), no subscriber
 PURPOSES = (UNSUBSCRIBE, PREFERENCES, CONFIRM, BOUNCE, CSRF, PREVIEW)
 # Confirmation links expire; unsubscribe and preferences links never do (people click months later).
 CONFIRM_MAX_AGE = 7 * 24 * 3600

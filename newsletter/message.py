@@ -7,7 +7,7 @@ two links and the greeting name). `Template.fill()` joins those bytes with one
 subscriber's values: the per-subscriber path is a list join, never MIME building.
 
 Slots sit on their own quoted-printable lines (a soft line break before and after),
-so a value of any length decodes back into the exact place of its placeholder.
+so a value of any length decodes back into the exact place of its marker.
 """
 
 from __future__ import annotations
@@ -34,13 +34,6 @@ from newsletter.render import Variant
 
 # Slot numbers: index into the per-subscriber values tuple built by `MessageFactory.values`.
 TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML = range(7)
-BODY_SLOTS = {
-    False: {render.UNSUBSCRIBE_URL: URL_UNSUBSCRIBE, render.PREFERENCES_URL: URL_PREFERENCES,
-            render.SUBSCRIBER_NAME: NAME_TEXT},
-    True: {render.UNSUBSCRIBE_URL: URL_UNSUBSCRIBE, render.PREFERENCES_URL: URL_PREFERENCES,
-           render.SUBSCRIBER_NAME: NAME_HTML},
-}
-PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(p) for p in BODY_SLOTS[False]) + ")")
 # Headers a DKIM signature covers; Gmail requires the two List-Unsubscribe ones (RFC 8058 §4).
 DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id",
                 b"List-Unsubscribe", b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type")
@@ -119,13 +112,15 @@ def _no_leading_dots(qp: bytes) -> bytes:
     return b"=2E" + qp[1:] if qp.startswith(b".") else qp
 
 
-def _qp_with_slots(text: str, html_part: bool) -> list[bytes | int]:
-    """A body part encoded quoted-printable, cut at its placeholders."""
-    slots = BODY_SLOTS[html_part]
+def _qp_with_slots(text: str, slots: render.Slots, html_part: bool) -> list[bytes | int]:
+    """A body part encoded quoted-printable, cut at the variant's slot markers (only
+    those the template made: article text cannot name one, see `render.Slots`)."""
+    numbers = {slots.unsubscribe_url: URL_UNSUBSCRIBE, slots.preferences_url: URL_PREFERENCES,
+               slots.subscriber_name: NAME_HTML if html_part else NAME_TEXT}
     out: list[bytes | int] = []
-    for i, piece in enumerate(PLACEHOLDER_RE.split(text.replace("\r\n", "\n").replace("\r", "\n"))):
+    for i, piece in enumerate(slots.pattern().split(text.replace("\r\n", "\n").replace("\r", "\n"))):
         if i % 2:
-            out += [SOFT_BREAK, slots[piece], SOFT_BREAK]
+            out += [SOFT_BREAK, numbers[piece], SOFT_BREAK]
         elif piece:
             out.append(_no_leading_dots(quoprimime.body_encode(piece.encode("utf-8").decode("latin-1"),
                                                                maxlinelen=76, eol="\r\n").encode("ascii")))
@@ -224,9 +219,9 @@ class MessageFactory:
                  f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()]
         part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
         body: list[bytes | int] = [f"--{boundary}\r\n{part.format('plain')}".encode()]
-        body += _qp_with_slots(variant.text, False)
+        body += _qp_with_slots(variant.text, variant.slots, False)
         body.append(f"\r\n--{boundary}\r\n{part.format('html')}".encode())
-        body += _qp_with_slots(variant.html, True)
+        body += _qp_with_slots(variant.html, variant.slots, True)
         body.append(f"\r\n--{boundary}--\r\n".encode())
         return _compile(head + body, variant.sections)
 

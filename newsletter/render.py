@@ -2,8 +2,14 @@
 
 A variant is the set of sections a group of subscribers receives. `render_variant`
 is the one expensive call (Jinja2 and premailer's CSS inlining); its output holds
-the placeholders below, verbatim, where personal values go, and `personalize` is a
-plain string replacement, so nothing heavy ever runs per subscriber.
+markers (`Slots`) where the template puts personal values, and `personalize` is a
+plain one-pass replacement, so nothing heavy ever runs per subscriber.
+
+The markers carry a random nonce drawn for each render. Article content (titles,
+URLs, image URLs, summaries) comes from feeds and imports that anyone may write,
+and it is fixed before the render draws its nonce, so it cannot name a slot: text
+such as `@@unsubscribe_url@@` in an article stays literal and never receives a
+reader's links or name.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import html
 import importlib.resources
 import logging
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,11 +36,28 @@ from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.models import IssueStatus
 
-UNSUBSCRIBE_URL = "@@unsubscribe_url@@"
-PREFERENCES_URL = "@@preferences_url@@"
-SUBSCRIBER_NAME = "@@subscriber_name@@"
 PREHEADER_LENGTH = 140
 _LINK = re.compile(r'<a\b[^>]*?\bhref="([^"]*)"[^>]*>(.*?)</a>', re.I | re.S)
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The markers one render put where the template asked for personal values."""
+
+    unsubscribe_url: str
+    preferences_url: str
+    subscriber_name: str
+
+    @classmethod
+    def fresh(cls) -> Slots:
+        """Markers no article can contain: 128 random bits, drawn after the content is fixed."""
+        nonce = secrets.token_hex(16)
+        return cls(f"@@{nonce}.unsubscribe_url@@", f"@@{nonce}.preferences_url@@", f"@@{nonce}.subscriber_name@@")
+
+    def pattern(self) -> re.Pattern[str]:
+        """Matches any of the markers (for one-pass replacement or splitting, capturing the marker)."""
+        return re.compile("(" + "|".join(re.escape(m) for m in (self.unsubscribe_url, self.preferences_url,
+                                                                   self.subscriber_name)) + ")")
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,7 @@ class Variant:
     preheader: str
     html: str
     text: str
+    slots: Slots  # where personal values go in html and text; nowhere else
 
 
 @lru_cache(maxsize=8)
@@ -121,35 +146,35 @@ def _inline_css(document: str) -> str:
 def render_variant(settings: Settings, content: IssueContent, sections: Iterable[str]) -> Variant:
     """HTML and text of the issue with only the given section slugs (unknown ones are
     ignored; an empty iterable gives none, see `sections_for`). The lead and intro are
-    in every variant. Personal values are the module's placeholders."""
+    in every variant. Personal values are this render's `Slots` markers."""
     wanted = set(sections)
     chosen = tuple(s.slug for s in content.sections if s.slug in wanted)
     env = environment(settings)
     context = _common(settings, content, chosen)
     every = len(chosen) == len(content.sections)
+    slots = Slots.fresh()
     context.update(
-        preheader=_preheader(content, chosen), greeting_name=SUBSCRIBER_NAME,
-        unsubscribe_url=UNSUBSCRIBE_URL, preferences_url=PREFERENCES_URL,
+        preheader=_preheader(content, chosen), greeting_name=slots.subscriber_name,
+        unsubscribe_url=slots.unsubscribe_url, preferences_url=slots.preferences_url,
         section_names=[] if every else [s.name for s in content.sections if s.slug in chosen],
         intro_text=to_text(content.intro_html),
     )
     document = _inline_css(env.get_template("email/issue.html").render(context))
     text = env.get_template("email/issue.txt").render(context)
     return Variant(sections=chosen, subject=content.subject, preheader=str(context["preheader"]),
-                   html=document, text=text)
+                   html=document, text=text, slots=slots)
 
 
 def personalize(variant: Variant, *, unsubscribe_url: str, preferences_url: str, name: str) -> tuple[str, str]:
-    """(html, text) of the variant for one subscriber: placeholders replaced, the name
-    HTML-escaped in the HTML part. Line breaks in the name are dropped."""
+    """(html, text) of the variant for one subscriber: its slots filled, the values
+    HTML-escaped in the HTML part. Line breaks in the name are dropped. One pass: a
+    value is never searched for markers itself."""
     name = " ".join(name.split())
-
-    def fill(doc: str, escape: bool) -> str:
-        esc = (lambda v: html.escape(v, quote=True)) if escape else (lambda v: v)
-        return (doc.replace(UNSUBSCRIBE_URL, esc(unsubscribe_url)).replace(PREFERENCES_URL, esc(preferences_url))
-                .replace(SUBSCRIBER_NAME, esc(name)))
-
-    return fill(variant.html, True), fill(variant.text, False)
+    slots, pattern = variant.slots, variant.slots.pattern()
+    values = {slots.unsubscribe_url: unsubscribe_url, slots.preferences_url: preferences_url,
+              slots.subscriber_name: name}
+    escaped = {marker: html.escape(value, quote=True) for marker, value in values.items()}
+    return pattern.sub(lambda m: escaped[m[0]], variant.html), pattern.sub(lambda m: values[m[0]], variant.text)
 
 
 def render_web(settings: Settings, content: IssueContent) -> str:

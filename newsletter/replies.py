@@ -119,7 +119,8 @@ _ADDRESS = _words(
     r"no such (?:user|mailbox|recipient|address|account|person|domain|local user)",
     r"(?:user|recipient|address|mailbox|account|addressee)(?: name)? (?:does not|doesn'?t|did not) exist",
     r"(?:user|recipient|address|mailbox|account|addressee) (?:was |is )?not (?:found|known|listed|valid)",
-    r"(?:recipient|address|mailbox|user|account) (?:is )?(?:invalid|unknown|inactive or|no longer (?:valid|available|exists))",
+    r"(?:recipient|address|mailbox|user|account) (?:is )?(?:invalid|unknown|inactive or)",
+    r"(?:recipient|address|mailbox|user|account) (?:is )?no longer (?:valid|available|exists)",
     r"invalid (?:recipient|mailbox|address|user)",
     r"recip(?:ient)?notfound",
     r"address (?:couldn'?t|could not|cannot|can'?t) be found",
@@ -127,7 +128,8 @@ _ADDRESS = _words(
     r"mailbox (?:not found|unavailable|does not exist|name not allowed)",
     r"no mailbox here",
     r"doesn'?t have an? [\w.-]+ account",
-    r"(?:mailbox|account|address) (?:is |has been )?(?:disabled|deactivated|closed|terminated|removed|deleted|discontinued)",
+    r"(?:mailbox|account|address) (?:is |has been )?(?:disabled|deactivated|closed|terminated)",
+    r"(?:mailbox|account|address) (?:is |has been )?(?:removed|deleted|discontinued)",
     r"(?:mailbox|account|address|user) (?:has )?moved",
     r"host (?:or domain name )?(?:not found|unknown)|unknown host|domain (?:not found|does not exist|unknown)",
     r"name or service not known|nxdomain|no (?:valid )?mx (?:record|host)|null mx|does not accept mail",
@@ -146,7 +148,8 @@ _MAILBOX = _words(
 )
 _MESSAGE = _words(
     r"line (?:is )?too long",
-    r"message (?:is )?too (?:big|large)|(?:message|mail) size|size limit|exceeds? (?:the )?(?:maximum )?(?:message )?size",
+    r"message (?:is )?too (?:big|large)|(?:message|mail) size|size limit",
+    r"exceeds? (?:the )?(?:maximum )?(?:message )?size",
     r"message length exceeds",
     r"syntax error|unrecognized command|command not recognized|bad sequence",
     r"header (?:line )?(?:too long|syntax|error|is invalid)|malformed|not (?:rfc|compliant)",
@@ -156,7 +159,8 @@ _MESSAGE = _words(
 _CONTENT = _words(
     r"\bspam\b|junk|unsolicited|bulk mail",
     r"virus|malware|phish|infected",
-    r"content (?:rejected|filter|policy)|(?:message|mail) (?:content )?(?:was |has been )?(?:rejected|blocked|filtered)",
+    r"content (?:rejected|filter|policy)",
+    r"(?:message|mail) (?:content )?(?:was |has been )?(?:rejected|blocked|filtered)",
     r"filtered|filter|blocked by",
     r"security (?:issue|policy)",
     r"suspicious",
@@ -218,10 +222,7 @@ def judge(code: int | None, status: str, text: str, *, stage: Stage = Stage.UNKN
     if code is None:
         reply = REPLY_CODE.search(text)
         code = int(reply.group(1)) if reply else None
-    if status[:1] in ("4", "5"):
-        permanent = status[0] == "5"
-    else:
-        permanent = code is None or code >= 500
+    permanent = status.startswith("5") if status[:1] in ("4", "5") else code is None or code >= 500
     if stage is Stage.UNKNOWN:
         stage = next((named for named, words in _STAGE_WORDS if words.search(text)), Stage.UNKNOWN)
     blame = _blame(code, status, text, permanent)

@@ -651,6 +651,63 @@ def deliveries_export(
     typer.echo(f"wrote {n} deliveries to {file}", err=True)
 
 
+# --- the desk's editors (issue 16) --------------------------------------------------------
+
+admin_app = _typer("Editors who may sign in to the desk (/admin/ of `newsletter serve`).")
+app.add_typer(admin_app, name="admin")
+
+
+def _new_password() -> str:
+    """Asked twice on a terminal; read from the first line of stdin otherwise (scripts)."""
+    if sys.stdin.isatty():
+        return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@admin_app.command("add")
+def admin_add(ctx: typer.Context, email: str = typer.Argument(..., help="The editor's address.")) -> None:
+    """Add an editor, or give an existing one a new password (which signs them out everywhere).
+    The password is asked for on a terminal, or read from the first line of standard input.
+
+    Example: echo "$DESK_PASSWORD" | newsletter admin add editor@example.com
+    """
+    from newsletter import editors
+
+    password = _new_password()
+    with get(ctx).sessions.begin() as s:
+        editor = editors.add(s, email, password)
+    console.print(f"{editor.email} may sign in at /admin/login", highlight=False)
+
+
+@admin_app.command("list")
+def admin_list(ctx: typer.Context) -> None:
+    """List the editors and when each last signed in.
+
+    Example: newsletter admin list
+    """
+    from newsletter import editors
+
+    with get(ctx).sessions.begin() as s:
+        rows = [[e.email, e.last_login_at.isoformat(timespec="minutes") if e.last_login_at else "never"]
+                for e in editors.list_editors(s)]
+    print_table("Editors", ["email", "last sign-in"], rows)
+    if not rows:
+        err_console.print("no editors yet; add one with 'newsletter admin add EMAIL'")
+
+
+@admin_app.command("remove")
+def admin_remove(ctx: typer.Context, email: str = typer.Argument(..., help="The editor's address.")) -> None:
+    """Remove an editor; their open sessions end at once.
+
+    Example: newsletter admin remove editor@example.com
+    """
+    from newsletter import editors
+
+    with get(ctx).sessions.begin() as s:
+        editors.remove(s, email)
+    console.print(f"removed {email}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="newsletter")

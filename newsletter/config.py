@@ -94,6 +94,15 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class DeskSettings:
+    session_hours: float = 12.0
+    login_failures_before_delay: int = 3
+    login_delay_seconds: float = 1.0
+    login_failures_limit: int = 10
+    login_window_minutes: float = 15.0
+
+
+@dataclass(frozen=True)
 class BouncesSettings:
     return_path_domain: str = ""
     return_path_local: str = "bounces"
@@ -139,6 +148,7 @@ class Settings:
     dkim: DkimSettings = field(default_factory=DkimSettings)
     articles: ArticlesSettings = field(default_factory=ArticlesSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    desk: DeskSettings = field(default_factory=DeskSettings)
     bounces: BouncesSettings = field(default_factory=BouncesSettings)
     categories: tuple[CategorySettings, ...] = ()
     feeds: tuple[FeedSettings, ...] = ()
@@ -176,6 +186,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "articles": ArticlesSettings,
     "web": WebSettings,
+    "desk": DeskSettings,
     "bounces": BouncesSettings,
     "dkim": DkimSettings,
 }

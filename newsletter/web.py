@@ -32,7 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from newsletter import builder, message, render, selfservice, subscribers, tokens, transport, webhooks
+from newsletter import builder, desk, message, render, selfservice, subscribers, tokens, transport, webhooks
 from newsletter.config import EXAMPLE_SECRET, Settings
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
 from newsletter.models import IssueStatus, SubscriberStatus
@@ -64,7 +64,8 @@ class AppState:
 
 def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> Starlette:
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient)."""
-    app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory)],
+    app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory),
+                            *desk.routes(settings, session_factory)],
                     exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.router.redirect_slashes = False  # the app never redirects, not even to add or drop a '/'
     app.state.newsletter = AppState(

@@ -669,7 +669,7 @@ def admin_add(ctx: typer.Context, email: str = typer.Argument(..., help="The edi
     """Add an editor, or give an existing one a new password (which signs them out everywhere).
     The password is asked for on a terminal, or read from the first line of standard input.
 
-    Example: echo "$DESK_PASSWORD" | newsletter admin add editor@example.com
+    Example: newsletter admin add editor@example.com
     """
     from newsletter import editors
 

@@ -2,11 +2,14 @@
 
 Every NewsletterError becomes one line on stderr and exit code 1 (see NewsletterGroup);
 a real bug keeps its plain traceback.
+
+Each command imports the modules it uses inside its body: importing them all up front
+(SQLAlchemy, Alembic, premailer, feedparser, dkim) cost ~2 s of CPU before `--help`
+could even print. tests/test_cli_startup.py keeps it that way.
 """
 
 from __future__ import annotations
 
-import secrets
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -14,19 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 from typer.core import TyperGroup
 
-if TYPE_CHECKING:
-    from newsletter import bounce_policy
-
-from newsletter import config as config_mod
-from newsletter import db, subscribers
-from newsletter import articles, builder, render
+from newsletter import __version__
 from newsletter.errors import InvalidInput, NewsletterError
-from newsletter.models import SubscriberStatus
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from newsletter import articles, bounce_policy
+    from newsletter.config import Settings
+    from newsletter.models import SubscriberStatus
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,7 +37,7 @@ err_console = Console(stderr=True)
 class NewsletterGroup(TyperGroup):
     """Turns every NewsletterError raised by any subcommand into `Error: …` and exit 1."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # Any: the base class types it with typer's private vendored click
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
@@ -66,16 +68,28 @@ class Context:
         self.config_path = config_path
 
     @cached_property
-    def settings(self) -> config_mod.Settings:
-        return config_mod.load(self.config_path)
+    def settings(self) -> Settings:
+        from newsletter import config
+
+        return config.load(self.config_path)
 
     @cached_property
     def engine(self) -> Engine:
+        from newsletter import db
+
         return db.make_engine(self.settings.database_url)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
+        from newsletter import db
+
         return db.session_factory(self.engine)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"newsletter {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -83,17 +97,24 @@ def _main(
     ctx: typer.Context,
     config: Path = typer.Option(Path("config.toml"), "--config", envvar="NEWSLETTER_CONFIG",
                                 help="Path of the config file.", show_default=True),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     ctx.obj = Context(config)
 
 
 def get(ctx: typer.Context) -> Context:
-    return ctx.find_object(Context)  # type: ignore[return-value]
+    found = ctx.find_object(Context)
+    if found is None:  # only if a command ran without the app's callback: a bug, not bad input
+        raise RuntimeError("newsletter command context missing")
+    return found
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """A rich table on a terminal; tab-separated lines when piped (easy to grep/cut)."""
     if console.is_terminal:
+        from rich.table import Table
+
         table = Table(title=title)
         for col in columns:
             table.add_column(col)
@@ -111,12 +132,16 @@ def init(ctx: typer.Context) -> None:
 
     Example: newsletter init
     """
+    import secrets
+
+    from newsletter import config, db
+
     c = get(ctx)
     if c.config_path.exists():
         console.print(f"{c.config_path} exists; keeping it")
     else:
         example = (Path(__file__).parent / "config.example.toml").read_text(encoding="utf-8")
-        text = example.replace(config_mod.EXAMPLE_SECRET, secrets.token_urlsafe(32), 1)
+        text = example.replace(config.EXAMPLE_SECRET, secrets.token_urlsafe(32), 1)
         c.config_path.write_text(text, encoding="utf-8")
         console.print(f"wrote {c.config_path}")
     db.upgrade(c.engine, c.settings)
@@ -129,12 +154,16 @@ def db_upgrade(ctx: typer.Context) -> None:
 
     Example: newsletter db upgrade
     """
+    from newsletter import db
+
     c = get(ctx)
     db.upgrade(c.engine, c.settings)
     console.print("database is at the newest schema")
 
 
 def _status(value: str | None) -> SubscriberStatus | None:
+    from newsletter.models import SubscriberStatus
+
     if value is None:
         return None
     try:
@@ -155,6 +184,9 @@ def subscribers_add(
 
     Example: newsletter subscribers add ada@example.com --name "Ada" --categories news,events
     """
+    from newsletter import subscribers
+    from newsletter.models import SubscriberStatus
+
     c = get(ctx)
     status = SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE
     with c.sessions.begin() as s:
@@ -174,6 +206,8 @@ def subscribers_import(
 
     Example: newsletter subscribers import members.csv --dry-run
     """
+    from newsletter import subscribers
+
     c = get(ctx)
     with c.sessions.begin() as s, file.open("rb") as fp:
         report = subscribers.import_csv(s, fp, source=str(file), dry_run=dry_run)
@@ -194,6 +228,8 @@ def subscribers_export(
 
     Example: newsletter subscribers export backup.csv
     """
+    from newsletter import subscribers
+
     c = get(ctx)
     with c.sessions.begin() as s:
         if file is None:
@@ -213,6 +249,8 @@ def subscribers_list(
 
     Example: newsletter subscribers list --status active
     """
+    from newsletter import subscribers
+
     c = get(ctx)
     with c.sessions.begin() as s:
         rows = [[sub.email, sub.name, sub.status, ",".join(subscribers.category_slugs(s, sub)) or "all"]
@@ -228,6 +266,8 @@ def subscribers_unsubscribe(ctx: typer.Context, email: str = typer.Argument(...,
 
     Example: newsletter subscribers unsubscribe ada@example.com
     """
+    from newsletter import subscribers
+
     c = get(ctx)
     with c.sessions.begin() as s:
         sub = subscribers.require(s, email)
@@ -256,6 +296,8 @@ def articles_fetch(ctx: typer.Context) -> None:
 
     Example: newsletter articles fetch
     """
+    from newsletter import articles
+
     c = get(ctx)
     if not c.settings.feeds:
         raise InvalidInput("no [[feeds]] in the config; add one or use 'newsletter articles import FILE'")
@@ -274,6 +316,8 @@ def articles_import(
 
     Example: newsletter articles import sample/feeds/articles.json
     """
+    from newsletter import articles
+
     c = get(ctx)
     data = _read(file, "article file")
     with c.sessions.begin() as s:
@@ -290,6 +334,8 @@ def articles_list(
 
     Example: newsletter articles list --week 2026-W48
     """
+    from newsletter import builder
+
     c = get(ctx)
     week = week or builder.current_week(c.settings)
     with c.sessions.begin() as s:
@@ -313,6 +359,8 @@ def issue_build(
 
     Example: newsletter issue build --week 2026-W48 --lead https://example.com/story --intro "Welcome!"
     """
+    from newsletter import builder
+
     c = get(ctx)
     if intro_file is not None:
         intro = _read(intro_file, "intro file").decode("utf-8", errors="replace")
@@ -342,6 +390,8 @@ def issue_preview(
 
     Example: newsletter issue preview --out preview.html --subscriber ada@example.com
     """
+    from newsletter import render
+
     c = get(ctx)
     with c.sessions.begin() as s:
         html_part, text_part = render.preview(s, c.settings, week, email=subscriber)
@@ -362,6 +412,8 @@ def issue_list(ctx: typer.Context) -> None:
 
     Example: newsletter issue list
     """
+    from newsletter import builder
+
     c = get(ctx)
     tz = c.settings.tz
     with c.sessions.begin() as s:
@@ -425,7 +477,7 @@ def issue_weblink(
 
     Example: newsletter issue weblink --week 2026-W48
     """
-    from newsletter import tokens
+    from newsletter import builder, tokens
 
     c = get(ctx)
     week = week or builder.current_week(c.settings)
@@ -564,7 +616,7 @@ def send_cmd(
 
     Example: newsletter send --week 2026-W48 --dry-run
     """
-    from newsletter import sender
+    from newsletter import sender, subscribers
 
     c = get(ctx)
     if dry_run:
@@ -714,4 +766,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,7 +8,9 @@ mkdir -p demo
 cd demo
 export NEWSLETTER_DELIVERY_TRANSPORT=outbox   # no mail server needed: .eml files in demo/outbox/
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+# Each command is echoed first, in bold on a terminal only (no escape codes in a piped log).
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; "$@"; }
 
 step newsletter init
 step newsletter subscribers import "$here/subscribers.csv"

@@ -38,7 +38,7 @@ LINT_PENDING := \
     tests/test_preview_browser.py tests/test_render.py tests/test_sender.py tests/test_subscribers.py \
     tests/test_tokens.py tests/test_webhooks.py tests/web_support.py
 FORMAT_PENDING := \
-    benchmarks/import_speed.py benchmarks/send_throughput.py benchmarks/subscribe_timing.py \
+    benchmarks/import_speed.py benchmarks/send_throughput.py benchmarks/subscribe_timing.py migrations/versions/0002_editors.py \
     benchmarks/web_requests.py newsletter/articles.py newsletter/bounce_policy.py newsletter/bounces.py \
     newsletter/cli.py newsletter/config.py newsletter/db.py newsletter/mailbox.py newsletter/mailin.py \
     newsletter/message.py newsletter/render.py newsletter/selfservice.py newsletter/sender.py \

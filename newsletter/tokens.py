@@ -14,6 +14,8 @@ import base64
 import binascii
 import hashlib
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -35,7 +37,10 @@ PURPOSES = (UNSUBSCRIBE, PREFERENCES, CONFIRM, BOUNCE, CSRF, PREVIEW)
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 # Seconds each timed purpose stays valid; the other purposes never expire.
 MAX_AGE = {CONFIRM: CONFIRM_MAX_AGE, CSRF: 24 * 3600, PREVIEW: 30 * 24 * 3600}
-_IDS = struct.Struct(">QQ")  # subscriber id, issue id + 1 (0 = no issue): exactly one AES block
+_IDS = struct.Struct(">QQ")
+Clock = Callable[
+    [], float
+]  # seconds since the epoch, like time.time  # subscriber id, issue id + 1 (0 = no issue): exactly one AES block
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,27 @@ class TokenData:
     issued_at: datetime | None = None  # only for timed purposes (confirm, csrf, preview)
 
 
+class _ClockedSigner(TimestampSigner):
+    """A TimestampSigner that reads the given clock, so a test can date a link (or read one
+    days later) without patching `time.time` for the whole process."""
+
+    def __init__(self, secret: str, *, salt: str, clock: Clock) -> None:
+        super().__init__(secret, salt=salt, digest_method=hashlib.sha256)
+        self.clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self.clock())
+
+
 @lru_cache(maxsize=32)
-def _signer(secret: str, purpose: str) -> Signer:
+def _signer(secret: str, purpose: str, clock: Clock) -> Signer:
     # Cached: the sender makes two tokens per message, and building a signer costs as
     # much as signing with it. Signers hold no per-call state.
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    cls = TimestampSigner if purpose in MAX_AGE else Signer
-    return cls(secret, salt=f"newsletter.{purpose}", digest_method=hashlib.sha256)
+    if purpose in MAX_AGE:
+        return _ClockedSigner(secret, salt=f"newsletter.{purpose}", clock=clock)
+    return Signer(secret, salt=f"newsletter.{purpose}", digest_method=hashlib.sha256)
 
 
 @lru_cache(maxsize=8)
@@ -80,16 +98,22 @@ def _unseal(secret: str, sealed: bytes) -> tuple[int, int | None]:
     return subscriber_id, (issue - 1 if issue else None)
 
 
-def make(secret: str, purpose: str, subscriber_id: int, issue_id: int | None = None) -> str:
-    """A token for one subscriber (and optionally one issue) and one purpose."""
-    return _signer(secret, purpose).sign(_seal(secret, subscriber_id, issue_id)).decode("ascii")
+def make(
+    secret: str, purpose: str, subscriber_id: int, issue_id: int | None = None, *, clock: Clock | None = None
+) -> str:
+    """A token for one subscriber (and optionally one issue) and one purpose.
+
+    `clock` (default `time.time`) dates the timed purposes."""
+    signer = _signer(secret, purpose, clock or time.time)
+    return signer.sign(_seal(secret, subscriber_id, issue_id)).decode("ascii")
 
 
-def read(secret: str, purpose: str, token: str, *, max_age: int | None = None) -> TokenData:
+def read(secret: str, purpose: str, token: str, *, max_age: int | None = None, clock: Clock | None = None) -> TokenData:
     """Verify a token; raises InvalidToken if forged, truncated, expired or of another purpose.
 
-    `max_age` (seconds) overrides the purpose's lifetime in MAX_AGE."""
-    signer = _signer(secret, purpose)
+    `max_age` (seconds) overrides the purpose's lifetime in MAX_AGE; `clock` (default
+    `time.time`) is "now" for that check."""
+    signer = _signer(secret, purpose, clock or time.time)
     issued_at = None
     try:
         if isinstance(signer, TimestampSigner):

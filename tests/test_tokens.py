@@ -54,3 +54,23 @@ def test_purpose_and_secret_are_bound() -> None:
         tokens.read(SECRET, tokens.PREFERENCES, token)
     with pytest.raises(InvalidToken):
         tokens.read("another-secret-key-entirely", tokens.UNSUBSCRIBE, token)
+
+
+def test_timed_links_expire_by_the_clock_they_are_read_with() -> None:
+    """A confirmation link is good for 7 days; an unsubscribe link never expires."""
+    issued = 1_800_000_000.0
+    confirm = tokens.make(SECRET, tokens.CONFIRM, 5, clock=lambda: issued)
+    unsubscribe = tokens.make(SECRET, tokens.UNSUBSCRIBE, 5, 1, clock=lambda: issued)
+    six_days, eight_days = issued + 6 * 86400, issued + 8 * 86400
+    data = tokens.read(SECRET, tokens.CONFIRM, confirm, clock=lambda: six_days)
+    assert data.subscriber_id == 5 and data.issued_at is not None and data.issued_at.timestamp() == issued
+    with pytest.raises(InvalidToken, match="expired"):
+        tokens.read(SECRET, tokens.CONFIRM, confirm, clock=lambda: eight_days)
+    assert tokens.read(SECRET, tokens.UNSUBSCRIBE, unsubscribe, clock=lambda: eight_days * 2).subscriber_id == 5
+
+
+def test_a_link_dated_in_the_future_is_refused() -> None:
+    now = 1_800_000_000.0
+    ahead = tokens.make(SECRET, tokens.CSRF, 5, clock=lambda: now + 3600)
+    with pytest.raises(InvalidToken):
+        tokens.read(SECRET, tokens.CSRF, ahead, clock=lambda: now)

@@ -41,7 +41,7 @@ from newsletter.models import (  # noqa: E402
     SubscriberStatus,
     utcnow,
 )
-from newsletter.sender import SendSettings, send  # noqa: E402
+from newsletter.sender import send  # noqa: E402
 
 PEER = Path.home() / ".cache/postfix-peer/bin"
 CATEGORIES = ("news", "case-studies", "products", "events", "comment")
@@ -146,7 +146,7 @@ def engine_run(config_path: Path, week: str) -> None:
     settings = config.load(config_path, environ={})
     engine = db.make_engine(settings.database_url)
     started = time.perf_counter()
-    report = send(db.session_factory(engine), settings, week, options=SendSettings.from_settings(settings))
+    report = send(db.session_factory(engine), settings, week)
     elapsed = time.perf_counter() - started
     rss = peak_rss_mb()
     print(json.dumps({"sent": report.sent, "failed": report.failed, "elapsed": elapsed,

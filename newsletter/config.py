@@ -8,6 +8,7 @@ Every key must also appear, commented, in `config.example.toml` (a test checks i
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import os
 import tomllib
 import types
@@ -27,6 +28,35 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "Secret('**********')"
+
+
+class Password:
+    """A password that is not a `str`: repr, str and f-strings show asterisks, so it cannot
+    reach a log, an error or a traceback by accident; `reveal()` hands the value to the
+    one call that needs it (the SMTP login in transport.py)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Password('**********')" if self._value else "Password('')"
+
+    def __str__(self) -> str:
+        return "**********" if self._value else ""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Password) and hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Password)
 
 
 @dataclass(frozen=True)
@@ -59,12 +89,17 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class SmtpSettings:
+    """[smtp]: where and how to hand messages over, and how hard to push. The transport
+    and the sending engine both read this one type."""
+
     host: str = "127.0.0.1"
     port: int = 25
     username: str = ""
-    password: Secret = Secret("")
+    password: Password = Password()
     starttls: bool = False
     ssl: bool = False
+    ca_file: str = ""
+    auth_without_tls: bool = False
     timeout: float = 30.0
     data_timeout: float = 600.0
     concurrency: int = 8
@@ -235,6 +270,8 @@ def _coerce(value: object, kind: type, where: str, source: str, *, from_env: boo
                 pass
         raise fail("a number")
     if isinstance(value, str):
+        if kind is Password:
+            return Password(value)
         return Secret(value) if kind is Secret else value
     raise fail("a string")
 
@@ -356,9 +393,22 @@ def _validate(settings: Settings, source: str) -> None:
     if any((dkim.selector, dkim.domain, dkim.private_key_path)) and not all((dkim.selector, dkim.domain,
                                                                             dkim.private_key_path)):
         raise ConfigError(f"[dkim] selector, domain and private_key_path must all be set (or all empty); fix {source}")
-    if settings.smtp.concurrency < 1:
-        raise ConfigError(f"[smtp] concurrency must be at least 1; fix {source}")
+    _validate_smtp(settings.smtp, source)
     bounces = settings.bounces
     if not 1 <= bounces.soft_bounce_limit <= bounces.soft_bounce_issues:
         raise ConfigError(f"[bounces] soft_bounce_limit {bounces.soft_bounce_limit} must be at least 1 and at most "
                           f"soft_bounce_issues ({bounces.soft_bounce_issues}); fix {source}")
+
+
+def _validate_smtp(smtp: SmtpSettings, source: str) -> None:
+    if smtp.concurrency < 1:
+        raise ConfigError(f"[smtp] concurrency must be at least 1; fix {source}")
+    if smtp.rate_per_second < 0:
+        raise ConfigError(f"[smtp] rate_per_second must be 0 (as fast as the server takes them) or more; fix {source}")
+    if smtp.starttls and smtp.ssl:
+        raise ConfigError(f"[smtp] starttls and ssl are both true: use ssl for port 465 (TLS from the start) or "
+                          f"starttls for port 587, not both; fix {source}")
+    if smtp.username and not (smtp.starttls or smtp.ssl or smtp.auth_without_tls):
+        raise ConfigError(f"[smtp] username is set but neither starttls nor ssl is: the password would cross the "
+                          f"network in clear; set starttls = true (port 587) or ssl = true (port 465), or "
+                          f"auth_without_tls = true for a relay on this host; fix {source}")

@@ -2,8 +2,9 @@
 
 `prepare()` runs once per variant: headers are folded and RFC 2047-encoded, both
 parts are quoted-printable encoded with CRLF line ends and no line starting with '.',
-and the text is cut at every personal slot (To, Message-ID, List-Unsubscribe, the
-two links and the greeting name). `Template.fill()` joins those bytes with one
+and the text is cut at every personal slot (To, Date, Message-ID, List-Unsubscribe,
+the two links and the greeting name). Date is a slot because it is the time the
+message is handed over, not the start of a send that may last hours. `Template.fill()` joins those bytes with one
 subscriber's values: the per-subscriber path is a list join, never MIME building.
 
 Slots sit on their own quoted-printable lines (a soft line break before and after),
@@ -17,8 +18,10 @@ import hashlib
 import hmac
 import html
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from email import quoprimime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
@@ -33,12 +36,13 @@ from newsletter.errors import ConfigError, InvalidInput
 from newsletter.render import Variant
 
 # Slot numbers: index into the per-subscriber values tuple built by `MessageFactory.values`.
-TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML = range(7)
+TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML, DATE = range(8)
 # Headers a DKIM signature covers; Gmail requires the two List-Unsubscribe ones (RFC 8058 §4).
 DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id",
                 b"List-Unsubscribe", b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type")
 POLICY = email.policy.SMTP.clone(max_line_length=78, refold_source="all")
 SOFT_BREAK = b"=\r\n"
+HEADER_LINE = 78  # RFC 5322 2.1.1: lines SHOULD stay within 78 characters, MUST within 998
 
 
 def check_header(field: str, value: str) -> str:
@@ -128,7 +132,44 @@ def _qp_with_slots(text: str, slots: render.Slots, html_part: bool) -> list[byte
 
 
 def _header(name: str, value: str) -> bytes:
-    return POLICY.fold_binary(name, check_header(name, value))
+    """`Name: value` folded to RFC 5322 line limits. A word too long to fold at a space
+    (e.g. a 300-character subject word) becomes RFC 2047 encoded-words, which can be split."""
+    folded = POLICY.fold_binary(name, check_header(name, value))
+    if max(map(len, folded.split(b"\r\n"))) <= 998:
+        return folded
+    return f"{name}: ".encode() + _encoded_words(name, value) + b"\r\n"
+
+
+def _encoded_words(name: str, text: str) -> bytes:
+    return Header(text, "utf-8", header_name=name, maxlinelen=HEADER_LINE).encode(linesep="\r\n").encode("ascii")
+
+
+def to_header(address: str, name: str) -> bytes:
+    """The To line for one subscriber, folded: a long or non-ASCII name goes as RFC 2047
+    encoded-words, so no line can exceed the limit a server enforces ("500 Line too long")."""
+    if not name:
+        return f"To: {address}\r\n".encode()
+    if name.isascii():
+        line = f"To: {formataddr((name, address))}\r\n"
+        if len(line) <= HEADER_LINE + 2:
+            return line.encode()
+    return b"To: " + _encoded_words("To", name) + f"\r\n <{address}>\r\n".encode()
+
+
+class HandOverClock:
+    """The Date header's value: the time now in the configured zone, formatted once per second."""
+
+    def __init__(self, tz: tzinfo, clock: Callable[[], float] = time.time) -> None:
+        self.tz, self.clock = tz, clock
+        self.second, self.value = -1, b""
+
+    def __call__(self) -> bytes:
+        now = self.clock()
+        if int(now) != self.second:
+            self.second = int(now)
+            when = datetime.fromtimestamp(self.second, self.tz)
+            self.value = f"Date: {format_datetime(when)}\r\n".encode()
+        return self.value
 
 
 class WireBytes(bytes):
@@ -195,10 +236,10 @@ class DkimSigner:
 class MessageFactory:
     """Turns variants of one issue into templates, and templates into messages."""
 
-    def __init__(self, settings: Settings, issue_id: int, *, now: datetime | None = None) -> None:
+    def __init__(self, settings: Settings, issue_id: int, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.issue_id = issue_id
-        self.date = format_datetime((now or datetime.now(settings.tz)).astimezone(settings.tz))
+        self.date = HandOverClock(settings.tz, clock)
         self.mailto = unsubscribe_mailto(settings).encode("ascii")
         self.domain = domain_of(settings)
         self.key = settings.newsletter.secret_key.encode()
@@ -213,7 +254,7 @@ class MessageFactory:
         head: list[bytes | int] = [_header("From", n.from_address)]
         if n.reply_to:
             head.append(_header("Reply-To", n.reply_to))
-        head += [TO, _header("Subject", variant.subject), _header("Date", self.date), b"Message-ID: ", MESSAGE_ID,
+        head += [TO, _header("Subject", variant.subject), DATE, b"Message-ID: ", MESSAGE_ID,
                  b"\r\n", _header("List-Id", list_id(self.settings)), LIST_UNSUBSCRIBE,
                  b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", b"MIME-Version: 1.0\r\n",
                  f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()]
@@ -231,13 +272,7 @@ class MessageFactory:
         name = " ".join(name.split())
         unsubscribe = tokens.unsubscribe_url(self.settings, subscriber_id, self.issue_id)
         preferences = tokens.preferences_url(self.settings, subscriber_id)
-        if not name:
-            to = f"To: {address}\r\n".encode()
-        elif name.isascii():
-            to = f"To: {formataddr((name, address))}\r\n".encode()
-        else:
-            to = b"To: " + Header(name, "utf-8", header_name="To").encode(linesep="\r\n").encode() + \
-                 f" <{address}>\r\n".encode()
+        to = to_header(address, name)
         token = unsubscribe.rpartition("/")[2].encode()
         list_unsubscribe = (b"List-Unsubscribe: <" + unsubscribe.encode() + b">,\r\n <mailto:" + self.mailto +
                             b"?subject=unsubscribe-" + token + b">\r\n")
@@ -245,7 +280,7 @@ class MessageFactory:
         name_text = _qp_value(name) if name else b""
         name_html = _qp_value(html.escape(name, quote=True)) if name else b""
         return (to, _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(), list_unsubscribe,
-                url_unsub, url_prefs, name_text, name_html)
+                url_unsub, url_prefs, name_text, name_html, self.date())
 
     def build(self, template: Template, subscriber_id: int, address: str, name: str) -> WireBytes:
         """The finished message for one subscriber (DKIM-signed when configured)."""

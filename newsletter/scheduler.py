@@ -15,7 +15,7 @@ from newsletter import articles, builder, locks, sender
 from newsletter.config import Settings
 from newsletter.errors import Conflict, InvalidInput
 from newsletter.models import Issue, IssueStatus, utcnow
-from newsletter.sender import Progress, SendReport, SendSettings
+from newsletter.sender import Progress, SendReport, Tuning
 from newsletter.transport import Transport
 
 RUN_LEASE = "run"
@@ -54,7 +54,7 @@ def _resume_earlier(
     report: RunReport,
     *,
     transport: Transport | None,
-    options: SendSettings | None,
+    tuning: Tuning | None,
     progress: Progress | None,
 ) -> None:
     """Finish an issue whose send (or its retries) ran past the end of its own week."""
@@ -66,7 +66,7 @@ def _resume_earlier(
         )
     for earlier in unfinished:
         try:
-            done = sender.send(sessions, settings, earlier, transport=transport, options=options, progress=progress)
+            done = sender.send(sessions, settings, earlier, transport=transport, tuning=tuning, progress=progress)
         except Conflict as exc:  # e.g. older than [delivery] max_age_hours: the editor decides
             report.lines.append(f"issue {earlier} not resumed: {exc}")
         else:
@@ -82,7 +82,7 @@ def run(
     now: datetime | None = None,
     fetch: bool = True,
     transport: Transport | None = None,
-    options: SendSettings | None = None,
+    tuning: Tuning | None = None,
     progress: Progress | None = None,
 ) -> RunReport:
     """One cron tick; does nothing (says so) while another run holds the lease."""
@@ -99,7 +99,7 @@ def run(
         if fetch and settings.feeds:
             with sessions.begin() as session:
                 report.lines += [r.summary_line for r in articles.fetch_all(session, settings)]
-        _resume_earlier(sessions, settings, week, report, transport=transport, options=options, progress=progress)
+        _resume_earlier(sessions, settings, week, report, transport=transport, tuning=tuning, progress=progress)
         with sessions.begin() as session:
             issue = _build(session, settings, week, report)
             due = issue.scheduled_at if issue is not None else None
@@ -111,7 +111,7 @@ def run(
         elif due is not None and now < due:
             report.lines.append(f"not sending yet: due {due.astimezone(settings.tz):%a %Y-%m-%d %H:%M}")
         else:
-            report.send = sender.send(sessions, settings, week, transport=transport, options=options, progress=progress)
+            report.send = sender.send(sessions, settings, week, transport=transport, tuning=tuning, progress=progress)
         return report
     finally:
         with sessions.begin() as session:

@@ -49,23 +49,12 @@ ROUND_GATHER = 0.001
 
 
 @dataclass(frozen=True)
-class SendSettings:
-    """What the engine needs, decoupled from the TOML layout."""
+class Tuning:
+    """The engine's own knobs, below what [smtp] configures (tests and benchmarks change them)."""
 
-    concurrency: int = 8
-    rate_per_second: float = 0.0
-    max_attempts: int = 5
-    retry_delay: float = 60.0
-    max_age_hours: float = 72.0
     batch_size: int = 100
     max_wait: float = 300.0  # a retry due later than this waits for the next run
     throttle_seconds: float = 60.0  # how long a throttling reply halves the rate
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SendSettings:
-        s = settings.smtp
-        return cls(concurrency=s.concurrency, rate_per_second=s.rate_per_second, max_attempts=s.max_attempts,
-                   retry_delay=s.retry_delay, max_age_hours=settings.delivery.max_age_hours)
 
 
 @dataclass
@@ -221,17 +210,17 @@ class SendRun:
     """One run of the sending loop for one issue."""
 
     def __init__(self, engine: Engine, settings: Settings, content: IssueContent,
-                 transport: Transport, options: SendSettings, worker: str, lease: str,
+                 transport: Transport, tuning: Tuning, worker: str, lease: str,
                  report: SendReport, progress: Progress | None, limit: int | None, total: int) -> None:
-        self.settings, self.content = settings, content
-        self.transport, self.options, self.worker = transport, options, worker
+        self.settings, self.content, self.smtp = settings, content, settings.smtp
+        self.transport, self.tuning, self.worker = transport, tuning, worker
         self.report, self.progress, self.limit, self.total = report, progress, limit, total
         self.factory = MessageFactory(settings, content.issue_id)
         self.templates: dict[str, Template] = {}
-        self.rate = RateLimit(options.rate_per_second, options.throttle_seconds)
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=options.batch_size)
+        self.rate = RateLimit(self.smtp.rate_per_second, tuning.throttle_seconds)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=tuning.batch_size)
         self.writer = LedgerWriter(engine, content.issue_id, worker, lease, self._committed,
-                                   max(1, options.concurrency // 2))
+                                   max(1, self.smtp.concurrency // 2))
         self.in_flight = 0
         self.unavailable = 0  # consecutive connection failures, over all workers
         self.fatal: TransportUnavailable | None = None
@@ -262,9 +251,9 @@ class SendRun:
 
     def _retry(self, job: Job, reply: str, delay: float | None = None, *, may_fail: bool = True) -> Outcome:
         attempts = job.attempts + 1
-        if attempts >= self.options.max_attempts and may_fail:
+        if attempts >= self.smtp.max_attempts and may_fail:
             return self._failed(job, f"{reply} (gave up after {attempts} attempts)")
-        when = (ledger.retry_at(attempts, self.options.retry_delay) if delay is None
+        when = (ledger.retry_at(attempts, self.smtp.retry_delay) if delay is None
                 else utcnow() + timedelta(seconds=delay))
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
 
@@ -274,7 +263,7 @@ class SendRun:
             rate = self.rate.throttle()
             if not already:  # one note per slow-down period, not one per reply
                 self.report.notes.append(f"the server asked to slow down ({exc.reply}): {rate:.0f} messages/s "
-                                         f"for {self.options.throttle_seconds:.0f} s")
+                                         f"for {self.tuning.throttle_seconds:.0f} s")
 
     async def deliver(self, job: Job) -> None:
         """One message: mark, MAIL/RCPT/DATA while the mark commits, the body once it is durable."""
@@ -315,7 +304,7 @@ class SendRun:
             self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0, may_fail=self.report.sent > 0))
             self.unavailable += 1
             # A 5xx here (login, EHLO, STARTTLS, MAIL FROM) refuses us, not a recipient: stop at once.
-            if (exc.code or 0) >= 500 or self.unavailable >= self.options.concurrency + 2:
+            if (exc.code or 0) >= 500 or self.unavailable >= self.smtp.concurrency + 2:
                 self.fatal = exc
             else:
                 await asyncio.sleep(min(0.05 * 2 ** min(self.unavailable, 6), 2.0))
@@ -338,7 +327,7 @@ class SendRun:
         """Feed the queue until nothing claimable is left (or due within max_wait)."""
         left = self.limit
         while self.fatal is None and (left is None or left > 0):
-            size = self.options.batch_size if left is None else min(left, self.options.batch_size)
+            size = self.tuning.batch_size if left is None else min(left, self.tuning.batch_size)
             jobs: list[Job] = self.writer.db(
                 lambda s: ledger.claim_batch(s, self.content.issue_id, self.worker, size))  # type: ignore[assignment]
             for job in jobs:
@@ -355,7 +344,7 @@ class SendRun:
             if due is None:
                 return
             wait = (due - utcnow()).total_seconds()
-            if wait > self.options.max_wait:
+            if wait > self.tuning.max_wait:
                 self.report.notes.append(f"retries are due from {due:%Y-%m-%d %H:%M} UTC; run send again then "
                                          f"(cron's `newsletter run` does)")
                 return
@@ -363,7 +352,7 @@ class SendRun:
 
     async def run(self) -> None:
         writer = asyncio.create_task(self.writer.run())
-        workers = [asyncio.create_task(self.work()) for _ in range(self.options.concurrency)]
+        workers = [asyncio.create_task(self.work()) for _ in range(self.smtp.concurrency)]
         try:
             await self.reserve()
             for _ in workers:
@@ -427,14 +416,13 @@ def _finish(session: Session, issue_id: int, report: SendReport) -> None:
 
 def send(sessions: sessionmaker[Session], settings: Settings, week: str | None = None, *,
          limit: int | None = None, force: bool = False, resend_ambiguous: bool = False,
-         transport: Transport | None = None, options: SendSettings | None = None,
+         transport: Transport | None = None, tuning: Tuning | None = None,
          progress: Progress | None = None) -> SendReport:
     """Send the built issue of `week` (default: this week) to everyone planned for it.
 
     Safe to rerun at any time: it continues where an earlier run stopped. Raises
     NotFound (not built), Conflict (too old, or another SQLite sender), or
     TransportUnavailable (the server cannot be reached; nothing is lost)."""
-    options = options or SendSettings.from_settings(settings)
     started = time.monotonic()
     with sessions.begin() as session:
         issue = builder.get_issue(session, settings, week)
@@ -443,7 +431,7 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
             report.issue_status = str(issue.status)
             report.notes.append(f"issue {issue.week} was already sent")
             return report
-        check_age(settings, issue, options.max_age_hours, force)
+        check_age(settings, issue, settings.delivery.max_age_hours, force)
         content = builder.load_content(session, settings, issue.week)
     worker = locks.new_holder()
     lease = _acquire_sender(sessions, worker)
@@ -459,7 +447,7 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
                 issue.status, issue.send_started_at = IssueStatus.SENDING, issue.send_started_at or utcnow()
             total = ledger.open_count(session, issue.id)
         engine = sessions.kw["bind"]  # the ledger writer holds one connection of its own
-        run = SendRun(engine, settings, content, transport or open_transport(settings), options, worker, lease,
+        run = SendRun(engine, settings, content, transport or open_transport(settings), tuning or Tuning(), worker, lease,
                       report, progress, limit, min(total, limit) if limit is not None else total)
         asyncio.run(run.run())
         with sessions.begin() as session:

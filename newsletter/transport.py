@@ -9,8 +9,11 @@ timeout, drop → TransportUnavailable), keeping the server's code and reply tex
 
 Speed: `data` is normally produced by `message.py` already in wire form (CRLF line
 ends, no line starting with '.'), so the DATA body goes out through aiosmtplib's
-lower-level protocol without its per-message regex passes; two cheap C-level checks
-confirm that, and anything else is normalised here the slow way.
+lower-level protocol without its per-message regex passes (`_Wire`, the one place that
+touches it); anything else is normalised here the slow way.
+
+TLS: `ssl` (port 465) or `starttls` (587), always verified, against `[smtp] ca_file`
+when set; a login is refused without TLS unless `[smtp] auth_without_tls` says so.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
-from aiosmtplib.protocol import normalize_message_line_endings
 
-from newsletter.config import Settings
+from newsletter.config import Settings, SmtpSettings
 from newsletter.errors import (
     AmbiguousDelivery,
+    ConfigError,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -42,6 +45,7 @@ from newsletter.message import WireBytes
 
 BeforeData = Callable[[], Awaitable[None]]
 ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20<>\x7f]")  # would break out of MAIL FROM:<…> / RCPT TO:<…>
+LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class Transport(Protocol):
@@ -81,9 +85,27 @@ def _map_errors(where: str) -> Iterator[None]:
         # the server, never about a recipient, so no 5xx here may bounce a subscriber.
         raise TransportUnavailable(f"{where}: {exc.code} {exc.message}", code=exc.code,
                                    reply=f"{exc.code} {exc.message}") from exc
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+    except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ssl.SSLError, OSError) as exc:
+        cert = _cert_failure(exc)
+        if cert is None:
+            text = str(exc) or type(exc).__name__
+            raise TransportUnavailable(f"{where}: {text}", reply=text) from exc
+        raise TransportUnavailable(f"{where}: its TLS certificate failed verification ({cert}); fix the server's "
+                                   f"certificate or set [smtp] ca_file to the CA that signed it",
+                                   reply=f"TLS certificate failed verification: {cert}") from exc
+    except (aiosmtplib.SMTPException, asyncio.TimeoutError) as exc:
         text = str(exc) or type(exc).__name__
         raise TransportUnavailable(f"{where}: {text}", reply=text) from exc
+
+
+def _cert_failure(exc: BaseException) -> str | None:
+    """The verifier's reason if `exc` (or what caused it) is a failed certificate check."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def wire_form(data: bytes) -> bytes:
@@ -93,72 +115,85 @@ def wire_form(data: bytes) -> bytes:
     if isinstance(data, WireBytes):
         return data
     if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
-        data = normalize_message_line_endings(data)
-    elif not data.endswith(b"\r\n"):
+        data = LINE_END.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if data.startswith(b"."):
         data = b"." + data
     return data.replace(b"\r\n.", b"\r\n..")
 
 
-@dataclass(frozen=True)
-class SmtpOptions:
-    host: str
-    port: int
-    username: str = ""
-    password: str = ""
-    starttls: bool = False
-    ssl: bool = False
-    timeout: float = 30.0
-    size: int = 8
-    data_timeout: float = 600.0
+def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
+    """The verifying TLS context for [smtp] (system CAs, or `ca_file`); None without TLS.
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SmtpOptions:
-        s = settings.smtp
-        return cls(s.host, s.port, s.username, str(s.password), s.starttls, s.ssl, s.timeout, s.concurrency,
-                   s.data_timeout)
+    Raises ConfigError if the CA file cannot be read."""
+    if not (smtp.ssl or smtp.starttls):
+        return None
+    try:
+        return ssl.create_default_context(cafile=smtp.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"[smtp] ca_file {smtp.ca_file!r}: {reason}; give a PEM file of CA certificates") from exc
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+
+class _Wire:
+    """The one place that uses aiosmtplib below its `sendmail` API. Why: `sendmail` re-scans
+    every message with regexes (line ends, dot-stuffing) and cannot wait between the
+    server's 354 and the body; the engine needs both the prepared bytes sent as they are
+    and that wait (its ledger commit). So: commands through `execute_command`, the body
+    through the connection's protocol in one write, its reply through `read_response`."""
+
+    @staticmethod
+    async def command(conn: aiosmtplib.SMTP, *args: bytes) -> tuple[int, str]:
+        response = await conn.execute_command(*args, timeout=None)
+        return response.code, response.message
+
+    @staticmethod
+    async def body(conn: aiosmtplib.SMTP, body: bytes, timeout: float) -> tuple[int, str]:
+        protocol = conn.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        protocol.write(body + b".\r\n")  # one send() call: the copy costs less than a syscall
+        response = await protocol.read_response(timeout=timeout)
+        return response.code, response.message
 
 
 class SmtpTransport:
-    """A pool of up to `size` persistent connections; each carries many messages."""
+    """A pool of up to `[smtp] concurrency` persistent connections; each carries many messages."""
 
-    def __init__(self, options: SmtpOptions) -> None:
-        self.options = options
+    def __init__(self, smtp: SmtpSettings) -> None:
+        self.smtp = smtp
+        self.address = f"{smtp.host}:{smtp.port}"
+        self._tls = tls_context(smtp)
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(options.size)
+        self._slots = asyncio.Semaphore(smtp.concurrency)
         # EHLO name: socket.getfqdn() (aiosmtplib's default) can stall on DNS.
         self._local_hostname = socket.gethostname() or "localhost"
 
     def _new_connection(self) -> aiosmtplib.SMTP:
-        o = self.options
-        return aiosmtplib.SMTP(hostname=o.host, port=o.port, username=o.username or None,
-                               password=o.password or None, timeout=o.timeout, use_tls=o.ssl,
-                               start_tls=o.starttls, local_hostname=self._local_hostname)
+        s = self.smtp
+        return aiosmtplib.SMTP(hostname=s.host, port=s.port, username=s.username or None,
+                               password=s.password.reveal() or None, timeout=s.timeout, use_tls=s.ssl,
+                               start_tls=s.starttls, tls_context=self._tls, local_hostname=self._local_hostname)
 
     async def _connect(self, conn: aiosmtplib.SMTP) -> None:
-        with _map_errors(f"cannot connect to SMTP server {self.options.address}"):
+        with _map_errors(f"cannot connect to SMTP server {self.address}"):
             await conn.connect()
             if conn.is_ehlo_or_helo_needed:
                 await conn.ehlo()
 
     async def _command(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, stage: str, *args: bytes,
                        ok: tuple[int, ...] = (250,)) -> str:
-        deadline.reschedule(asyncio.get_running_loop().time() + self.options.timeout)
-        with _map_errors(f"{stage} at {self.options.address}"):
-            response = await conn.execute_command(*args, timeout=None)
-        if response.code not in ok:
+        deadline.reschedule(asyncio.get_running_loop().time() + self.smtp.timeout)
+        with _map_errors(f"{stage} at {self.address}"):
+            code, message = await _Wire.command(conn, *args)
+        if code not in ok:
             # 421: the server is closing this connection; a 5xx to MAIL FROM refuses our sender.
             # Neither is the recipient's fault: the run stops or reconnects, nobody bounces.
-            if response.code == 421 or (args[0] == b"MAIL" and response.code >= 500):
-                raise TransportUnavailable(f"{stage}: {response.code} {response.message}", code=response.code,
-                                           reply=f"{response.code} {response.message}")
-            raise _reply_error(response.code, response.message, stage)
-        return response.message
+            if code == 421 or (args[0] == b"MAIL" and code >= 500):
+                raise TransportUnavailable(f"{stage}: {code} {message}", code=code, reply=f"{code} {message}")
+            raise _reply_error(code, message, stage)
+        return message
 
     async def _data(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, body: bytes,
                     before: BeforeData | None) -> str:
@@ -175,27 +210,23 @@ class SmtpTransport:
                 conn.close()
                 raise
         deadline.reschedule(None)  # the final reply has its own, longer wait (RFC 5321 4.5.3.2.6)
-        protocol = conn.protocol
         try:
-            with _map_errors(f"sending the message to {self.options.address}"):
-                if protocol is None:
-                    raise aiosmtplib.SMTPServerDisconnected("connection lost")
-                protocol.write(body + b".\r\n")  # one send() call: the copy costs less than a syscall
-                response = await protocol.read_response(timeout=self.options.data_timeout)
+            with _map_errors(f"sending the message to {self.address}"):
+                code, message = await _Wire.body(conn, body, self.smtp.data_timeout)
         except TransportUnavailable as exc:
             conn.close()  # the reply may still arrive: never pair it with a later command
             if isinstance(exc.__cause__, aiosmtplib.SMTPTimeoutError):
                 # The message is out and the server is silent: it may be queued already.
                 # A dropped connection, by contrast, means the server discards the transaction.
-                raise AmbiguousDelivery(f"no reply from SMTP server {self.options.address} within "
-                                        f"{self.options.data_timeout:g} s after the whole message",
+                raise AmbiguousDelivery(f"no reply from SMTP server {self.address} within "
+                                        f"{self.smtp.data_timeout:g} s after the whole message",
                                         reply="ambiguous: no reply to the end of the message") from exc
             raise
-        if response.code != 250:
-            if response.code == 421:
+        if code != 250:
+            if code == 421:
                 conn.close()
-            raise _reply_error(response.code, response.message, "end of DATA")
-        return f"{response.code} {response.message}"
+            raise _reply_error(code, message, "end of DATA")
+        return f"{code} {message}"
 
     async def _transaction(self, conn: aiosmtplib.SMTP, mail_from: bytes, rcpt_to: bytes, options: tuple[bytes, ...],
                            body: bytes, before: BeforeData | None) -> str:
@@ -210,8 +241,8 @@ class SmtpTransport:
     async def _reset(self, conn: aiosmtplib.SMTP) -> None:
         try:
             with _map_errors("RSET"):
-                response = await conn.execute_command(b"RSET")
-            if response.code != 250:
+                code, _ = await _Wire.command(conn, b"RSET")
+            if code != 250:
                 conn.close()
         except TransportUnavailable:
             conn.close()
@@ -236,8 +267,8 @@ class SmtpTransport:
                     return await self._transaction(conn, mail_from, rcpt_to, options, body, before_data)
                 except TimeoutError as exc:
                     conn.close()  # a late reply must never be paired with a later command
-                    raise TransportUnavailable(f"no reply from SMTP server {self.options.address} within "
-                                               f"{self.options.timeout:g} s", reply="timeout") from exc
+                    raise TransportUnavailable(f"no reply from SMTP server {self.address} within "
+                                               f"{self.smtp.timeout:g} s", reply="timeout") from exc
                 except BaseException:
                     if conn.is_connected:
                         await self._reset(conn)
@@ -290,10 +321,7 @@ def open_transport(settings: Settings, *, size: int | None = None) -> Transport:
     """The transport chosen by [delivery] transport: an SMTP pool or the outbox folder."""
     if settings.delivery.transport == "outbox":
         return OutboxTransport(settings.resolve(settings.delivery.outbox_dir))
-    options = SmtpOptions.from_settings(settings)
-    if size is not None:
-        options = SmtpOptions(**{**options.__dict__, "size": size})
-    return SmtpTransport(options)
+    return SmtpTransport(settings.smtp if size is None else replace(settings.smtp, concurrency=size))
 
 
 async def send_one(settings: Settings, envelope_from: str, recipient: str, data: bytes) -> str:

@@ -114,6 +114,7 @@ port = {smtp_port}
 timeout = 10
 concurrency = 4
 max_attempts = 3
+retry_delay = 0.05
 
 [delivery]
 transport = "smtp"

@@ -16,9 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import builder, subscribers
 from newsletter.config import Settings
 from newsletter.models import Article, Delivery, Issue, Subscriber, utcnow
-from newsletter.sender import SendSettings
-
-FAST = SendSettings(concurrency=4, max_attempts=3, retry_delay=0.05, max_wait=10)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,8 +68,9 @@ def body(msg: Message, subtype: str) -> str:
     raise AssertionError(f"no text/{subtype} part")
 
 
-def options(**changes: object) -> SendSettings:
-    return dataclasses.replace(FAST, **changes)  # type: ignore[arg-type]
+def with_smtp(settings: Settings, **changes: object) -> Settings:
+    """`settings` with some [smtp] values changed (the test config sends fast: retry_delay 0.05 s)."""
+    return dataclasses.replace(settings, smtp=dataclasses.replace(settings.smtp, **changes))  # type: ignore[arg-type]
 
 
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

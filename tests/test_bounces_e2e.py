@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from conftest import SmtpServer
-from sending_support import add_subscribers, build_issue, deliveries, options
+from sending_support import add_subscribers, build_issue, deliveries
 from sqlalchemy.orm import Session, sessionmaker
 from test_bounces_policy import arf, dsn
 
@@ -41,7 +41,7 @@ def test_envelope_sender_carries_a_bounce_token(sessions: sessionmaker[Session],
     verp = _verp(settings)
     week = build_issue(sessions, verp)
     [email] = add_subscribers(sessions, 1)
-    sender.send(sessions, verp, week, options=options())
+    sender.send(sessions, verp, week)
     [received] = smtp_server.messages
     row = deliveries(sessions, week)[email]
     local, _, domain = received.mail_from.partition("@")
@@ -57,7 +57,7 @@ def test_bounce_and_complaint_stop_the_next_issue(sessions: sessionmaker[Session
     verp = _verp(settings)
     first = _last_week_issue(sessions, verp)
     readers = add_subscribers(sessions, 4)
-    sender.send(sessions, verp, first, options=options(), force=True)
+    sender.send(sessions, verp, first, force=True)
     envelope = {m.rcpt_tos[0]: m.mail_from for m in smtp_server.messages}
     assert sorted(envelope) == sorted(readers)
 
@@ -80,6 +80,6 @@ def test_bounce_and_complaint_stop_the_next_issue(sessions: sessionmaker[Session
     second = build_issue(sessions, verp)
     assert second != first
     smtp_server.messages.clear()
-    report = sender.send(sessions, verp, second, options=options())
+    report = sender.send(sessions, verp, second)
     assert sorted(smtp_server.recipients()) == sorted(readers[2:])
     assert report.sent == 2

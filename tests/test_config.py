@@ -60,7 +60,32 @@ def test_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> 
 def test_secrets_are_hidden_in_reprs(tmp_path: Path) -> None:
     settings = config.load(write(tmp_path, '[smtp]\npassword = "hunter2"\n'), environ={})
     assert "hunter2" not in repr(settings)
-    assert settings.smtp.password == "hunter2"
+    assert settings.smtp.password.reveal() == "hunter2"
+
+
+def test_the_smtp_password_is_not_a_string_and_never_shows(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, '[smtp]\nusername = "u"\nstarttls = true\n'),
+                           environ={"NEWSLETTER_SMTP_PASSWORD": "hunter2"})
+    password = settings.smtp.password
+    assert not isinstance(password, str)
+    shown = [repr(settings), str(password), f"{password}", "%s" % password, repr(settings.smtp)]
+    assert all("hunter2" not in text for text in shown)
+    assert password.reveal() == "hunter2"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[smtp]\nusername = "u"\n', "[smtp] username is set but neither starttls nor ssl is: the password would cross "
+     "the network in clear; set starttls = true (port 587) or ssl = true (port 465), or auth_without_tls = true "
+     "for a relay on this host; fix {path}"),
+    ("[smtp]\nstarttls = true\nssl = true\n", "[smtp] starttls and ssl are both true: use ssl for port 465 (TLS "
+     "from the start) or starttls for port 587, not both; fix {path}"),
+])
+def test_smtp_settings_that_would_leak_or_contradict_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ={})
+    assert str(err.value) == message.format(path=path)
+    assert config.load(path, environ={"NEWSLETTER_SMTP_AUTH_WITHOUT_TLS": "true", "NEWSLETTER_SMTP_SSL": "false"})
 
 
 @pytest.mark.parametrize("text, environ, message", [

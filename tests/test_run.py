@@ -13,7 +13,7 @@ from newsletter import builder, locks, scheduler
 from newsletter.config import Settings
 from newsletter.models import Issue, Lock, utcnow
 from tests.conftest import SmtpServer
-from tests.sending_support import add_articles, add_subscribers, body, cli, issue_status, options
+from tests.sending_support import add_articles, add_subscribers, body, cli, issue_status
 
 RSS = """<?xml version="1.0"?>
 <rss version="2.0"><channel><title>Trade site</title><link>https://example.com/</link>
@@ -30,16 +30,16 @@ def test_run_builds_then_sends_once_the_send_time_has_passed(sessions: sessionma
     week = builder.current_week(settings)
     due = builder.scheduled_at(settings, week)
 
-    early = scheduler.run(sessions, settings, now=due - timedelta(hours=1), fetch=False, options=options())
+    early = scheduler.run(sessions, settings, now=due - timedelta(hours=1), fetch=False)
     assert early.send is None and smtp_server.messages == []
     assert early.lines[-1].startswith("not sending yet: due ")
     assert issue_status(sessions, week) == "draft"
 
-    on_time = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False, options=options(),)
+    on_time = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False)
     assert on_time.send is not None and on_time.send.sent == 3
     assert sorted(smtp_server.recipients()) == emails and issue_status(sessions, week) == "sent"
 
-    later = scheduler.run(sessions, settings, now=due + timedelta(minutes=6), fetch=False, options=options())
+    later = scheduler.run(sessions, settings, now=due + timedelta(minutes=6), fetch=False)
     assert later.lines == [f"issue {week} was already sent"] and len(smtp_server.messages) == 3
 
 
@@ -51,12 +51,12 @@ def test_overlapping_runs_never_double_send(sessions: sessionmaker[Session], set
     other = locks.new_holder()  # another run of this very process: alive
     with sessions.begin() as s:
         assert locks.acquire(s, scheduler.RUN_LEASE, other, scheduler.RUN_TTL) is None
-    busy = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False, options=options())
+    busy = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False)
     assert busy.lines == [f"another `newsletter run` ({other}) is in progress; this one does nothing"]
     assert smtp_server.messages == []
     with sessions.begin() as s:
         locks.release(s, scheduler.RUN_LEASE, other)
-    done = scheduler.run(sessions, settings, now=due + timedelta(minutes=2), fetch=False, options=options())
+    done = scheduler.run(sessions, settings, now=due + timedelta(minutes=2), fetch=False)
     assert done.send is not None and done.send.sent == 2
 
 
@@ -67,13 +67,13 @@ def test_a_crashed_run_does_not_block_the_next(sessions: sessionmaker[Session], 
     due = builder.scheduled_at(settings, builder.current_week(settings))
     with sessions.begin() as s:  # a lease left by a process that no longer exists on this host
         assert locks.acquire(s, scheduler.RUN_LEASE, f"{locks.HOST}:999999999:dead", 3600) is None
-    report = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False, options=options())
+    report = scheduler.run(sessions, settings, now=due + timedelta(minutes=1), fetch=False)
     assert report.send is not None and report.send.sent == 1
 
 
 def test_run_without_articles_says_so(sessions: sessionmaker[Session], settings: Settings,
                                       smtp_server: SmtpServer) -> None:
-    report = scheduler.run(sessions, settings, fetch=False, options=options())
+    report = scheduler.run(sessions, settings, fetch=False)
     assert report.send is None and report.lines[0].startswith("not built: no articles were published in ")
     with sessions.begin() as s:
         assert s.scalar(select(Issue)) is None
@@ -120,11 +120,11 @@ def test_run_finishes_last_weeks_issue_after_the_week_turned(sessions: sessionma
     emails = add_subscribers(sessions, 3)
     week = builder.current_week(settings)
     due = builder.scheduled_at(settings, week)
-    builder_run = scheduler.run(sessions, settings, now=due - timedelta(hours=1), fetch=False, options=options())
+    builder_run = scheduler.run(sessions, settings, now=due - timedelta(hours=1), fetch=False)
     assert builder_run.send is None
-    sender.send(sessions, settings, week, options=options(), limit=1)
+    sender.send(sessions, settings, week, limit=1)
     assert issue_status(sessions, week) == "sending" and len(smtp_server.messages) == 1
-    next_week = scheduler.run(sessions, settings, now=due + timedelta(days=3), fetch=False, options=options())
+    next_week = scheduler.run(sessions, settings, now=due + timedelta(days=3), fetch=False)
     assert next_week.week != week
     assert f"issue {week} resumed: sent 2, failed 0, issue is sent" in next_week.lines
     assert sorted(smtp_server.recipients()) == emails

@@ -19,9 +19,15 @@ from newsletter.config import Settings
 from newsletter.db import make_engine, session_factory
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
 from newsletter.models import Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
-from newsletter.transport import SmtpOptions, SmtpTransport
+from newsletter.config import Password, SmtpSettings
+from newsletter.transport import SmtpTransport
 from tests.conftest import Received, RecordingHandler, SmtpServer, free_port
-from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, options
+from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, with_smtp
+
+
+def smtp_at(port: int, **changes: object) -> SmtpTransport:
+    """A real SMTP transport to the aiosmtpd server on 127.0.0.1:`port`."""
+    return SmtpTransport(SmtpSettings(host="127.0.0.1", port=port, **changes))  # type: ignore[arg-type]
 
 
 def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
@@ -33,7 +39,7 @@ def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
         subscribers.add(s, "pending@example.org", status=SubscriberStatus.PENDING)
         subscribers.add(s, "gone@example.org", status=SubscriberStatus.UNSUBSCRIBED)
 
-    report = sender.send(sessions, settings, week, options=options())
+    report = sender.send(sessions, settings, week)
 
     assert sorted(smtp_server.recipients()) == sorted(everyone + events_only)
     assert (report.sent, report.failed, report.remaining) == (4, 0, 0)
@@ -59,7 +65,7 @@ def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
     assert "Events headline" in events_text and "Products headline" not in events_text
     assert "Products headline" in body(msg, "plain")
     # A second run sends nothing more.
-    again = sender.send(sessions, settings, week, options=options())
+    again = sender.send(sessions, settings, week)
     assert again.sent == 0 and len(smtp_server.messages) == 4
 
 
@@ -70,7 +76,7 @@ def test_4xx_is_retried_with_backoff_until_accepted(sessions: sessionmaker[Sessi
     smtp_server.faults.data["reader0@example.org"] = ["451 4.3.0 try again later"]
     smtp_server.faults.rcpt["reader1@example.org"] = "452 4.2.2 mailbox busy"
 
-    report = sender.send(sessions, settings, week, options=options())
+    report = sender.send(sessions, settings, week)
 
     assert Counter(smtp_server.recipients()) == Counter([emails[0], emails[2]])
     rows = deliveries(sessions, week)
@@ -87,7 +93,7 @@ def test_retry_due_later_waits_for_the_next_run(sessions: sessionmaker[Session],
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 2)
     smtp_server.faults.data["reader0@example.org"] = ["421 4.7.0 slow down"]
-    report = sender.send(sessions, settings, week, options=options(retry_delay=3600))
+    report = sender.send(sessions, with_smtp(settings, retry_delay=3600), week)
     assert any(n.startswith("the server asked to slow down (421 4.7.0 slow down): ") for n in report.notes)
     row = deliveries(sessions, week)["reader0@example.org"]
     assert (row.status, row.attempts) == ("pending", 1) and row.next_attempt_at > utcnow()
@@ -96,7 +102,7 @@ def test_retry_due_later_waits_for_the_next_run(sessions: sessionmaker[Session],
     with sessions.begin() as s:  # time passes
         d = s.merge(row)
         d.next_attempt_at = utcnow() - timedelta(seconds=1)
-    sender.send(sessions, settings, week, options=options())
+    sender.send(sessions, settings, week)
     assert Counter(smtp_server.recipients()) == Counter({"reader0@example.org": 1, "reader1@example.org": 1})
     assert issue_status(sessions, week) == "sent"
 
@@ -111,7 +117,7 @@ def test_5xx_fails_the_delivery_and_bounces_the_subscriber(where: str, sessions:
     else:
         smtp_server.faults.data["reader2@example.org"] = ["554 5.7.1 rejected as spam"]
 
-    report = sender.send(sessions, settings, week, options=options())
+    report = sender.send(sessions, settings, week)
 
     assert sorted(smtp_server.recipients()) == ["reader0@example.org", "reader1@example.org"]
     assert (report.sent, report.failed, report.bounced) == (2, 1, 1)
@@ -130,7 +136,7 @@ def test_dropped_connection_mid_data_reconnects_and_delivers_once(
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 6)
     smtp_server.faults.drop_on_data.add("reader3@example.org")
-    sender.send(sessions, settings, week, options=options(concurrency=2))
+    sender.send(sessions, with_smtp(settings, concurrency=2), week)
     assert Counter(smtp_server.recipients()) == Counter(emails)
     assert deliveries(sessions, week)["reader3@example.org"].attempts == 2
 
@@ -140,16 +146,16 @@ def test_server_down_is_one_clear_error_and_the_issue_stays_resumable(
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 5)
     port = free_port()
-    down = SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=2, size=4))
+    down = smtp_at(port, timeout=2, concurrency=4)
     with pytest.raises(TransportUnavailable) as err:
-        sender.send(sessions, settings, week, options=options(), transport=down)
+        sender.send(sessions, settings, week, transport=down)
     assert f"cannot connect to SMTP server 127.0.0.1:{port}" in str(err.value)
     assert "run `newsletter send` again" in str(err.value)
     rows = deliveries(sessions, week)
     assert {d.status for d in rows.values()} == {"pending"}
     assert all(d.claimed_by == "" for d in rows.values())  # reservations given back
 
-    sender.send(sessions, settings, week, options=options())
+    sender.send(sessions, settings, week)
     assert Counter(smtp_server.recipients()) == Counter(emails)
     assert issue_status(sessions, week) == "sent"
 
@@ -177,8 +183,8 @@ def test_unsubscribe_during_a_send_is_honoured(sessions: sessionmaker[Session], 
                                               smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 4)
-    transport = UnsubscribeAfterFirst(SmtpTransport(SmtpOptions.from_settings(settings)), sessions, emails[-1])
-    report = sender.send(sessions, settings, week, options=options(concurrency=1, batch_size=2),
+    transport = UnsubscribeAfterFirst(SmtpTransport(settings.smtp), sessions, emails[-1])
+    report = sender.send(sessions, with_smtp(settings, concurrency=1), week, tuning=sender.Tuning(batch_size=2),
                          transport=transport)
     assert sorted(smtp_server.recipients()) == emails[:-1]
     row = deliveries(sessions, week)[emails[-1]]
@@ -193,22 +199,22 @@ def test_stale_issue_is_refused_unless_forced(sessions: sessionmaker[Session], s
     with sessions.begin() as s:
         s.scalar(select(Issue).where(Issue.week == week)).scheduled_at = utcnow() - timedelta(hours=100)
     with pytest.raises(Conflict, match=r"100 hours ago \(more than \[delivery\] max_age_hours = 72\); pass --force"):
-        sender.send(sessions, settings, week, options=options())
+        sender.send(sessions, settings, week)
     assert smtp_server.messages == []
-    sender.send(sessions, settings, week, options=options(), force=True)
+    sender.send(sessions, settings, week, force=True)
     assert smtp_server.recipients() == ["reader0@example.org"]
 
 
 def test_unbuilt_week_and_header_injection_are_refused(sessions: sessionmaker[Session], settings: Settings,
                                                        smtp_server: SmtpServer) -> None:
     with pytest.raises(NotFound, match=r"no issue for 2020-W01; run 'newsletter issue build --week 2020-W01' first"):
-        sender.send(sessions, settings, "2020-W01", options=options())
+        sender.send(sessions, settings, "2020-W01")
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 2)
     with sessions.begin() as s:
         s.scalar(select(Issue).where(Issue.week == week)).subject = "Hi\r\nBcc: victim@example.net"
     with pytest.raises(InvalidInput, match="Subject .* contains a line break"):
-        sender.send(sessions, settings, week, options=options())
+        sender.send(sessions, settings, week)
     assert smtp_server.messages == []
 
 
@@ -216,9 +222,9 @@ def test_limit_sends_only_n_and_a_rerun_continues(sessions: sessionmaker[Session
                                                   smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 7)
-    first = sender.send(sessions, settings, week, options=options(), limit=3)
+    first = sender.send(sessions, settings, week, limit=3)
     assert first.sent == 3 and first.remaining == 4 and issue_status(sessions, week) == "sending"
-    sender.send(sessions, settings, week, options=options())
+    sender.send(sessions, settings, week)
     assert Counter(smtp_server.recipients()) == Counter(emails)
 
 
@@ -226,7 +232,7 @@ def test_rate_limit_paces_the_sending(sessions: sessionmaker[Session], settings:
                                       smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 6)
-    report = sender.send(sessions, settings, week, options=options(rate_per_second=10))
+    report = sender.send(sessions, with_smtp(settings, rate_per_second=10), week)
     assert report.sent == 6 and report.elapsed >= 0.5
 
 
@@ -241,8 +247,8 @@ def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
     controller = Controller(strict, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
     controller.start()
     try:
-        report = sender.send(sessions, settings, week, options=options(),
-                             transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+        report = sender.send(sessions, settings, week,
+                             transport=smtp_at(port, timeout=5, concurrency=2))
     finally:
         controller.stop()
     assert sorted(r for m in strict.messages for r in m.rcpt_tos) == emails
@@ -253,7 +259,7 @@ def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
         assert subscribers.get_by_email(s, "jörg@bücher.example").status == SubscriberStatus.ACTIVE
         s.merge(row).status = "pending"
         s.scalar(select(Issue).where(Issue.week == week)).status = "sending"
-    sender.send(sessions, settings, week, options=options())
+    sender.send(sessions, settings, week)
     assert smtp_server.recipients() == ["jörg@bücher.example"]
     received = message_from_bytes(smtp_server.messages[0].data, policy=policy.default)
     assert str(received["To"]) == "Jörg <jörg@bücher.example>"
@@ -266,7 +272,7 @@ def test_an_address_that_cannot_go_in_a_header_fails_alone(sessions: sessionmake
     with sessions.begin() as s:  # written around the API, as an old import might have
         s.add(Subscriber(email="evil@example.org\r\nBcc: all@example.net", email_key="evil", name="",
                          status=SubscriberStatus.ACTIVE, attributes={}))
-    report = sender.send(sessions, settings, week, options=options())
+    report = sender.send(sessions, settings, week)
     assert sorted(smtp_server.recipients()) == emails and report.failed == 1
     row = deliveries(sessions, week)["evil@example.org\r\nBcc: all@example.net"]
     assert row.status == "failed" and "contains a line break" in row.last_reply
@@ -296,21 +302,21 @@ def test_no_reply_to_the_end_of_a_message_leaves_it_ambiguous_never_resent(
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        slow = SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=1, data_timeout=0.2))
+        slow = smtp_at(port, timeout=5, concurrency=1, data_timeout=0.2)
         with pytest.raises(TransportUnavailable, match=rf"no reply from SMTP server 127.0.0.1:{port} "
                                                        r"within 0.2 s after the whole message; stopped sending"):
-            sender.send(sessions, settings, week, options=options(concurrency=1), transport=slow)
+            sender.send(sessions, with_smtp(settings, concurrency=1), week, transport=slow)
         rows = deliveries(sessions, week)
         assert sorted(d.status for d in rows.values()) == ["pending", "pending", "sending"]
         handler.stall = 0
-        report = sender.send(sessions, settings, week, options=options(),
-                             transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+        report = sender.send(sessions, settings, week,
+                             transport=smtp_at(port, timeout=5, concurrency=2))
         assert report.sent == 2 and report.ambiguous == 1
         recipients = [r for m in handler.messages for r in m.rcpt_tos]
         assert sorted(recipients) == emails  # everyone once, nobody twice
         assert issue_status(sessions, week) == "sending"  # one delivery is still unresolved
-        report = sender.send(sessions, settings, week, options=options(), resend_ambiguous=True,
-                             transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+        report = sender.send(sessions, settings, week, resend_ambiguous=True,
+                             transport=smtp_at(port, timeout=5, concurrency=2))
         assert report.sent == 1 and issue_status(sessions, week) == "sent"  # only on explicit request
     finally:
         controller.stop()
@@ -349,8 +355,8 @@ def test_a_server_refusing_us_bounces_nobody_and_stops(sessions: sessionmaker[Se
     controller.start()
     try:
         with pytest.raises(TransportUnavailable, match="stopped sending"):
-            sender.send(sessions, settings, week, options=options(concurrency=2),
-                        transport=SmtpTransport(SmtpOptions("127.0.0.1", port, timeout=5, size=2)))
+            sender.send(sessions, with_smtp(settings, concurrency=2), week,
+                        transport=smtp_at(port, timeout=5, concurrency=2))
     finally:
         controller.stop()
     rows = deliveries(sessions, week)
@@ -377,11 +383,11 @@ def test_smtp_auth_login_and_a_refused_login(sessions: sessionmaker[Session], se
     try:
         with pytest.raises(TransportUnavailable, match=r"login refused \(535 .*\); check \[smtp\] username and "
                                                        r"password; stopped sending"):
-            sender.send(sessions, settings, week, options=options(), transport=SmtpTransport(
-                SmtpOptions("127.0.0.1", port, username="mailer", password="wrong", timeout=5, size=2)))
+            sender.send(sessions, settings, week, transport=smtp_at(
+                port, username="mailer", password=Password("wrong"), auth_without_tls=True, timeout=5, concurrency=2))
         assert handler.messages == []
-        sender.send(sessions, settings, week, options=options(), transport=SmtpTransport(
-            SmtpOptions("127.0.0.1", port, username="mailer", password="s3cret", timeout=5, size=2)))
+        sender.send(sessions, settings, week, transport=smtp_at(
+            port, username="mailer", password=Password("s3cret"), auth_without_tls=True, timeout=5, concurrency=2))
     finally:
         controller.stop()
     assert sorted(r for m in handler.messages for r in m.rcpt_tos) == emails
@@ -410,7 +416,7 @@ def test_unsubscribes_from_another_connection_succeed_while_a_send_commits(
     thread = threading.Thread(target=web)
     thread.start()
     try:
-        sender.send(sessions, settings, week, options=options())
+        sender.send(sessions, settings, week)
     finally:
         thread.join(timeout=60)
         web_engine.dispose()

@@ -106,9 +106,8 @@ def save_preferences(session: Session, subscriber_id: int, *, name: str, slugs: 
     known = _known_topics(session, slugs)
     if not slugs:
         raise InvalidInput("choose at least one topic, or unsubscribe from everything below")
-    clean_name = " ".join(name.split())[:200]
     subscribers.set_categories(session, sub, [] if set(known) <= set(slugs) else slugs)
-    sub.name = clean_name
+    sub.name = subscribers.clean_name(name)
     session.add(Event(kind=EventKind.PREFERENCES, subscriber_id=sub.id, source="page",
                       detail=f"categories: {','.join(sorted(slugs))}", created_at=utcnow()))
     return view(session, sub.id)

@@ -123,6 +123,15 @@ def category_slugs(session: Session, sub: Subscriber) -> list[str]:
         .where(SubscriberCategory.subscriber_id == sub.id).order_by(Category.position)))
 
 
+NAME_MAX = 200  # characters; the column's width, and ample for any display name
+
+
+def clean_name(name: str) -> str:
+    """A display name as stored: one line, single spaces, at most NAME_MAX characters
+    (a 3,000-character name once made a To line no server accepts)."""
+    return " ".join(name.split())[:NAME_MAX].rstrip()
+
+
 # -- status -----------------------------------------------------------------------------
 
 
@@ -133,7 +142,7 @@ def add(session: Session, email: str, *, name: str = "", categories: Iterable[st
     if get_by_email(session, normalized) is not None:
         raise InvalidInput(f"{normalized} is already on the list")
     now = utcnow()
-    sub = Subscriber(email=normalized, email_key=email_key(normalized), name=name.strip(), status=status,
+    sub = Subscriber(email=normalized, email_key=email_key(normalized), name=clean_name(name), status=status,
                      consent_source=source, consent_at=now if status == SubscriberStatus.ACTIVE else None,
                      status_changed_at=now, created_at=now, attributes={})
     session.add(sub)
@@ -341,6 +350,7 @@ def _parse_rows(text: str, source: str, category_ids: dict[str, int], report: Im
         name = cell(row, "name")
         if name is None and ("first_name" in known or "last_name" in known):
             name = " ".join(p for p in (cell(row, "first_name"), cell(row, "last_name")) if p) or None
+        name = None if name is None else clean_name(name)
         cats_raw = cell(row, "categories")
         cats: list[int] | None = None
         if cats_raw is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from pathlib import Path
 
 import dkim
@@ -130,3 +132,40 @@ def test_dkim_signature_covers_list_unsubscribe_and_verifies(variant: render.Var
     # Tampering with the unsubscribe header breaks the signature.
     assert not dkim.verify(data.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
                                         b"List-Unsubscribe-Post: nothing"), dnsfunc=dns)
+
+
+def test_date_is_the_hand_over_time_not_the_start_of_the_send(variant: render.Variant, settings: Settings) -> None:
+    """A send with retries can last hours: each message is dated when it is built to go out."""
+    now = [1_795_000_000.0]
+    factory = MessageFactory(settings, 7, clock=lambda: now[0])
+    template = factory.prepare(variant)
+    first = parse(factory.build(template, 1, "a@example.org", ""))
+    now[0] += 3 * 3600  # the retry, three hours later
+    retry = parse(factory.build(template, 1, "a@example.org", ""))
+    assert (retry["Date"].datetime - first["Date"].datetime).total_seconds() == 3 * 3600
+    assert first["Date"].datetime.timestamp() == 1_795_000_000
+    assert str(first["Date"]).endswith("+0100")  # the configured zone, Europe/Berlin in winter
+
+
+@pytest.mark.parametrize("name", ["A" * 3000, "Bob " * 700, "Jörg " * 500, "x" * 90])
+def test_a_long_name_is_folded_within_the_line_limits(variant: render.Variant, settings: Settings,
+                                                      name: str) -> None:
+    factory = MessageFactory(settings, 7)
+    data = factory.build(factory.prepare(variant), 1, "long@example.org", name)
+    header = data[:data.index(b"\r\n\r\n")].decode()
+    to_lines = header[header.index("\r\nTo: ") + 2:].split("\r\n")
+    to_lines = to_lines[:1] + [line for line in itertools.takewhile(lambda x: x.startswith(" "), to_lines[1:])]
+    assert max(len(line) for line in to_lines) <= 78  # RFC 5322's SHOULD (links in List-Unsubscribe cannot)
+    assert max(len(line) for line in header.split("\r\n")) <= 998
+    # decode_header, not policy.default: the latter puts a space between adjacent encoded-words
+    # in a display name, which RFC 2047 6.2 says to drop.
+    to = str(make_header(decode_header(message_from_bytes(data)["To"])))
+    assert to == f"{' '.join(name.split())} <long@example.org>"
+
+
+def test_a_subject_with_a_word_longer_than_a_line_is_folded(variant: render.Variant, settings: Settings) -> None:
+    long = dataclasses.replace(variant, subject="Report: " + "x" * 1200)
+    factory = MessageFactory(settings, 7)
+    data = factory.build(factory.prepare(long), 1, "a@example.org", "")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    assert parse(data)["Subject"] == "Report: " + "x" * 1200

@@ -68,7 +68,7 @@ def test_the_smtp_password_is_not_a_string_and_never_shows(tmp_path: Path) -> No
                            environ={"NEWSLETTER_SMTP_PASSWORD": "hunter2"})
     password = settings.smtp.password
     assert not isinstance(password, str)
-    shown = [repr(settings), str(password), f"{password}", "%s" % password, repr(settings.smtp)]
+    shown = [repr(settings), str(password), f"{password}", f"{password!s:>20}", repr(settings.smtp)]
     assert all("hunter2" not in text for text in shown)
     assert password.reveal() == "hunter2"
 

@@ -154,7 +154,7 @@ def test_a_long_name_is_folded_within_the_line_limits(variant: render.Variant, s
     data = factory.build(factory.prepare(variant), 1, "long@example.org", name)
     header = data[:data.index(b"\r\n\r\n")].decode()
     to_lines = header[header.index("\r\nTo: ") + 2:].split("\r\n")
-    to_lines = to_lines[:1] + [line for line in itertools.takewhile(lambda x: x.startswith(" "), to_lines[1:])]
+    to_lines = to_lines[:1] + list(itertools.takewhile(lambda x: x.startswith(" "), to_lines[1:]))
     assert max(len(line) for line in to_lines) <= 78  # RFC 5322's SHOULD (links in List-Unsubscribe cannot)
     assert max(len(line) for line in header.split("\r\n")) <= 998
     # decode_header, not policy.default: the latter puts a space between adjacent encoded-words

@@ -7,7 +7,9 @@ nothing. A GET never changes state (mail scanners prefetch links): unsubscribe a
 confirm show a page with one button that POSTs. The one exception to "show a page
 first" is RFC 8058: a POST with `List-Unsubscribe=One-Click` unsubscribes at once.
 Handlers parse the request and call `selfservice.py` in a worker thread (the
-database is synchronous); the routes are listed at the bottom.
+database is synchronous); the routes are listed at the bottom. `SecureResponses`
+wraps them all: every answer carries the security headers, and an unexpected error
+is one 500 page and one log line, with any token in its path hidden.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import builder, desk, message, render, selfservice, subscribers, tokens, transport, webhooks
 from newsletter.config import EXAMPLE_SECRET, Settings
@@ -51,6 +55,8 @@ EMBED_CSP = PAGE_CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
 # An issue's web version shows the articles' images from wherever they are hosted.
 ISSUE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; base-uri 'none'; frame-ancestors 'none'"
 BASE_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+# Answers that are not pages (/healthz, webhooks) load and show nothing.
+DATA_CSP = "default-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
 @dataclass
@@ -66,7 +72,8 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> St
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient)."""
     app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory),
                             *desk.routes(settings, session_factory)],
-                    exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+                    middleware=[Middleware(SecureResponses)],
+                    exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False  # the app never redirects, not even to add or drop a '/'
     app.state.newsletter = AppState(
         settings=settings, sessions=session_factory,
@@ -81,7 +88,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session]) -> St
 
 
 def _state(request: Request) -> AppState:
-    return request.app.state.newsletter  # type: ignore[no-any-return]
+    return request.app.state.newsletter
 
 
 async def _db(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -356,11 +363,16 @@ def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: s
 TOKEN_IN_PATH = re.compile(r"^(/(?:unsubscribe|preferences|confirm)/)[^/?]+|([?&]key=)[^&]+")
 
 
+def hide_tokens(path: str) -> str:
+    """A request path (and query) fit for a log: the route stays, a token becomes '…'
+    (a token is a key to someone's subscription)."""
+    return TOKEN_IN_PATH.sub(lambda m: (m.group(1) or m.group(2)) + "…", path)
+
+
 def _hide_tokens(record: logging.LogRecord) -> bool:
-    """Access log lines keep the route but not the token: a token is a key to someone's subscription."""
+    """Access log lines keep the route but not the token."""
     if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
-        path = TOKEN_IN_PATH.sub(lambda m: (m.group(1) or m.group(2)) + "…", record.args[2])
-        record.args = (*record.args[:2], path, *record.args[3:])
+        record.args = (*record.args[:2], hide_tokens(record.args[2]), *record.args[3:])
     return True
 
 
@@ -392,12 +404,45 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return await _not_found(request, exc)
-    return _error(request, exc.status_code, "That did not work", str(exc.detail))
+    response = _error(request, exc.status_code, "That did not work", str(exc.detail))
+    response.headers.update(exc.headers or {})  # e.g. the Allow header of a 405
+    return response
 
 
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("error serving %s", request.url.path, exc_info=exc)
-    return _error(request, 500, "Something went wrong", "Sorry, please try again later. Nothing was changed.")
+class SecureResponses:
+    """Middleware around every route: each answer (page, /healthz, webhook, error) gets
+    BASE_HEADERS and a CSP unless it set its own; an unexpected error becomes the 500
+    page and is logged here, once, with tokens hidden. It is not re-raised: Starlette's
+    outer error middleware would hand it to the server, which logs it a second time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_secured(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in {**BASE_HEADERS, "Content-Security-Policy": DATA_CSP}.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_secured)
+        except Exception as exc:
+            request = Request(scope)
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            log.error("error serving %s %s", request.method, hide_tokens(path), exc_info=exc)
+            if not started:  # else the answer is out (e.g. a background task failed after it)
+                response = _error(request, 500, "Something went wrong",
+                                  "Sorry, please try again later. Nothing was changed.")
+                await response(scope, receive, send_secured)
 
 
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
@@ -406,7 +451,6 @@ EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
     NotFound: _not_found,
     Conflict: _conflict,
     HTTPException: _http_error,
-    Exception: _server_error,
 }
 
 ROUTES = [

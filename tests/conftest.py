@@ -171,6 +171,50 @@ class Received:
         return message_from_bytes(self.data)
 
 
+class Gate:
+    """Holds the server's answer to DATA, once `free` messages have been accepted, until the
+    test opens it.
+
+    A test that must catch a sender with messages on the wire (kill -9, a second sender)
+    waits for `wait_held(n)` instead of guessing a delay, so it holds on a slow machine.
+    `open(drop=True)` answers the held messages 421 without recording them (the server
+    lost them); the fixture opens that way at teardown so no handler is left waiting."""
+
+    def __init__(self, free: int = 0) -> None:
+        self.free = free
+        self.held = 0
+        self._opened = False
+        self._drop = False
+        self._cond = threading.Condition()
+
+    async def passes(self) -> bool:
+        """At DATA: False if the message must be answered 421 and not recorded."""
+        with self._cond:
+            if self._opened:
+                return not self._drop
+            if self.free > 0:
+                self.free -= 1
+                return True
+            self.held += 1
+            self._cond.notify_all()
+        while True:  # polls a flag the test sets; the server's loop stays free meanwhile
+            with self._cond:
+                if self._opened:
+                    self.held -= 1
+                    return not self._drop
+            await asyncio.sleep(0.005)
+
+    def wait_held(self, n: int = 1, timeout: float = 60.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.held >= n, timeout):
+                raise AssertionError(f"{self.held} of {n} messages reached the gate in {timeout:.0f} s")
+
+    def open(self, *, drop: bool = False) -> None:
+        with self._cond:
+            self._opened, self._drop = True, drop
+            self._cond.notify_all()
+
+
 @dataclass
 class Faults:
     """Per-recipient faults: reply codes at RCPT or after DATA, or a dropped connection."""
@@ -178,7 +222,7 @@ class Faults:
     rcpt: dict[str, str] = field(default_factory=dict)          # addr -> reply line, e.g. "550 5.1.1 no such user"
     data: dict[str, list[str]] = field(default_factory=dict)    # addr -> replies to give in turn, then accept
     drop_on_data: set[str] = field(default_factory=set)          # addr -> close the connection mid-DATA (once)
-    delay: float = 0.0                                           # seconds before answering DATA
+    gate: Gate | None = None                                     # holds DATA answers until the test opens it
 
 
 class RecordingHandler:
@@ -196,8 +240,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: AiosmtpdServer, session: Session, envelope: Envelope) -> str:
-        if self.faults.delay:
-            await asyncio.sleep(self.faults.delay)
+        if self.faults.gate is not None and not await self.faults.gate.passes():
+            return "421 4.3.0 closing (test gate dropped the message)"
         for rcpt in envelope.rcpt_tos:
             key = rcpt.lower()
             if key in self.faults.drop_on_data:
@@ -235,12 +279,13 @@ def smtp_server() -> Iterator[SmtpServer]:
     """aiosmtpd on 127.0.0.1 and a free port, recording every accepted message."""
     handler = RecordingHandler()
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port,
-                            server_kwargs={"data_size_limit": 10_000_000})
+    controller = Controller(handler, hostname="127.0.0.1", port=port, data_size_limit=10_000_000)
     controller.start()
     try:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
+        if handler.faults.gate is not None:
+            handler.faults.gate.open(drop=True)
         controller.stop()
 
 

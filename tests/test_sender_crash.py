@@ -1,14 +1,16 @@
 """What must survive a process: kill -9 mid-send and resume, concurrent senders.
 
 Each test runs `python -m newsletter send` as a child process against the real
-aiosmtpd fixture, slowed down (`faults.delay`) so the kill lands mid-send.
+aiosmtpd fixture, whose gate holds the answers to DATA until the test opens it: the kill
+lands, or the second sender starts, while messages are on the wire, however slow the
+machine is.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import time
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -16,19 +18,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
-from tests.conftest import SmtpServer
+from tests.conftest import Gate, SmtpServer
 from tests.sending_support import add_subscribers, build_issue, cli, deliveries, issue_status, start_cli
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
-
-
-def stop(proc) -> None:  # type: ignore[no-untyped-def]
+def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=10)
@@ -38,21 +32,22 @@ def test_kill_9_mid_send_then_resume_mails_nobody_twice_and_skips_nobody(
         config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 150)
-    smtp_server.faults.delay = 0.02
+    gate = smtp_server.faults.gate = Gate(free=20)
     proc = start_cli(config_path, "send", "--week", week)
     try:
-        wait_for(lambda: len(smtp_server.messages) >= 20 or proc.poll() is not None)
+        # 20 accepted, then every connection waits for its answer: the kill lands mid-send.
+        gate.wait_held(settings.smtp.concurrency)
         assert proc.poll() is None, proc.communicate()
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         stop(proc)
-    time.sleep(0.2)  # let the server finish with the connections the kill cut
+    gate.open(drop=True)  # the server lost the messages it held (the kill cut their connections)
+    smtp_server.faults.gate = None
     first = Counter(smtp_server.recipients())
-    assert max(first.values()) == 1 and len(first) < len(emails)
+    assert len(first) == 20 and max(first.values()) == 1
     ambiguous = {e for e, d in deliveries(sessions, week).items() if d.status == "sending"}
     assert 0 < len(ambiguous) <= settings.smtp.concurrency
 
-    smtp_server.faults.delay = 0
     rerun = cli(config_path, "send", "--week", week)
     assert rerun.returncode == 0, rerun.stderr
     got = Counter(smtp_server.recipients())
@@ -70,6 +65,8 @@ def test_kill_9_mid_send_then_resume_mails_nobody_twice_and_skips_nobody(
     assert resend.returncode == 0, resend.stderr
     final = Counter(smtp_server.recipients())
     assert set(final) == set(emails)
+    # Only an ambiguous one may arrive twice: the server took it, but the kill came before
+    # the sender recorded the answer.
     assert all(final[e] == 1 for e in emails if e not in ambiguous)
     assert issue_status(sessions, week) == "sent"
 
@@ -79,12 +76,13 @@ def test_two_senders_on_postgresql_share_the_work(config_path: Path, sessions: s
                                                  settings: Settings, smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 300)
-    # ~4 s of sending, so the second process (started together, but a Python start-up takes
-    # a second on a loaded machine) overlaps the first and takes its share.
-    smtp_server.faults.delay = 0.05
+    gate = smtp_server.faults.gate = Gate()
     procs = [start_cli(config_path, "send", "--week", week) for _ in range(2)]
     try:
-        outs = [p.communicate(timeout=60) for p in procs]
+        # Each sender has at most `concurrency` messages on the wire: more held means both are sending.
+        gate.wait_held(settings.smtp.concurrency + 1)
+        gate.open()
+        outs = [p.communicate(timeout=120) for p in procs]
     finally:
         for p in procs:
             stop(p)
@@ -101,16 +99,17 @@ def test_a_second_sender_on_sqlite_is_told_to_wait(config_path: Path, sessions: 
                                                   settings: Settings, smtp_server: SmtpServer) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 40)
-    smtp_server.faults.delay = 0.25
+    gate = smtp_server.faults.gate = Gate(free=4)
     first = start_cli(config_path, "send", "--week", week)
     try:
-        wait_for(lambda: len(smtp_server.messages) >= 4 or first.poll() is not None)
+        gate.wait_held()  # the first sender is mid-send until the gate opens
         second = cli(config_path, "send", "--week", week)
+        gate.open()
         assert second.returncode == 1
         assert second.stderr == (f"Error: another `newsletter send` (process {first.pid}) is sending from this "
                                  f"SQLite database; wait for it to finish (several senders at once need "
                                  f"PostgreSQL)\n")
-        assert first.wait(timeout=60) == 0
+        assert first.wait(timeout=120) == 0
     finally:
         stop(first)
     assert Counter(smtp_server.recipients()) == Counter(emails)

@@ -9,6 +9,7 @@ commit. Nothing here reveals to a caller whether an address was already listed.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,9 @@ from newsletter.models import (
 )
 
 SOURCE_WEB = "web"  # consent source of a double opt-in subscription
+# Byte-order marks read in the wrong character set (UTF-16 LE, UTF-16 BE, UTF-8 as Latin-1):
+# what a form field holds when a browser or a paste mangled the text.
+BOM_TEXT = ("ÿþ", "þÿ", "ï»¿")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,39 @@ def check_topics(topics: Sequence[tuple[str, str]], slugs: Sequence[str]) -> lis
     if unknown:
         raise InvalidInput(f"there is no topic {unknown[0]!r}")
     return known
+
+
+def form_address(raw: str) -> str:
+    """The address typed into the subscribe form, normalised; InvalidInput (worded for a
+    reader) if it is not one, or if it looks garbled.
+
+    Beyond `subscribers.normalize_email` (which already refuses invisible and control
+    characters), a non-ASCII character must be a letter, digit or combining mark (as in
+    jörg@bücher.example or 名前@example.jp), and the address must not be garbled text: no
+    byte-order mark read as text ('ÿþ', 'þÿ', 'ï»¿'), no UTF-8 read as Latin-1 or
+    Windows-1252 ('JÃ¶rg' for 'Jörg'). We would mail a confirmation to nobody."""
+    address = subscribers.normalize_email(raw)
+    if address.isascii():
+        return address
+    odd = next((c for c in address if not c.isascii() and unicodedata.category(c)[0] not in "LMN"), None)
+    if odd is not None:
+        name = unicodedata.name(odd, f"U+{ord(odd):04X}")
+        raise InvalidInput(f"{address!r} is not an email address: it contains {name}; check the spelling")
+    if _garbled(address):
+        raise InvalidInput(f"{address!r} looks garbled (text in the wrong character set); please type it again")
+    return address
+
+
+def _garbled(text: str) -> bool:
+    if any(bom in text for bom in BOM_TEXT):
+        return True
+    for charset in ("latin-1", "cp1252"):
+        try:
+            if text.encode(charset).decode("utf-8") != text:
+                return True
+        except UnicodeError:  # not representable in that charset, or not UTF-8 underneath: not this mix-up
+            continue
+    return False
 
 
 def _known_topics(session: Session, slugs: Sequence[str]) -> list[str]:

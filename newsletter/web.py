@@ -217,7 +217,7 @@ async def subscribe(request: Request) -> Response:
     if not form.get("website"):  # a hidden field only bots fill in
         slugs = [str(v) for v in form.getlist("category")]
         try:
-            address = subscribers.normalize_email(values["email"])
+            address = selfservice.form_address(values["email"])
             selfservice.check_topics(topics, slugs)
         except InvalidInput as exc:
             return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
@@ -247,10 +247,13 @@ async def _mail_confirmation(st: AppState, subscriber_id: int, address: str) -> 
 async def send_confirmation(settings: Settings, subscriber_id: int, address: str) -> None:
     """Mail the double opt-in link; a failure is logged (the person may simply ask again)."""
     msg = selfservice.confirmation_message(settings, subscriber_id, address)
+    # A non-ASCII address goes into To as it is (RFC 6532), never RFC 2047-encoded, which
+    # would garble it; the transport then sends with SMTPUTF8 or refuses with one clear line.
+    policy = email.policy.SMTP if address.isascii() else email.policy.SMTPUTF8
     try:
         # The issue's envelope sender, so a bounced confirmation reaches the bounce handling.
         await transport.send_one(settings, message.return_path(settings, subscriber_id, None), address,
-                                 msg.as_bytes(policy=email.policy.SMTP))
+                                 msg.as_bytes(policy=policy))
     except DeliveryError as exc:
         log.warning("confirmation mail to subscriber %s not sent: %s", subscriber_id, exc)
 

@@ -3,12 +3,15 @@ what is allowed, and an unexpected error is logged once without the token in its
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from aiosmtpd.controller import Controller
+from conftest import RecordingHandler, SmtpServer, free_port
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
@@ -16,6 +19,7 @@ from web_support import add_subscriber, running_server
 
 from newsletter import tokens
 from newsletter.config import Settings
+from newsletter.models import Subscriber
 from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
@@ -75,3 +79,61 @@ def test_an_error_is_logged_once_without_the_token(
     assert token not in text
     assert text.count("error serving GET /unsubscribe/…") == 1
     assert "Exception in ASGI application" not in text  # uvicorn's second copy of the same error
+
+
+# -- what the subscribe form accepts ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "ÿþ@example.com",  # a UTF-16 byte-order mark read as Latin-1
+        "ï»¿reader@example.com",  # a UTF-8 byte-order mark read as Latin-1
+        "JÃ¶rg@example.com",  # UTF-8 read as Latin-1: 'Jörg'
+        "reader\ufffd@example.com",  # the replacement character: something was lost already
+        "😀@example.com",  # a symbol, not a letter
+        "a\u200bb@example.com",  # invisible
+    ],
+)
+def test_the_form_refuses_garbled_and_unprintable_addresses(
+    typed: str, client: TestClient, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    r = client.post("/subscribe", data={"email": typed})
+    assert r.status_code == 400 and "Check your inbox" not in r.text
+    assert "is not an email address" in r.text or "looks garbled" in r.text
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Subscriber)) == 0
+    assert smtp_server.messages == []
+
+
+def test_the_form_takes_international_addresses_and_mails_them_with_smtputf8(
+    client: TestClient, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    for typed in ("jörg@bücher.example", "þór@example.is", "名前@example.jp"):
+        r = client.post("/subscribe", data={"email": typed})
+        assert r.status_code == 200 and "Check your inbox" in r.text, typed
+    assert sorted(smtp_server.recipients()) == sorted(["jörg@bücher.example", "þór@example.is", "名前@example.jp"])
+    for mail in smtp_server.messages:
+        # The address stands in To as it is (RFC 6532), not as RFC 2047 words inside it.
+        to = next(line for line in mail.data.split(b"\r\n") if line.startswith(b"To:"))
+        assert to.decode("utf-8") == f"To: {mail.rcpt_tos[0]}"
+        assert "=?" not in to.decode("utf-8")
+
+
+def test_a_server_without_smtputf8_gets_no_garbled_confirmation(
+    settings: Settings, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    strict = RecordingHandler()
+    port = free_port()
+    controller = Controller(strict, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        smtp = dataclasses.replace(settings.smtp, port=port)
+        app = create_app(dataclasses.replace(settings, smtp=smtp), sessions)
+        with caplog.at_level("WARNING", logger="newsletter.web"), TestClient(app, base_url=BASE) as c:
+            assert c.post("/subscribe", data={"email": "jörg@bücher.example"}).status_code == 200
+            assert c.post("/subscribe", data={"email": "ascii@example.com"}).status_code == 200
+    finally:
+        controller.stop()
+    assert [m.rcpt_tos for m in strict.messages] == [["ascii@example.com"]]
+    assert "the server does not offer SMTPUTF8, needed for a non-ASCII address" in caplog.text

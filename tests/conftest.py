@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +36,20 @@ from newsletter.db import make_engine, session_factory, upgrade
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CORPORA = Path(os.environ.get("NEWSLETTER_CORPORA", SHARED / "corpora"))
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
+IN_CI = bool(os.environ.get("CI"))
+CHROMIUM = shutil.which("chromium")
+
+# What a fresh clone may lack. Outside CI such a test skips with one line saying what is
+# missing; in CI it runs, so a missing corpus or browser fails instead of passing unseen.
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not IN_CI, reason="Debian's chromium is not installed (apt-get install chromium); CI runs this"
+)
+
+
+def needs_corpus(*parts: str) -> pytest.MarkDecorator:
+    """Skip outside CI when the shared corpus file `parts` (under ../shared/corpora) is absent."""
+    path = CORPORA.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists() and not IN_CI, reason=f"{path} is absent; CI runs this")
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import CORPORA
+from conftest import CORPORA, needs_corpus
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -38,6 +38,7 @@ def count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Article)) or 0
 
 
+@needs_corpus("feeds", "MANIFEST.tsv")
 def test_every_corpus_feed_imports_without_crash(session: Session, settings: Settings) -> None:
     """Each entry with a title and a link becomes an article or is reported with a reason."""
     rows = manifest()
@@ -67,6 +68,7 @@ def test_every_corpus_feed_imports_without_crash(session: Session, settings: Set
         assert len(articles.html_to_text(article.summary)) <= settings.articles.excerpt_length
 
 
+@needs_corpus("feeds", "rss-parser__guardian.rss")
 def test_reimporting_the_corpus_updates_nothing_and_adds_nothing(session: Session, settings: Settings) -> None:
     name = "rss-parser__guardian.rss"
     first = articles.import_file(session, settings, name, (FEEDS / name).read_bytes())
@@ -236,6 +238,7 @@ def feed_server() -> Iterator[FeedServer]:
         thread.join(timeout=5)
 
 
+@needs_corpus("feeds", "miniflux-v2__small_atom.xml")
 def test_fetch_uses_etags_and_a_broken_feed_is_a_warning(session: Session, config_path: Path,
                                                          feed_server: FeedServer, tmp_path: Path) -> None:
     feed_server.files["/good.xml"] = (FEEDS / "miniflux-v2__small_atom.xml").read_bytes()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
 
 import pytest
 
 from newsletter.bounces import Kind, classify
-from conftest import CORPORA
+from conftest import CORPORA, needs_corpus
 
 CORPUS = CORPORA / "bounces"
 
@@ -28,8 +27,7 @@ def _right(row: dict[str, str]) -> bool:
     return any(f.recipient in addresses and f.kind == want for f in findings)
 
 
-@pytest.mark.skipif(not (CORPUS / "expected.tsv").exists() and not os.environ.get("CI"),
-                    reason="bounce corpus not available (../shared/corpora); CI always runs these")
+@needs_corpus("bounces", "expected.tsv")
 def test_corpus_at_least_90_percent_right() -> None:
     rows = _expected()
     wrong = [f"{r['file']} {r['recipient']} {r['reason']}" for r in rows if not _right(r)]
@@ -38,8 +36,7 @@ def test_corpus_at_least_90_percent_right() -> None:
     assert right / len(rows) >= 0.90, wrong
 
 
-@pytest.mark.skipif(not (CORPUS / "expected.tsv").exists() and not os.environ.get("CI"),
-                    reason="bounce corpus not available (../shared/corpora); CI always runs these")
+@needs_corpus("bounces", "expected.tsv")
 def test_non_bounces_and_every_complaint() -> None:
     rows = _expected()
     for row in rows:
@@ -99,8 +96,7 @@ def test_malformed_input_gives_no_finding(raw: bytes) -> None:
     assert classify(raw).findings == ()
 
 
-@pytest.mark.skipif(not (CORPUS / "expected.tsv").exists() and not os.environ.get("CI"),
-                    reason="bounce corpus not available (../shared/corpora); CI always runs these")
+@needs_corpus("bounces", "expected.tsv")
 def test_truncated_and_corrupted_corpus_messages_never_raise() -> None:
     """Real bounces cut short and with random bytes flipped (as broken MTAs send them)."""
     rnd = random.Random(20261126)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM, needs_chromium
 from playwright.sync_api import Browser, sync_playwright
 from typer.testing import CliRunner
 
@@ -15,6 +15,7 @@ from newsletter.cli import app
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+pytestmark = needs_chromium
 LONG_WORD = "Polyethylenterephthalat-Mehrwegflaschenrücknahmesystemverordnungsänderung" * 2
 
 
@@ -27,7 +28,7 @@ def run(config_path: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:

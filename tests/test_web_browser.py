@@ -11,9 +11,7 @@ really sent to and captured by aiosmtpd:
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SmtpServer, free_port
+from conftest import CHROMIUM, SmtpServer, free_port, needs_chromium
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from web_support import add_subscriber, link_in, make_issue, running_server, subscriber
@@ -34,8 +32,7 @@ from newsletter import sender, subscribers
 from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
 
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
-                                reason="Debian's chromium is not installed (CI installs it and never skips)")
+pytestmark = needs_chromium
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -66,7 +63,7 @@ def chromium_page() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield browser.new_page(viewport={"width": 375, "height": 700})
         finally:

@@ -10,6 +10,7 @@ could even print. tests/test_cli_startup.py keeps it that way.
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -81,8 +82,10 @@ class Context:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
+        """Sessions on a database at the newest schema (else one line: run init / db upgrade)."""
         from newsletter import db
 
+        db.require_current(self.engine)
         return db.session_factory(self.engine)
 
 
@@ -137,15 +140,24 @@ def init(ctx: typer.Context) -> None:
     from newsletter import config, db
 
     c = get(ctx)
+    if c.config_path.is_dir():
+        raise InvalidInput(f"{c.config_path} is a folder; pass the config file itself, "
+                           f"e.g. --config {c.config_path / 'config.toml'}")
     if c.config_path.exists():
         console.print(f"{c.config_path} exists; keeping it")
     else:
         example = (Path(__file__).parent / "config.example.toml").read_text(encoding="utf-8")
         text = example.replace(config.EXAMPLE_SECRET, secrets.token_urlsafe(32), 1)
-        c.config_path.write_text(text, encoding="utf-8")
+        # Owner-only from the first byte: the file holds the secret key (and maybe passwords).
+        try:
+            with os.fdopen(os.open(c.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
+                           encoding="utf-8") as fp:
+                fp.write(text)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {c.config_path} ({exc.strerror}); pick another --config") from None
         console.print(f"wrote {c.config_path}")
-    db.upgrade(c.engine, c.settings)
-    console.print(f"database ready: {c.engine.url.render_as_string(hide_password=True)}")
+    done = db.upgrade(c.engine, c.settings)
+    typer.echo(f"database ready: {c.engine.url.render_as_string(hide_password=True)}; {done}")
 
 
 @db_app.command("upgrade")
@@ -157,8 +169,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     from newsletter import db
 
     c = get(ctx)
-    db.upgrade(c.engine, c.settings)
-    console.print("database is at the newest schema")
+    typer.echo(f"{c.engine.url.render_as_string(hide_password=True)}: {db.upgrade(c.engine, c.settings)}")
 
 
 def _status(value: str | None) -> SubscriberStatus | None:

@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter.errors import ConfigError
 
 EXAMPLE_SECRET = "change-me-to-a-long-random-string"
+# The example's stand-ins for what only the publisher knows. Mail sent through SMTP with
+# one of them left in place would reach every reader with a false sender, a false postal
+# address or links nobody can open, so `send` refuses them (the outbox transport does not).
+PLACEHOLDERS = {
+    "from_address": "Trade Weekly <newsletter@example.com>",
+    "postal_address": "Trade Weekly, 1 Example Street, 12345 Example City",
+    "base_url": "http://localhost:8000",
+}
 
 
 class Secret(str):
@@ -62,10 +73,10 @@ class Password:
 @dataclass(frozen=True)
 class NewsletterSettings:
     name: str = "Trade Weekly"
-    from_address: str = "Trade Weekly <newsletter@example.com>"
+    from_address: str = PLACEHOLDERS["from_address"]
     reply_to: str = ""
-    base_url: str = "http://127.0.0.1:8000"
-    postal_address: str = "Trade Weekly, 1 Example Street, 12345 Example City"
+    base_url: str = PLACEHOLDERS["base_url"]
+    postal_address: str = PLACEHOLDERS["postal_address"]
     timezone: str = "UTC"
     secret_key: Secret = Secret(EXAMPLE_SECRET)
     send_day: str = "friday"
@@ -241,9 +252,14 @@ def _field_type(cls: type, name: str) -> type:
 
 
 def _coerce(value: object, kind: type, where: str, source: str, *, from_env: bool) -> object:
-    """Check (TOML) or parse (env strings) a value; the error names the key and the fix."""
+    """Check (TOML) or parse (env strings) a value; the error names the key and the fix.
+
+    A secret's value is never shown, even when it has the wrong type: the message may end up
+    in a log, a terminal recording or a bug report."""
+
     def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{where} {value!r} is not {expected}; fix {source}")
+        shown = "(value hidden)" if kind in (Secret, Password) else repr(value)
+        return ConfigError(f"{where} {shown} is not {expected}; fix {source}")
 
     if kind is bool:
         if isinstance(value, bool):
@@ -321,11 +337,15 @@ def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, m
     if path is not None:
         cfg_path = Path(path).resolve()
         source = str(path)
+        if cfg_path.is_dir():
+            raise ConfigError(f"{path} is a folder; pass the config file itself, e.g. --config {Path(path) / 'config.toml'}")
         if cfg_path.exists():
             try:
                 data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or run 'newsletter init' in a new folder") from exc
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
         elif must_exist:
             raise ConfigError(f"{path}: config file not found; run 'newsletter init' or pass --config PATH")
     for key in data:
@@ -356,7 +376,62 @@ def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, m
     return settings
 
 
+def _is_local_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(url: str, source: str) -> None:
+    """Every link in every message starts with base_url: it must be one a mail client opens."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"[newsletter] base_url {url!r} must be an absolute http(s) URL like "
+                          f"'https://news.example.com'; fix {source}")
+    if parts.scheme == "http" and not _is_local_host(parts.hostname):
+        raise ConfigError(f"[newsletter] base_url {url!r} must use https (plain http only on localhost); "
+                          f"fix {source}")
+
+
+def _check_address(key: str, value: str, source: str) -> None:
+    """One real address, with or without a display name ('Trade Weekly <news@example.com>')."""
+    from email_validator import EmailNotValidError, validate_email
+
+    parsed = getaddresses([value])
+    try:
+        if len(parsed) != 1 or not parsed[0][1]:
+            raise EmailNotValidError("expected one address")
+        validate_email(parsed[0][1], check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ConfigError(f"[newsletter] {key} {value!r} is not an email address ({exc}); write it like "
+                          f"'Trade Weekly <news@example.com>'; fix {source}") from None
+
+
+def check_ready_to_send(settings: Settings) -> None:
+    """Raise ConfigError (one line naming the key) if mail must not go out with these settings.
+
+    Every message carries the postal address (CAN-SPAM, GDPR), so it may never be empty; a
+    real SMTP send also refuses the example's placeholders. The outbox transport writes
+    files for trying the tool and accepts them."""
+    if not settings.newsletter.postal_address.strip():
+        raise ConfigError("[newsletter] postal_address is empty; every message must show the publisher's postal "
+                          "address: set it in config.toml")
+    if settings.delivery.transport != "smtp":
+        return
+    for key, placeholder in PLACEHOLDERS.items():
+        if getattr(settings.newsletter, key).strip() == placeholder:
+            raise ConfigError(f"[newsletter] {key} is still the example's placeholder {placeholder!r}; set your own "
+                              f"in config.toml before sending through SMTP (or use [delivery] transport = \"outbox\")")
+
+
 def _validate(settings: Settings, source: str) -> None:
+    _check_base_url(settings.newsletter.base_url, source)
+    _check_address("from_address", settings.newsletter.from_address, source)
+    if settings.newsletter.reply_to:
+        _check_address("reply_to", settings.newsletter.reply_to, source)
     for (section, key), allowed in CHOICES.items():
         value = getattr(getattr(settings, section), key)
         if value not in allowed:

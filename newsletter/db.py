@@ -7,10 +7,15 @@ timeout so a second process waits instead of failing at once.
 from __future__ import annotations
 
 import importlib.resources
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -62,16 +67,86 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
-def upgrade(engine: Engine, settings: Settings | None = None) -> None:
-    """Migrate the schema to the newest revision, then sync categories from config."""
+@dataclass(frozen=True)
+class Upgrade:
+    """What `upgrade` did: the schema revision before (None = no schema yet) and after."""
+
+    before: str | None
+    after: str
+
+    def __str__(self) -> str:
+        if self.before is None:
+            return f"created the database schema (revision {self.after})"
+        if self.before == self.after:
+            return f"the database schema is already at the newest revision ({self.after}); nothing to do"
+        return f"upgraded the database schema from revision {self.before} to {self.after}"
+
+
+def _unreachable(engine: Engine, exc: OperationalError) -> ConfigError:
+    return ConfigError(f"[database] cannot reach {engine.url.render_as_string(hide_password=True)}: "
+                       f"{exc.orig}; check the url and that the server runs")
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        raise _unreachable(engine, exc) from exc
+
+
+def upgrade(engine: Engine, settings: Settings | None = None) -> Upgrade:
+    """Migrate the schema to the newest revision, then sync categories from config.
+
+    A new SQLite file is created readable by its owner only: it holds every subscriber's
+    address and consent record."""
+    path = _sqlite_file(engine)
+    if path is not None and not path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise ConfigError(f"[database] cannot create {path} ({exc.strerror}); fix the url") from exc
+    before = _revision(engine)
     try:
         command.upgrade(alembic_config(engine), "head")
     except OperationalError as exc:
-        raise ConfigError(f"[database] cannot reach {engine.url.render_as_string(hide_password=True)}: "
-                          f"{exc.orig}; check the url and that the server runs") from exc
+        raise _unreachable(engine, exc) from exc
     if settings is not None:
         with session_factory(engine).begin() as session:
             sync_categories(session, settings)
+    return Upgrade(before, _revision(engine) or "")
+
+
+def require_current(engine: Engine) -> None:
+    """Raise ConfigError (one line saying which command fixes it) unless the schema is at head.
+
+    Checked before any other command opens the database, so a database that was never
+    set up is reported instead of failing deep inside a query, and no read ever creates
+    an empty SQLite file."""
+    path = _sqlite_file(engine)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"the database {path} does not exist; run 'newsletter init' (new setup) or "
+                          f"'newsletter db upgrade', or fix [database] url")
+    current = _revision(engine)
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    head = script.get_current_head()
+    if current == head:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    if current is None:
+        raise ConfigError(f"the database {where} has no schema yet; run 'newsletter init' or 'newsletter db upgrade'")
+    if current not in {rev.revision for rev in script.walk_revisions()}:
+        raise ConfigError(f"the database {where} is at schema revision {current}, which this version of newsletter "
+                          f"does not know (newest: {head}); install the newer newsletter that migrated it")
+    raise ConfigError(f"the database {where} is at schema revision {current}, older than {head}; "
+                      f"run 'newsletter db upgrade'")
 
 
 def sync_categories(session: Session, settings: Settings) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, ledger, locks, render
 from newsletter.builder import IssueContent
-from newsletter.config import Settings
+from newsletter.config import Settings, check_ready_to_send
 from newsletter.errors import (
     AmbiguousDelivery,
     Conflict,
@@ -423,6 +423,7 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
     Safe to rerun at any time: it continues where an earlier run stopped. Raises
     NotFound (not built), Conflict (too old, or another SQLite sender), or
     TransportUnavailable (the server cannot be reached; nothing is lost)."""
+    check_ready_to_send(settings)
     started = time.monotonic()
     with sessions.begin() as session:
         issue = builder.get_issue(session, settings, week)
@@ -498,6 +499,7 @@ def dry_run(session: Session, settings: Settings, week: str | None = None) -> li
 def send_test(session: Session, settings: Settings, week: str | None, address: str) -> str:
     """One copy of the whole issue to `address`, outside the ledger (links are inert
     for a subscriber id 0); returns the server's reply."""
+    check_ready_to_send(settings)
     issue = builder.get_issue(session, settings, week)
     content = builder.load_content(session, settings, issue.week)
     factory = MessageFactory(settings, content.issue_id)

@@ -117,3 +117,73 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[smtp\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not valid TOML"):
         config.load(path, environ={})
+
+
+@pytest.mark.parametrize("line, message", [
+    ('base_url = "127.0.0.1:8000"',
+     "[newsletter] base_url '127.0.0.1:8000' must be an absolute http(s) URL like 'https://news.example.com'; "
+     "fix {path}"),
+    ('base_url = "ftp://x"',
+     "[newsletter] base_url 'ftp://x' must be an absolute http(s) URL like 'https://news.example.com'; fix {path}"),
+    ('base_url = "http://news.example.com"',
+     "[newsletter] base_url 'http://news.example.com' must use https (plain http only on localhost); fix {path}"),
+    ('from_address = "not an address"',
+     "[newsletter] from_address 'not an address' is not an email address (An email address must have an @-sign.); "
+     "write it like 'Trade Weekly <news@example.com>'; fix {path}"),
+    ('reply_to = "a@example.com, b@example.com"',
+     "[newsletter] reply_to 'a@example.com, b@example.com' is not an email address (expected one address); "
+     "write it like 'Trade Weekly <news@example.com>'; fix {path}"),
+])
+def test_settings_that_break_every_message_are_refused(tmp_path: Path, line: str, message: str) -> None:
+    path = write(tmp_path, f"[newsletter]\n{line}\n")
+    with pytest.raises(ConfigError) as exc:
+        config.load(path, environ={})
+    assert str(exc.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("base_url", ["https://news.example.com", "https://example.com/news/", "http://localhost:8000",
+                                      "http://127.0.0.1:8000", "http://[::1]:8000"])
+def test_https_or_local_http_base_urls_are_accepted(tmp_path: Path, base_url: str) -> None:
+    settings = config.load(write(tmp_path, f'[newsletter]\nbase_url = "{base_url}"\n'), environ={})
+    assert settings.newsletter.base_url == base_url
+
+
+def test_a_mistyped_secret_never_shows_its_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\npassword = 98127364\n")
+    with pytest.raises(ConfigError) as exc:
+        config.load(path, environ={})
+    assert str(exc.value) == f"[smtp] password (value hidden) is not a string; fix {path}"
+
+
+def test_config_option_on_a_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load(tmp_path, environ={})
+    assert str(exc.value) == (f"{tmp_path} is a folder; pass the config file itself, "
+                              f"e.g. --config {tmp_path / 'config.toml'}")
+
+
+def test_smtp_send_refuses_the_examples_placeholders_and_the_outbox_accepts_them(tmp_path: Path) -> None:
+    example = config.load(EXAMPLE, environ={})
+    with pytest.raises(ConfigError) as exc:
+        config.check_ready_to_send(example)
+    assert str(exc.value) == ("[newsletter] from_address is still the example's placeholder "
+                              "'Trade Weekly <newsletter@example.com>'; set your own in config.toml before sending "
+                              "through SMTP (or use [delivery] transport = \"outbox\")")
+    own_sender = dataclasses.replace(example, newsletter=dataclasses.replace(
+        example.newsletter, from_address="News <news@publisher.example>"))
+    with pytest.raises(ConfigError, match=r"^\[newsletter\] postal_address is still the example's placeholder"):
+        config.check_ready_to_send(own_sender)
+    own_postal = dataclasses.replace(own_sender, newsletter=dataclasses.replace(
+        own_sender.newsletter, postal_address="Publisher Ltd, 2 Real Road, Realtown"))
+    with pytest.raises(ConfigError, match=r"^\[newsletter\] base_url is still the example's placeholder"):
+        config.check_ready_to_send(own_postal)
+    config.check_ready_to_send(config.load(EXAMPLE, environ={"NEWSLETTER_DELIVERY_TRANSPORT": "outbox"}))
+
+
+def test_nothing_is_sent_without_a_postal_address(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, '[newsletter]\npostal_address = " "\n[delivery]\ntransport = "outbox"\n'),
+                           environ={})
+    with pytest.raises(ConfigError) as exc:
+        config.check_ready_to_send(settings)
+    assert str(exc.value) == ("[newsletter] postal_address is empty; every message must show the publisher's "
+                              "postal address: set it in config.toml")

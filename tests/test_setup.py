@@ -1,0 +1,87 @@
+"""Setting up: a database that is missing or not migrated, `db upgrade`'s report, file
+modes written by `init`, and a real send refused while the example's placeholders remain."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from newsletter import db
+from newsletter.cli import app
+from newsletter.config import Settings
+from tests.sending_support import add_subscribers, build_issue
+from tests.conftest import SmtpServer
+
+runner = CliRunner()
+
+
+def run(config_path: Path, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["--config", str(config_path), *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_missing_sqlite_database_is_one_line_and_no_file_is_created(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[database]\nurl = "sqlite:///news.db"\n')
+    for command in (["subscribers", "list"], ["stats"], ["issue", "list"]):
+        code, _, err = run(cfg, *command)
+        assert (code, err) == (1, f"Error: the database {tmp_path / 'news.db'} does not exist; run 'newsletter init' "
+                                  f"(new setup) or 'newsletter db upgrade', or fix [database] url\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_an_unmigrated_database_says_which_command_to_run(db_url: str, config_path: Path) -> None:
+    db.make_engine(db_url).dispose()
+    if db_url.startswith("sqlite"):
+        Path(db_url.removeprefix("sqlite:///")).touch()  # an empty file, as an interrupted setup leaves it
+    code, _, err = run(config_path, "subscribers", "list")
+    shown = db.make_engine(db_url).url.render_as_string(hide_password=True)
+    assert (code, err) == (1, f"Error: the database {shown} has no schema yet; run 'newsletter init' or "
+                              f"'newsletter db upgrade'\n")
+
+
+def test_db_upgrade_says_what_it_did(db_url: str, config_path: Path) -> None:
+    shown = db.make_engine(db_url).url.render_as_string(hide_password=True)
+    code, out, _ = run(config_path, "db", "upgrade")
+    assert (code, out) == (0, f"{shown}: created the database schema (revision {_head()})\n")
+    code, out, _ = run(config_path, "db", "upgrade")
+    assert (code, out) == (0, f"{shown}: the database schema is already at the newest revision ({_head()}); "
+                              f"nothing to do\n")
+    assert run(config_path, "subscribers", "list")[0] == 0
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(db.alembic_config(db.make_engine("sqlite://"))).get_current_head() or ""
+
+
+def test_init_writes_the_config_and_database_for_their_owner_only(tmp_path: Path) -> None:
+    code, out, err = run(tmp_path / "config.toml", "init")
+    assert code == 0, err
+    for name in ("config.toml", "newsletter.db"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode & 0o077 == 0, f"{name} is {oct(mode)}"
+
+
+def test_init_on_a_folder_is_one_line(tmp_path: Path) -> None:
+    code, _, err = run(tmp_path, "init")
+    assert (code, err) == (1, f"Error: {tmp_path} is a folder; pass the config file itself, "
+                              f"e.g. --config {tmp_path / 'config.toml'}\n")
+
+
+def test_send_with_the_examples_sender_is_refused_before_anything_goes_out(
+        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 2)
+    text = config_path.read_text().replace('from_address = "Test Weekly <news@example.com>"',
+                                           'from_address = "Trade Weekly <newsletter@example.com>"')
+    config_path.write_text(text)
+    code, _, err = run(config_path, "send", "--week", week)
+    assert (code, err) == (1, "Error: [newsletter] from_address is still the example's placeholder "
+                              "'Trade Weekly <newsletter@example.com>'; set your own in config.toml before sending "
+                              "through SMTP (or use [delivery] transport = \"outbox\")\n")
+    assert smtp_server.messages == []

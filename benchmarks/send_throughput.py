@@ -87,9 +87,10 @@ def write_config(folder: Path, port: int, concurrency: int) -> Path:
     path.write_text(f"""
 [newsletter]
 name = "Trade Weekly"
-from_address = "Trade Weekly <newsletter@example.com>"
+from_address = "Trade Weekly <newsletter@trade-weekly.example>"
+postal_address = "Trade Weekly, 1 Bench Street, Benchtown"
 base_url = "https://news.example.com"
-secret_key = "benchmark-secret-key-0123456789abcdef"
+secret_key = "benchmark-secret-key-c2VjcmV0LWtleS1mb3ItYmVuY2htYXJrcy1vbmx5"
 [database]
 url = "sqlite:///bench.db"
 [smtp]

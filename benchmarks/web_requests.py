@@ -31,7 +31,7 @@ from newsletter.models import Subscriber, SubscriberStatus, utcnow
 CONFIG = """
 [newsletter]
 base_url = "http://127.0.0.1:{port}"
-secret_key = "benchmark-secret-key-0123456789"
+secret_key = "benchmark-secret-key-c2VjcmV0LWtleS1mb3ItYmVuY2htYXJrcy1vbmx5"
 [database]
 url = "{url}"
 """

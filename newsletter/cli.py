@@ -113,6 +113,14 @@ def get(ctx: typer.Context) -> Context:
     return found
 
 
+def signing(ctx: typer.Context) -> Context:
+    """The context of a command that signs or checks subscriber links: a guessable secret
+    key is refused before anything is read or changed (tokens.py refuses it too, later)."""
+    c = get(ctx)
+    config_mod.check_secret_key(c.settings.newsletter.secret_key)
+    return c
+
+
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """A rich table on a terminal; tab-separated lines when piped (easy to grep/cut)."""
     if console.is_terminal:
@@ -472,7 +480,8 @@ def unsubscribes_import(
     """
     from newsletter import mailin
 
-    report = mailin.import_unsubscribes(get(ctx).sessions, get(ctx).settings, path)
+    c = signing(ctx)
+    report = mailin.import_unsubscribes(c.sessions, c.settings, path)
     for line in report.unmatched:
         err_console.print(line, highlight=False)
     console.print(report.summary, highlight=False)
@@ -490,7 +499,7 @@ def issue_weblink(
     """
     from newsletter import builder, tokens
 
-    c = get(ctx)
+    c = signing(ctx)
     week = week or builder.current_week(c.settings)
     with c.sessions.begin() as s:
         content = builder.load_content(s, c.settings, week)

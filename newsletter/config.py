@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import ipaddress
+import math
 import os
+import string
 import tomllib
 import types
 import typing
@@ -410,12 +412,43 @@ def _check_address(key: str, value: str, source: str) -> None:
                           f"'Trade Weekly <news@example.com>'; fix {source}") from None
 
 
+MIN_KEY_BITS = 256
+MAKE_A_KEY = ("make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))' (or copy the one "
+              "`newsletter init` writes into a new config.toml), then set it in config.toml or NEWSLETTER_SECRET_KEY")
+_B64 = frozenset(string.ascii_letters + string.digits + "+/-_=")
+
+
+def key_bits(secret: str) -> float:
+    """A generous estimate of a key's entropy in bits: its length times the bits per character
+    of the smallest usual alphabet holding it (hex 4, base64 6, else printable ASCII ~6.6).
+    A key of fewer than 10 different characters ('aaaa…', '1212…') counts as 0."""
+    if len(set(secret)) < 10:
+        return 0.0
+    chars = set(secret)
+    alphabet = 16 if chars <= set(string.hexdigits) else 64 if chars <= _B64 else 95
+    return len(secret) * math.log2(alphabet)
+
+
+def check_secret_key(secret: str) -> None:
+    """Raise ConfigError unless `secret` may sign subscriber links: not the public example,
+    and at least 256 bits (32 bytes) of estimated entropy. The value itself is never shown."""
+    if secret == EXAMPLE_SECRET:
+        raise ConfigError(f"[newsletter] secret_key is the example value, so anyone could forge subscriber links; "
+                          f"{MAKE_A_KEY}")
+    bits = key_bits(secret)
+    if bits < MIN_KEY_BITS:
+        raise ConfigError(f"[newsletter] secret_key is too weak to sign subscriber links (about {bits:.0f} bits of "
+                          f"entropy, {MIN_KEY_BITS} needed); {MAKE_A_KEY}")
+
+
 def check_ready_to_send(settings: Settings) -> None:
     """Raise ConfigError (one line naming the key) if mail must not go out with these settings.
 
     Every message carries the postal address (CAN-SPAM, GDPR), so it may never be empty; a
     real SMTP send also refuses the example's placeholders. The outbox transport writes
-    files for trying the tool and accepts them."""
+    files for trying the tool and accepts them. Every message carries signed links, so the
+    secret key is checked first."""
+    check_secret_key(settings.newsletter.secret_key)
     if not settings.newsletter.postal_address.strip():
         raise ConfigError("[newsletter] postal_address is empty; every message must show the publisher's postal "
                           "address: set it in config.toml")

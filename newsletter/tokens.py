@@ -23,7 +23,7 @@ from functools import lru_cache
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
 
-from newsletter.config import Settings
+from newsletter.config import Settings, check_secret_key
 from newsletter.errors import InvalidToken
 
 UNSUBSCRIBE = "unsubscribe"
@@ -60,6 +60,26 @@ class _ClockedSigner(TimestampSigner):
 
     def get_timestamp(self) -> int:
         return int(self.clock())
+
+
+# Keys allowed below the strength check, only by `newsletter serve --insecure-dev`.
+_permitted_weak: set[str] = set()
+
+
+def permit_weak_key(secret: str) -> None:
+    """Let this process sign and check tokens with a weak or example key (a test machine)."""
+    _permitted_weak.add(secret)
+
+
+@lru_cache(maxsize=8)
+def _strong(secret: str) -> None:
+    check_secret_key(secret)  # a refusal raises, so only keys that passed are cached
+
+
+def _check(secret: str) -> None:
+    """Raise ConfigError (one line) if `secret` is guessable: no link is signed or checked with it."""
+    if secret not in _permitted_weak:
+        _strong(secret)
 
 
 @lru_cache(maxsize=32)
@@ -104,6 +124,7 @@ def make(
     """A token for one subscriber (and optionally one issue) and one purpose.
 
     `clock` (default `time.time`) dates the timed purposes."""
+    _check(secret)
     signer = _signer(secret, purpose, clock or time.time)
     return signer.sign(_seal(secret, subscriber_id, issue_id)).decode("ascii")
 
@@ -113,6 +134,7 @@ def read(secret: str, purpose: str, token: str, *, max_age: int | None = None, c
 
     `max_age` (seconds) overrides the purpose's lifetime in MAX_AGE; `clock` (default
     `time.time`) is "now" for that check."""
+    _check(secret)
     signer = _signer(secret, purpose, clock or time.time)
     issued_at = None
     try:

@@ -37,7 +37,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import builder, desk, message, render, selfservice, subscribers, tokens, transport, webhooks
-from newsletter.config import EXAMPLE_SECRET, Settings
+from newsletter.config import EXAMPLE_SECRET, MIN_KEY_BITS, Settings, check_secret_key, key_bits
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
 from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.ratelimit import RateLimiter
@@ -350,12 +350,11 @@ def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: s
     import uvicorn
 
     secret = settings.newsletter.secret_key
-    if (not secret or secret == EXAMPLE_SECRET) and not insecure_dev:
-        raise ConfigError("[newsletter] secret_key is the example value, so anyone could forge subscriber links; "
-                          "set a long random one in config.toml or NEWSLETTER_SECRET_KEY "
-                          "(or pass --insecure-dev on a test machine)")
-    if not secret or secret == EXAMPLE_SECRET:
-        log.warning("--insecure-dev: serving with the example secret_key; anyone can forge subscriber links")
+    if not insecure_dev:
+        check_secret_key(secret)
+    elif secret == EXAMPLE_SECRET or key_bits(secret) < MIN_KEY_BITS:
+        tokens.permit_weak_key(secret)
+        log.warning("--insecure-dev: serving with a weak or the example secret_key; anyone can forge subscriber links")
     with session_factory() as session:
         if not inspect(session.get_bind()).has_table("subscribers"):
             raise ConfigError("the database has no tables yet; run 'newsletter init' or 'newsletter db upgrade' first")

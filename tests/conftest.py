@@ -118,7 +118,7 @@ reply_to = "editor@example.com"
 base_url = "http://127.0.0.1:8000"
 postal_address = "1 Test Street, Testville"
 timezone = "Europe/Berlin"
-secret_key = "test-secret-key-0123456789abcdef"
+secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"
 
 [database]
 url = "{db_url}"

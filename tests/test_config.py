@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 import tomllib
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def test_config_option_on_a_folder_is_one_line(tmp_path: Path) -> None:
 
 
 def test_smtp_send_refuses_the_examples_placeholders_and_the_outbox_accepts_them(tmp_path: Path) -> None:
-    example = config.load(EXAMPLE, environ={})
+    key = {"NEWSLETTER_SECRET_KEY": secrets.token_urlsafe(32)}
+    example = config.load(EXAMPLE, environ=key)
     with pytest.raises(ConfigError) as exc:
         config.check_ready_to_send(example)
     assert str(exc.value) == ("[newsletter] from_address is still the example's placeholder "
@@ -177,12 +179,12 @@ def test_smtp_send_refuses_the_examples_placeholders_and_the_outbox_accepts_them
         own_sender.newsletter, postal_address="Publisher Ltd, 2 Real Road, Realtown"))
     with pytest.raises(ConfigError, match=r"^\[newsletter\] base_url is still the example's placeholder"):
         config.check_ready_to_send(own_postal)
-    config.check_ready_to_send(config.load(EXAMPLE, environ={"NEWSLETTER_DELIVERY_TRANSPORT": "outbox"}))
+    config.check_ready_to_send(config.load(EXAMPLE, environ={**key, "NEWSLETTER_DELIVERY_TRANSPORT": "outbox"}))
 
 
 def test_nothing_is_sent_without_a_postal_address(tmp_path: Path) -> None:
     settings = config.load(write(tmp_path, '[newsletter]\npostal_address = " "\n[delivery]\ntransport = "outbox"\n'),
-                           environ={})
+                           environ={"NEWSLETTER_SECRET_KEY": secrets.token_urlsafe(32)})
     with pytest.raises(ConfigError) as exc:
         config.check_ready_to_send(settings)
     assert str(exc.value) == ("[newsletter] postal_address is empty; every message must show the publisher's "

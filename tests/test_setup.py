@@ -1,18 +1,22 @@
 """Setting up: a database that is missing or not migrated, `db upgrade`'s report, file
-modes written by `init`, and a real send refused while the example's placeholders remain."""
+modes written by `init`, a real send refused while the example's placeholders remain, and
+commands that sign or check links refusing a guessable secret key."""
 
 from __future__ import annotations
 
+import mailbox
 import stat
+from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from newsletter import db
+from newsletter import db, subscribers, tokens
 from newsletter.cli import app
-from newsletter.config import Settings
-from tests.sending_support import add_subscribers, build_issue
+from newsletter.config import EXAMPLE_SECRET, MAKE_A_KEY, Settings
+from tests.sending_support import add_subscribers, build_issue, deliveries
 from tests.conftest import SmtpServer
 
 runner = CliRunner()
@@ -85,3 +89,39 @@ def test_send_with_the_examples_sender_is_refused_before_anything_goes_out(
                               "'Trade Weekly <newsletter@example.com>'; set your own in config.toml before sending "
                               "through SMTP (or use [delivery] transport = \"outbox\")\n")
     assert smtp_server.messages == []
+
+
+def test_send_refuses_a_short_secret_key_from_the_environment(
+        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 2)
+    result = runner.invoke(app, ["--config", str(config_path), "send", "--week", week],
+                           env={"NEWSLETTER_SECRET_KEY": "x"})
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: [newsletter] secret_key is too weak to sign subscriber links (about 0 bits of " \
+                            f"entropy, 256 needed); {MAKE_A_KEY}\n"
+    assert smtp_server.messages == []
+    assert deliveries(sessions, week) == {}
+
+
+def test_mailed_unsubscribes_forged_with_the_example_key_change_nobody(
+        config_path: Path, sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with sessions.begin() as s:
+        sid = subscribers.add(s, "ada@example.com").id
+    monkeypatch.setattr(tokens, "_permitted_weak", set())  # the attacker's copy of the public key signs anything
+    tokens.permit_weak_key(EXAMPLE_SECRET)
+    forged = tokens.make(EXAMPLE_SECRET, tokens.UNSUBSCRIBE, sid, None)
+    monkeypatch.undo()
+    box = mailbox.mbox(tmp_path / "unsub.mbox")
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "attacker@evil.example", "unsubscribe@example.com", f"unsubscribe-{forged}"
+    msg.set_content("bye")
+    box.add(msg)
+    box.flush()
+    config_path.write_text(config_path.read_text().replace(
+        config_path.read_text().split('secret_key = "')[1].split('"')[0], EXAMPLE_SECRET))
+    code, _, err = run(config_path, "unsubscribes", "import", str(tmp_path / "unsub.mbox"))
+    assert (code, err) == (1, f"Error: [newsletter] secret_key is the example value, so anyone could forge "
+                              f"subscriber links; {MAKE_A_KEY}\n")
+    with sessions.begin() as s:
+        assert subscribers.get_by_email(s, "ada@example.com").status == "active"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import re
 
 import pytest
 
 from newsletter import tokens
-from newsletter.errors import InvalidToken
+from newsletter.errors import ConfigError, InvalidToken
 
-SECRET = "test-secret-key-0123456789abcdef"
+SECRET = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"
+OTHER_SECRET = "another-secret-key-entirely-Qw3rTy9uIoP4aSdF6gHjK8lZxCvBnM1"
 
 
 def test_roundtrip_for_every_purpose() -> None:
@@ -53,7 +55,7 @@ def test_purpose_and_secret_are_bound() -> None:
     with pytest.raises(InvalidToken):
         tokens.read(SECRET, tokens.PREFERENCES, token)
     with pytest.raises(InvalidToken):
-        tokens.read("another-secret-key-entirely", tokens.UNSUBSCRIBE, token)
+        tokens.read(OTHER_SECRET, tokens.UNSUBSCRIBE, token)
 
 
 def test_timed_links_expire_by_the_clock_they_are_read_with() -> None:
@@ -74,3 +76,24 @@ def test_a_link_dated_in_the_future_is_refused() -> None:
     ahead = tokens.make(SECRET, tokens.CSRF, 5, clock=lambda: now + 3600)
     with pytest.raises(InvalidToken):
         tokens.read(SECRET, tokens.CSRF, ahead, clock=lambda: now)
+
+
+@pytest.mark.parametrize("weak", [
+    "change-me-to-a-long-random-string",         # the public example
+    "x", "",                                      # NEWSLETTER_SECRET_KEY=x
+    "0123456789abcdef0123456789abcdef",           # 128 bits of hex (openssl rand -hex 16)
+    "test-secret-key-0123456789abcdef",           # 32 characters, not 32 bytes of entropy
+    "a" * 100,                                    # long but one character
+])
+def test_a_guessable_secret_key_signs_and_checks_nothing(weak: str) -> None:
+    for use in (lambda: tokens.make(weak, tokens.UNSUBSCRIBE, 1, 2), lambda: tokens.read(weak, tokens.UNSUBSCRIBE, "a.b")):
+        with pytest.raises(ConfigError) as exc:
+            use()
+        line = str(exc.value)
+        assert line.startswith("[newsletter] secret_key is ") and "secrets.token_urlsafe(32)" in line
+        assert "\n" not in line and (not weak or weak not in line)
+
+
+@pytest.mark.parametrize("strong", [secrets.token_urlsafe(32), secrets.token_hex(32), secrets.token_urlsafe(48)])
+def test_keys_of_32_random_bytes_are_accepted(strong: str) -> None:
+    assert tokens.read(strong, tokens.CONFIRM, tokens.make(strong, tokens.CONFIRM, 5)).subscriber_id == 5

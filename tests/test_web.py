@@ -31,6 +31,7 @@ from newsletter.models import (
 from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
+OTHER_SECRET = "another-secret-key-entirely-Qw3rTy9uIoP4aSdF6gHjK8lZxCvBnM1"
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def _bad_tokens(settings: Settings, sid: int) -> dict[str, tuple[str, str]]:
         "preferences token on unsubscribe": ("unsubscribe", tokens.make(secret(settings), tokens.PREFERENCES, sid)),
         "unsubscribe token on confirm": ("confirm", good),
         "unsubscribe token on preferences": ("preferences", good),
-        "other secret": ("unsubscribe", tokens.make("another-secret-key-entirely", tokens.UNSUBSCRIBE, sid)),
+        "other secret": ("unsubscribe", tokens.make(OTHER_SECRET, tokens.UNSUBSCRIBE, sid)),
     }
 
 

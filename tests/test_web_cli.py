@@ -114,14 +114,15 @@ def test_missing_mailbox_is_one_line_error(config_path: Path, engine: object, tm
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1 and "nope" in result.stderr
 
 
-@pytest.mark.parametrize("secret", [config_mod.EXAMPLE_SECRET, ""])
-def test_serve_refuses_the_example_secret(config_path: Path, engine: object, secret: str) -> None:
-    text = config_path.read_text().replace('secret_key = "test-secret-key-0123456789abcdef"',
+@pytest.mark.parametrize("secret, refusal", [(config_mod.EXAMPLE_SECRET, "is the example value"),
+                                             ("", "is too weak"), ("short-but-not-empty", "is too weak")])
+def test_serve_refuses_the_example_secret(config_path: Path, engine: object, secret: str, refusal: str) -> None:
+    text = config_path.read_text().replace('secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"',
                                            f'secret_key = "{secret}"')
     config_path.write_text(text)
     result = CliRunner().invoke(app, ["--config", str(config_path), "serve", "--port", "1"])
     assert result.exit_code == 1
-    assert result.stderr.splitlines()[-1].startswith("Error: [newsletter] secret_key is the example value")
+    assert result.stderr.splitlines()[-1].startswith(f"Error: [newsletter] secret_key {refusal}")
 
 
 def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions: sessionmaker[Session],
@@ -141,13 +142,16 @@ def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions
     assert unsubscribe_events(sessions) == [(sid, "mailto", issue_id, "mailto:<req1@mail.example>")]
 
 
-def test_serve_with_insecure_dev_starts_warns_and_logs_no_tokens(config_path: Path, settings: Settings) -> None:
-    text = config_path.read_text().replace('secret_key = "test-secret-key-0123456789abcdef"',
+def test_serve_with_insecure_dev_starts_warns_and_logs_no_tokens(config_path: Path, settings: Settings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    text = config_path.read_text().replace('secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"',
                                            f'secret_key = "{config_mod.EXAMPLE_SECRET}"')
     config_path.write_text(text)
     db.upgrade(db.make_engine(settings.database_url))
     with running_server(config_path, free_port(), "--insecure-dev") as (base, log):
         assert httpx.get(f"{base}/subscribe", timeout=5).status_code == 200
+        monkeypatch.setattr(tokens, "_permitted_weak", set())  # as the server did, for this test only
+        tokens.permit_weak_key(config_mod.EXAMPLE_SECRET)
         token = tokens.make(config_mod.EXAMPLE_SECRET, tokens.UNSUBSCRIBE, 1, 2)
         assert httpx.get(f"{base}/unsubscribe/{token}", timeout=5).status_code == 404
         time.sleep(0.3)  # the access log line is written after the response

@@ -116,8 +116,10 @@ def get(ctx: typer.Context) -> Context:
 def signing(ctx: typer.Context) -> Context:
     """The context of a command that signs or checks subscriber links: a guessable secret
     key is refused before anything is read or changed (tokens.py refuses it too, later)."""
+    from newsletter.config import check_secret_key
+
     c = get(ctx)
-    config_mod.check_secret_key(c.settings.newsletter.secret_key)
+    check_secret_key(c.settings.newsletter.secret_key)
     return c
 
 

@@ -340,7 +340,8 @@ def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, m
         cfg_path = Path(path).resolve()
         source = str(path)
         if cfg_path.is_dir():
-            raise ConfigError(f"{path} is a folder; pass the config file itself, e.g. --config {Path(path) / 'config.toml'}")
+            example = Path(path) / "config.toml"
+            raise ConfigError(f"{path} is a folder; pass the config file itself, e.g. --config {example}")
         if cfg_path.exists():
             try:
                 data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))

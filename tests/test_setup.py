@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from newsletter import db, subscribers, tokens
 from newsletter.cli import app
 from newsletter.config import EXAMPLE_SECRET, MAKE_A_KEY, Settings
-from tests.sending_support import add_subscribers, build_issue, deliveries
 from tests.conftest import SmtpServer
+from tests.sending_support import add_subscribers, build_issue, deliveries
 
 runner = CliRunner()
 
@@ -32,8 +32,11 @@ def test_a_missing_sqlite_database_is_one_line_and_no_file_is_created(tmp_path: 
     cfg.write_text('[database]\nurl = "sqlite:///news.db"\n')
     for command in (["subscribers", "list"], ["stats"], ["issue", "list"]):
         code, _, err = run(cfg, *command)
-        assert (code, err) == (1, f"Error: the database {tmp_path / 'news.db'} does not exist; run 'newsletter init' "
-                                  f"(new setup) or 'newsletter db upgrade', or fix [database] url\n")
+        assert (code, err) == (
+            1,
+            f"Error: the database {tmp_path / 'news.db'} does not exist; run 'newsletter init' "
+            f"(new setup) or 'newsletter db upgrade', or fix [database] url\n",
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 
 
@@ -43,8 +46,10 @@ def test_an_unmigrated_database_says_which_command_to_run(db_url: str, config_pa
         Path(db_url.removeprefix("sqlite:///")).touch()  # an empty file, as an interrupted setup leaves it
     code, _, err = run(config_path, "subscribers", "list")
     shown = db.make_engine(db_url).url.render_as_string(hide_password=True)
-    assert (code, err) == (1, f"Error: the database {shown} has no schema yet; run 'newsletter init' or "
-                              f"'newsletter db upgrade'\n")
+    assert (code, err) == (
+        1,
+        f"Error: the database {shown} has no schema yet; run 'newsletter init' or 'newsletter db upgrade'\n",
+    )
 
 
 def test_db_upgrade_says_what_it_did(db_url: str, config_path: Path) -> None:
@@ -52,8 +57,10 @@ def test_db_upgrade_says_what_it_did(db_url: str, config_path: Path) -> None:
     code, out, _ = run(config_path, "db", "upgrade")
     assert (code, out) == (0, f"{shown}: created the database schema (revision {_head()})\n")
     code, out, _ = run(config_path, "db", "upgrade")
-    assert (code, out) == (0, f"{shown}: the database schema is already at the newest revision ({_head()}); "
-                              f"nothing to do\n")
+    assert (code, out) == (
+        0,
+        f"{shown}: the database schema is already at the newest revision ({_head()}); nothing to do\n",
+    )
     assert run(config_path, "subscribers", "list")[0] == 0
 
 
@@ -73,39 +80,51 @@ def test_init_writes_the_config_and_database_for_their_owner_only(tmp_path: Path
 
 def test_init_on_a_folder_is_one_line(tmp_path: Path) -> None:
     code, _, err = run(tmp_path, "init")
-    assert (code, err) == (1, f"Error: {tmp_path} is a folder; pass the config file itself, "
-                              f"e.g. --config {tmp_path / 'config.toml'}\n")
+    assert (code, err) == (
+        1,
+        f"Error: {tmp_path} is a folder; pass the config file itself, e.g. --config {tmp_path / 'config.toml'}\n",
+    )
 
 
 def test_send_with_the_examples_sender_is_refused_before_anything_goes_out(
-        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 2)
-    text = config_path.read_text().replace('from_address = "Test Weekly <news@example.com>"',
-                                           'from_address = "Trade Weekly <newsletter@example.com>"')
+    text = config_path.read_text().replace(
+        'from_address = "Test Weekly <news@example.com>"', 'from_address = "Trade Weekly <newsletter@example.com>"'
+    )
     config_path.write_text(text)
     code, _, err = run(config_path, "send", "--week", week)
-    assert (code, err) == (1, "Error: [newsletter] from_address is still the example's placeholder "
-                              "'Trade Weekly <newsletter@example.com>'; set your own in config.toml before sending "
-                              "through SMTP (or use [delivery] transport = \"outbox\")\n")
+    assert (code, err) == (
+        1,
+        "Error: [newsletter] from_address is still the example's placeholder "
+        "'Trade Weekly <newsletter@example.com>'; set your own in config.toml before sending "
+        'through SMTP (or use [delivery] transport = "outbox")\n',
+    )
     assert smtp_server.messages == []
 
 
 def test_send_refuses_a_short_secret_key_from_the_environment(
-        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 2)
-    result = runner.invoke(app, ["--config", str(config_path), "send", "--week", week],
-                           env={"NEWSLETTER_SECRET_KEY": "x"})
+    result = runner.invoke(
+        app, ["--config", str(config_path), "send", "--week", week], env={"NEWSLETTER_SECRET_KEY": "x"}
+    )
     assert result.exit_code == 1
-    assert result.stderr == f"Error: [newsletter] secret_key is too weak to sign subscriber links (about 0 bits of " \
-                            f"entropy, 256 needed); {MAKE_A_KEY}\n"
+    assert (
+        result.stderr == f"Error: [newsletter] secret_key is too weak to sign subscriber links (about 0 bits of "
+        f"entropy, 256 needed); {MAKE_A_KEY}\n"
+    )
     assert smtp_server.messages == []
     assert deliveries(sessions, week) == {}
 
 
 def test_mailed_unsubscribes_forged_with_the_example_key_change_nobody(
-        config_path: Path, sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_path: Path, sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with sessions.begin() as s:
         sid = subscribers.add(s, "ada@example.com").id
     monkeypatch.setattr(tokens, "_permitted_weak", set())  # the attacker's copy of the public key signs anything
@@ -118,10 +137,15 @@ def test_mailed_unsubscribes_forged_with_the_example_key_change_nobody(
     msg.set_content("bye")
     box.add(msg)
     box.flush()
-    config_path.write_text(config_path.read_text().replace(
-        config_path.read_text().split('secret_key = "')[1].split('"')[0], EXAMPLE_SECRET))
+    config_path.write_text(
+        config_path.read_text().replace(
+            config_path.read_text().split('secret_key = "')[1].split('"')[0], EXAMPLE_SECRET
+        )
+    )
     code, _, err = run(config_path, "unsubscribes", "import", str(tmp_path / "unsub.mbox"))
-    assert (code, err) == (1, f"Error: [newsletter] secret_key is the example value, so anyone could forge "
-                              f"subscriber links; {MAKE_A_KEY}\n")
+    assert (code, err) == (
+        1,
+        f"Error: [newsletter] secret_key is the example value, so anyone could forge subscriber links; {MAKE_A_KEY}\n",
+    )
     with sessions.begin() as s:
         assert subscribers.get_by_email(s, "ada@example.com").status == "active"

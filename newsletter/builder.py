@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from newsletter import articles as articles_mod
 from newsletter.config import WEEKDAYS, Settings
 from newsletter.errors import Conflict, InvalidInput, NotFound
-from newsletter.models import Article, Issue, IssueArticle, IssueStatus, utcnow
+from newsletter.models import Article, Issue, IssueArticle, IssueChoice, IssueStatus, utcnow
 
 WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -134,7 +134,8 @@ def build(
     """Create or refresh the draft issue of `week` (default: the current week).
 
     Intro, subject and lead given as None keep what an earlier build set; `force`
-    resets them to the defaults (no intro, the subject template, no lead).
+    resets them to the defaults (no intro, the subject template, no lead) and drops the
+    editors' choices (curation.py) and a send time chosen on the desk.
     Raises Conflict for a sent or sending issue (force does not override that) and
     InvalidInput for a bad week key, an unknown lead or a week without articles."""
     week = week.strip() if week else current_week(settings)
@@ -153,7 +154,8 @@ def build(
         issue = Issue(week=week, status=IssueStatus.DRAFT, subject="", intro="")
         session.add(issue)
     elif force:
-        issue.subject, issue.intro, issue.lead_article_id = "", "", None
+        issue.subject, issue.intro, issue.lead_article_id, issue.scheduled_by = "", "", None, ""
+        session.execute(delete(IssueChoice).where(IssueChoice.issue_id == issue.id))
     if intro is not None:
         issue.intro = intro.strip()
     if subject is not None:
@@ -163,35 +165,58 @@ def build(
         issue.lead_article_id = _find_lead(candidates, lead_url, week).id
     elif issue.lead_article_id not in {a.id for a in candidates}:
         issue.lead_article_id = None  # the old lead was re-dated out of this week
-    issue.scheduled_at = scheduled_at(settings, week)
+    if not issue.scheduled_by:  # a time an editor chose on the desk stays
+        issue.scheduled_at = scheduled_at(settings, week)
     issue.built_at = utcnow()
     session.flush()
     session.execute(delete(IssueArticle).where(IssueArticle.issue_id == issue.id))
-    for position, (slug, article) in enumerate(_pick(settings, candidates, issue.lead_article_id)):
+    choices = {c.article_id: c for c in session.scalars(select(IssueChoice).where(IssueChoice.issue_id == issue.id))}
+    for position, (slug, article) in enumerate(_pick(settings, candidates, issue.lead_article_id, choices)):
         session.add(IssueArticle(issue_id=issue.id, article_id=article.id, category=slug, position=position))
     session.flush()
     return issue
 
 
-def _pick(settings: Settings, candidates: list[Article], lead_id: int | None) -> list[tuple[str, Article]]:
-    """(section slug, article) in section order, newest first, at most `limit` per section.
+def _pick(
+    settings: Settings, candidates: list[Article], lead_id: int | None, choices: dict[int, IssueChoice]
+) -> list[tuple[str, Article]]:
+    """(section slug, article) in section order, newest first, at most `limit` per section,
+    with the editors' choices applied.
 
     The lead comes first under its own section and counts against no limit; an
-    article whose category is no longer configured goes to the default section."""
+    article whose category is no longer configured goes to the default section. An
+    article an editor left out frees its place for the next one; one an editor placed
+    (another section, or a position) is always in, at that position of its section, and
+    takes a place of the section's limit."""
     default = articles_mod.default_category(settings)
     limits = {c.slug: c.limit for c in settings.categories}
-    by_slug: dict[str, list[Article]] = {slug: [] for slug in limits}
+    auto: dict[str, list[Article]] = {slug: [] for slug in limits}
+    placed: dict[str, list[tuple[int, Article]]] = {slug: [] for slug in limits}
     picks: list[tuple[str, Article]] = []
     for article in candidates:
+        choice = choices.get(article.id)
         slug = article.category if article.category in limits else default
+        if choice is not None and choice.section in limits:
+            slug = choice.section
         if article.id == lead_id:
             picks.append((slug, article))
-        elif len(by_slug[slug]) < limits[slug]:
-            by_slug[slug].append(article)
-    return picks + [(slug, a) for slug, items in by_slug.items() for a in items]
+        elif choice is not None and choice.excluded:
+            continue
+        elif choice is not None and (choice.section is not None or choice.position is not None):
+            at = len(candidates) if choice.position is None else choice.position  # None: at the end
+            placed[slug].append((at, article))
+        else:
+            auto[slug].append(article)
+    for slug, items in placed.items():
+        section = auto[slug][: max(0, limits[slug] - len(items))]
+        for position, article in sorted(items, key=lambda item: item[0]):
+            section.insert(min(position, len(section)), article)
+        picks += [(slug, a) for a in section]
+    return picks
 
 
-def _view(article: Article, section: str) -> ArticleView:
+def article_view(article: Article, section: str) -> ArticleView:
+    """An article as the renderer sees it: URLs made safe, summary sanitised."""
     return ArticleView(
         id=article.id,
         title=article.title,
@@ -236,9 +261,9 @@ def load_content(session: Session, settings: Settings, week: str) -> IssueConten
     lead = None
     for slug, article in rows:
         if article.id == issue.lead_article_id:
-            lead = _view(article, slug)
+            lead = article_view(article, slug)
         else:
-            grouped.setdefault(slug, []).append(_view(article, slug))
+            grouped.setdefault(slug, []).append(article_view(article, slug))
     sections = tuple(
         Section(slug, names.get(slug, slug.replace("-", " ").capitalize()), tuple(items))
         for slug, items in grouped.items()

@@ -370,7 +370,7 @@ def articles_list(
 def issue_build(
     ctx: typer.Context,
     week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
-    force: bool = typer.Option(False, "--force", help="Reset intro, subject and lead to the defaults."),
+    force: bool = typer.Option(False, "--force", help="Reset intro, subject, lead and the desk's choices to the defaults."),
     intro: str | None = typer.Option(None, "--intro", help="Editor's intro in Markdown."),
     intro_file: Path | None = typer.Option(None, "--intro-file", help="Read the Markdown intro from a file."),
     subject: str | None = typer.Option(None, "--subject", help="Subject line; default: [newsletter] subject."),
@@ -444,6 +444,72 @@ def issue_list(ctx: typer.Context) -> None:
     print_table("Issues", ["week", "status", "send at", "sent", "subject"], rows)
     if not rows:
         err_console.print("no issues yet; run 'newsletter issue build'")
+
+
+_URL = typer.Argument(..., help="The article's URL (as in 'newsletter articles list').")
+_WEEK = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week.")
+
+
+def _print_draft(ctx: typer.Context, week: str) -> None:
+    from newsletter import builder
+
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        content = builder.load_content(s, c.settings, week)
+    lines = [f"lead: {content.lead.title}"] if content.lead else []
+    for sec in content.sections:
+        lines += [f"{sec.name}:"] + [f"  {n}. {a.title}  {a.url}" for n, a in enumerate(sec.articles, 1)]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+@issue_app.command("exclude")
+def issue_exclude(ctx: typer.Context, url: str = _URL, week: str | None = _WEEK) -> None:
+    """Leave an article out of the draft; the next article of its section takes its place.
+    Kept when the issue is rebuilt (undo with 'issue restore').
+
+    Example: newsletter issue exclude https://example.com/story --week 2026-W48
+    """
+    from newsletter import builder, curation
+
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        issue = curation.exclude(s, c.settings, week or builder.current_week(c.settings), url)
+    _print_draft(ctx, issue.week)
+
+
+@issue_app.command("restore")
+def issue_restore(ctx: typer.Context, url: str = _URL, week: str | None = _WEEK) -> None:
+    """Bring an article left out with 'issue exclude' back into the draft.
+
+    Example: newsletter issue restore https://example.com/story
+    """
+    from newsletter import builder, curation
+
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        issue = curation.restore(s, c.settings, week or builder.current_week(c.settings), url)
+    _print_draft(ctx, issue.week)
+
+
+@issue_app.command("move")
+def issue_move(
+    ctx: typer.Context,
+    url: str = _URL,
+    section: str | None = typer.Option(None, "--section", help="Category slug; default: the article's section."),
+    position: int | None = typer.Option(None, "--position", help="1 = first in the section; default: last."),
+    week: str | None = _WEEK,
+) -> None:
+    """Place an article in a section at a position; the section keeps that order across rebuilds.
+
+    Example: newsletter issue move https://example.com/story --section events --position 1
+    """
+    from newsletter import builder, curation
+
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        issue = curation.move(s, c.settings, week or builder.current_week(c.settings), url, section=section,
+                              position=position)
+    _print_draft(ctx, issue.week)
 
 
 unsubscribes_app = _typer("Unsubscribe requests received by mail.")

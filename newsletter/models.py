@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -188,6 +189,8 @@ class Issue(Base):
     intro: Mapped[str] = mapped_column(Text, default="")
     lead_article_id: Mapped[int | None] = mapped_column(ForeignKey("articles.id", ondelete="SET NULL"))
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Who chose scheduled_at on the desk ("" = the configured send day): a rebuild keeps their time.
+    scheduled_by: Mapped[str] = mapped_column(String(320), default="", server_default="")
     built_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     send_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -201,6 +204,19 @@ class IssueArticle(Base):
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
     category: Mapped[str] = mapped_column(String(64))
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IssueChoice(Base):
+    """An editor's choice about one article of an issue (left out, or placed in a section at
+    a position); kept apart from issue_articles so a rebuild applies it again."""
+
+    __tablename__ = "issue_choices"
+
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False)
+    section: Mapped[str | None] = mapped_column(String(64))
+    position: Mapped[int | None] = mapped_column(Integer)
 
 
 class Delivery(Base):

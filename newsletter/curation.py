@@ -182,7 +182,8 @@ def draft(session: Session, settings: Settings, week: str) -> Draft:
             select(IssueChoice.article_id).where(IssueChoice.issue_id == issue.id, IssueChoice.excluded.is_(True))
         )
     )
-    left_out, not_picked = [], []
+    left_out: list[ArticleView] = []
+    not_picked: list[ArticleView] = []
     if issue.status == IssueStatus.DRAFT:
         for article in builder.week_articles(session, settings, issue.week):
             if article.id not in shown:

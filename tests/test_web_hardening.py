@@ -3,24 +3,27 @@ what is allowed, and an unexpected error is logged once without the token in its
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from conftest import RecordingHandler, SmtpServer, free_port
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
-from web_support import add_subscriber, running_server
+from web_support import add_subscriber, no_hold, running_server
 
 from newsletter import tokens
 from newsletter.config import Settings
 from newsletter.models import Subscriber
-from newsletter.web import create_app
+from newsletter.web import create_app, random_hold
 
 BASE = "http://127.0.0.1:8000"
 SECURITY_HEADERS = {"referrer-policy": "no-referrer", "x-content-type-options": "nosniff", "cache-control": "no-store"}
@@ -28,7 +31,7 @@ SECURITY_HEADERS = {"referrer-policy": "no-referrer", "x-content-type-options": 
 
 @pytest.fixture
 def client(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, sessions), base_url=BASE, follow_redirects=False) as c:
+    with TestClient(create_app(settings, sessions, hold=no_hold), base_url=BASE, follow_redirects=False) as c:
         yield c
 
 
@@ -129,7 +132,7 @@ def test_a_server_without_smtputf8_gets_no_garbled_confirmation(
     controller.start()
     try:
         smtp = dataclasses.replace(settings.smtp, port=port)
-        app = create_app(dataclasses.replace(settings, smtp=smtp), sessions)
+        app = create_app(dataclasses.replace(settings, smtp=smtp), sessions, hold=no_hold)
         with caplog.at_level("WARNING", logger="newsletter.web"), TestClient(app, base_url=BASE) as c:
             assert c.post("/subscribe", data={"email": "jörg@bücher.example"}).status_code == 200
             assert c.post("/subscribe", data={"email": "ascii@example.com"}).status_code == 200
@@ -137,3 +140,101 @@ def test_a_server_without_smtputf8_gets_no_garbled_confirmation(
         controller.stop()
     assert [m.rcpt_tos for m in strict.messages] == [["ascii@example.com"]]
     assert "the server does not offer SMTPUTF8, needed for a non-ASCII address" in caplog.text
+
+
+# -- the work after a subscribe post ------------------------------------------------------
+
+
+async def asgi_request(
+    app: Any, method: str, path: str, body: bytes = b"", answered: asyncio.Event | None = None
+) -> int:
+    """One request straight through ASGI; `answered` is set when the answer's last byte is out
+    (the app call itself returns only after any work the request left behind)."""
+    headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    done = answered or asyncio.Event()
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    status = {}
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status["code"] = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    await app(scope, receive, send)
+    return status["code"]
+
+
+def test_the_work_for_a_new_address_waits_until_after_the_next_request(
+    settings: Settings, sessions: sessionmaker[Session], engine: Engine, smtp_server: SmtpServer
+) -> None:
+    """The timing attack: the insert and the mail a new address causes used to run right after
+    the answer, slowing the poster's next request. They wait for the hold (random in `serve`,
+    a gate here), so the next request is answered before any of it has run."""
+    add_subscriber(sessions, "listed@example.com")
+    inserts: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    async def run() -> None:
+        gate = asyncio.Event()
+
+        async def hold() -> None:
+            await gate.wait()
+
+        app = create_app(settings, sessions, hold=hold)
+        answered = asyncio.Event()
+        body = urlencode({"email": "fresh@example.com"}).encode()
+        first = asyncio.create_task(asgi_request(app, "POST", "/subscribe", body, answered))
+        await answered.wait()
+        assert await asgi_request(app, "GET", "/archive") == 200  # the next request
+        assert await asgi_request(app, "GET", "/healthz") == 200
+        assert inserts == [] and smtp_server.messages == []  # nothing of the work has run yet
+        gate.set()
+        assert await asyncio.wait_for(first, 30) == 200
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        asyncio.run(run())
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert any("subscribers" in sql for sql in inserts)
+    assert smtp_server.recipients() == ["fresh@example.com"]
+
+
+def test_the_default_hold_is_random_and_short() -> None:
+    async def timed() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await random_hold()
+        return loop.time() - start
+
+    async def several() -> list[float]:
+        return list(await asyncio.gather(*(timed() for _ in range(8))))
+
+    waits = asyncio.run(several())
+    assert all(0.5 <= w < 3.5 for w in waits), waits
+    assert len({round(w, 3) for w in waits}) > 1  # drawn per post, not one fixed delay

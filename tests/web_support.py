@@ -9,7 +9,7 @@ import sys
 import time as clock
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from email.message import Message
 from pathlib import Path
 
@@ -29,6 +29,10 @@ from newsletter.models import (
 )
 
 
+async def no_hold() -> None:
+    """For `create_app(hold=…)`: the work of a subscribe post starts right after the answer."""
+
+
 def add_subscriber(sessions: sessionmaker[Session], email: str, *,
                    status: SubscriberStatus = SubscriberStatus.ACTIVE, categories: tuple[str, ...] = ()) -> int:
     with sessions.begin() as s:
@@ -46,7 +50,7 @@ def make_issue(sessions: sessionmaker[Session], settings: Settings, week: str, *
                sent: bool, subject: str | None = None) -> int:
     """Publish one article in `week`, build the issue, and mark it sent if asked."""
     year, number = int(week[:4]), int(week[-2:])
-    published = datetime.combine(date.fromisocalendar(year, number, 3), time(10), tzinfo=timezone.utc)
+    published = datetime.combine(date.fromisocalendar(year, number, 3), time(10), tzinfo=UTC)
     with sessions.begin() as s:
         s.add(Article(guid=f"https://example.com/{week}", url=f"https://example.com/{week}", title=title,
                       category="news", summary="<p>Summary</p>", published_at=published))

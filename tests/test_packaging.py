@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_templates_migrations_and_example_config(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT),
-                    "-w", str(tmp_path)], check=True, timeout=300, capture_output=True)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", str(ROOT), "-w", str(tmp_path)],
+                           check=True, timeout=300, capture_output=True, text=True)
+    setuptools_warnings = re.findall(r"setuptools/\S+: \w*Warning: .*", build.stdout + build.stderr)
+    assert setuptools_warnings == []  # e.g. a deprecated license table, a template folder missing from `packages`
     wheel = next(tmp_path.glob("newsletter-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "newsletter/config.example.toml" in names

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.models import SubscriberStatus
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # piped output: one line per message, never cut at 80 columns
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class NewsletterGroup(TyperGroup):

@@ -277,8 +277,9 @@ class MessageFactory:
         list_unsubscribe = (b"List-Unsubscribe: <" + unsubscribe.encode() + b">,\r\n <mailto:" + self.mailto +
                             b"?subject=unsubscribe-" + token + b">\r\n")
         url_unsub, url_prefs = _qp_value(unsubscribe), _qp_value(preferences)
-        name_text = _qp_value(name) if name else b""
-        name_html = _qp_value(html.escape(name, quote=True)) if name else b""
+        greeting = render.greeting_name(name)
+        name_text = _qp_value(greeting) if greeting else b""
+        name_html = _qp_value(html.escape(greeting, quote=True)) if greeting else b""
         return (to, _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(), list_unsubscribe,
                 url_unsub, url_prefs, name_text, name_html, self.date())
 

@@ -165,14 +165,20 @@ def render_variant(settings: Settings, content: IssueContent, sections: Iterable
                    html=document, text=text, slots=slots)
 
 
+def greeting_name(name: str) -> str:
+    """What fills the greeting's name slot: " Ada" (its space first, the name on one line),
+    or "" for a subscriber without a name, so "Hello{{ greeting_name }} —" never reads "Hello  —"."""
+    name = " ".join(name.split())
+    return f" {name}" if name else ""
+
+
 def personalize(variant: Variant, *, unsubscribe_url: str, preferences_url: str, name: str) -> tuple[str, str]:
     """(html, text) of the variant for one subscriber: its slots filled, the values
     HTML-escaped in the HTML part. Line breaks in the name are dropped. One pass: a
     value is never searched for markers itself."""
-    name = " ".join(name.split())
     slots, pattern = variant.slots, variant.slots.pattern()
     values = {slots.unsubscribe_url: unsubscribe_url, slots.preferences_url: preferences_url,
-              slots.subscriber_name: name}
+              slots.subscriber_name: greeting_name(name)}
     escaped = {marker: html.escape(value, quote=True) for marker, value in values.items()}
     return pattern.sub(lambda m: escaped[m[0]], variant.html), pattern.sub(lambda m: values[m[0]], variant.text)
 

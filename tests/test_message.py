@@ -49,6 +49,18 @@ def test_filled_template_decodes_to_personalize_output(variant: render.Variant, 
     assert msg["To"].addresses[0].addr_spec == "zoe@example.org"
 
 
+def test_the_text_part_opens_with_one_title_line_and_a_greeting_with_or_without_a_name(
+        variant: render.Variant, settings: Settings) -> None:
+    factory = MessageFactory(settings, 7)
+    template = factory.prepare(variant)
+    for name, greeting in (("Ada", "Hello Ada — here"), ("", "Hello — here"), (" \n ", "Hello — here")):
+        msg = parse(factory.build(template, 42, "a@example.org", name))
+        text, html = body(msg, "plain"), body(msg, "html")
+        assert text.splitlines()[:3] == ["Test Weekly — Week 48 · 27 November 2026", "", f"{greeting} is this week's "
+                                         "selection from Test Weekly."]
+        assert f">{greeting} is this week" in html
+
+
 def test_wire_form_is_ready_for_data(variant: render.Variant, settings: Settings) -> None:
     """CRLF only, no line longer than SMTP allows, no line starting with '.': the
     transport sends the bytes as they are, without a second pass."""

@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
 SITE = "https://trade-weekly.example.com"
-# (category, title, author, summary, image?)
+# (category, title, author, summary). No images: the demo has no web site to serve them from.
 ARTICLES = [
     (
         "news",
@@ -27,7 +27,6 @@ ARTICLES = [
         "Maria Keller",
         "<p>Third-quarter production figures show the strongest growth since 2021, led by "
         "<strong>flexible packaging</strong> for chilled food. Board and paper grades stayed flat.</p>",
-        True,
     ),
     (
         "news",
@@ -35,7 +34,6 @@ ARTICLES = [
         "Tom Brandt",
         "<p>Negotiators settled on 30% recycled content for contact-sensitive packaging by 2030, with "
         "review clauses for food-grade supply.</p>",
-        False,
     ),
     (
         "news",
@@ -43,14 +41,12 @@ ARTICLES = [
         "Maria Keller",
         "<p>Lower gas prices let converters end the surcharge introduced in 2022; customers will see "
         "it disappear from January invoices.</p>",
-        False,
     ),
     (
         "news",
         "Trade body elects new president",
         "Editorial team",
         "<p>Anna Lindqvist, managing director of a Swedish carton maker, takes over for a two-year term.</p>",
-        False,
     ),
     (
         "case-studies",
@@ -58,42 +54,36 @@ ARTICLES = [
         "Jonas Weber",
         "<p>Switching to a thinner mono-material lid and retuning the sealing jaws saved 180 tonnes of "
         "film a year at a plant in Bavaria. The line manager explains what went wrong first.</p>",
-        True,
     ),
     (
         "case-studies",
         "Automating end-of-line palletising at a bakery",
         "Lena Hoffmann",
         "<p>Two collaborative robots now stack 1,200 cases an hour; the payback came in 19 months.</p>",
-        False,
     ),
     (
         "case-studies",
         "Reusable crates in e-grocery: a pilot after one year",
         "Jonas Weber",
         "<p>Return rates reached 94% once drivers collected crates on the next delivery.</p>",
-        False,
     ),
     (
         "products",
         "Servo-driven flow wrapper for short runs",
         "Product desk",
         "<p>The new machine changes format in under five minutes and handles paper-based films.</p>",
-        True,
     ),
     (
         "products",
         "Inline inspection camera reads dot-matrix codes at 600 m/min",
         "Product desk",
         "<p>Deep-learning models trained on smudged prints cut false rejects, the maker says.</p>",
-        False,
     ),
     (
         "products",
         "Compostable coffee capsule passes home-composting test",
         "Product desk",
         "<p>Certification covers the capsule, lid and filter; the coffee grounds stay inside.</p>",
-        False,
     ),
     (
         "comment",
@@ -101,14 +91,12 @@ ARTICLES = [
         "Dr. Petra Sommer",
         "<p>Targets without investment in sorting infrastructure will push prices for food-grade "
         "recyclate even higher, argues our columnist.</p>",
-        False,
     ),
     (
         "comment",
         "Letter: stop calling every carton sustainable",
         "A reader from Hamburg",
         "<p>A plant manager responds to last week's cover story.</p>",
-        False,
     ),
 ]
 EVENTS = [
@@ -163,10 +151,9 @@ def main() -> None:
             "category": category,
             "author": author,
             "summary": summary,
-            "image_url": f"{SITE}/images/{_slug(title)}.jpg" if image else "",
             "published_at": stamp.isoformat(),
         }
-        for (category, title, author, summary, image), stamp in zip(ARTICLES, stamps, strict=False)
+        for (category, title, author, summary), stamp in zip(ARTICLES, stamps, strict=False)
     ]
     (args.out_dir / "articles.json").write_text(
         json.dumps({"articles": records}, indent=2, ensure_ascii=False), encoding="utf-8"

@@ -150,7 +150,7 @@ class ImportReport:
         if self.not_modified:
             return f"{self.source}: not modified since the last fetch"
         return (f"{self.source}: {len(self.added)} added, {len(self.updated)} updated, "
-                f"{self.unchanged} unchanged, {len(self.skipped)} skipped")
+                f"{self.unchanged} unchanged, {len(self.skipped)} skipped, {len(self.warnings)} warnings")
 
 
 def _norm(label: str) -> str:
@@ -280,31 +280,35 @@ def _parse_time(value: str, settings: Settings) -> datetime:
 
 
 def _record_entry(record: Mapping[str, str], where: str, settings: Settings, *, source: str,
-                  cats: CategoryMap) -> tuple[Entry | None, str]:
-    """An Entry from one JSON object or CSV row, else (None, reason). The second value
-    is a warning (e.g. an unknown category put in the default section)."""
+                  cats: CategoryMap) -> tuple[Entry | None, list[str]]:
+    """An Entry from one JSON object or CSV row, else (None, [reason]). The lines are
+    warnings about what could not be used (an unknown category put in the default section,
+    an unreadable date): the article is kept all the same."""
     title = _SPACES.sub(" ", record.get("title", "")).strip()
     raw_url = record.get("url", "").strip()
     url = safe_url(raw_url)
     if not title:
-        return None, f"{where}: title is empty (skipped)"
+        return None, [f"{where}: title is empty (skipped)"]
     if not url or len(url) > MAX_URL:
-        return None, f"{where}: url {raw_url[:80]!r} is not an absolute http(s) URL (skipped)"
+        return None, [f"{where}: url {raw_url[:80]!r} is not an absolute http(s) URL (skipped)"]
+    notes = []
     published = None
     if record.get("published_at", "").strip():
         try:
             published = _parse_time(record["published_at"], settings)
         except ValueError:
-            return None, (f"{where}: published_at {record['published_at'][:40]!r} is not an ISO 8601 date "
-                          f"like 2026-11-24T09:30:00+01:00 (skipped)")
+            # Like a feed entry without a date: dated when first seen; a known article keeps its date.
+            notes.append(f"{where}: published_at {record['published_at'][:40]!r} is not an ISO 8601 date like "
+                         f"2026-11-24T09:30:00+01:00; imported, dated when first seen")
     label = record.get("category", "").strip()
     slug = cats.match([label]) if label else None
-    note = f"{where}: category {label!r} is not configured; put in '{cats.default}'" if label and not slug else ""
+    if label and not slug:
+        notes.append(f"{where}: category {label!r} is not configured; put in '{cats.default}'")
     image = safe_url(record.get("image_url", ""))
     return Entry(where=where, guid=_key(record.get("guid", ""), url, source), url=url, title=title[:MAX_TITLE],
                  category=slug or cats.default, author=record.get("author", "").strip()[:MAX_AUTHOR],
                  summary=excerpt(record.get("summary", ""), settings.articles.excerpt_length),
-                 image_url=image if len(image) <= MAX_URL else "", published_at=published), note
+                 image_url=image if len(image) <= MAX_URL else "", published_at=published), notes
 
 
 def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
@@ -325,7 +329,11 @@ def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], 
         rows = [(f"{name}: item {i}", item) for i, item in enumerate(items, start=1)]
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = [(f"{name}:{reader.line_num}", row) for row in reader]
+        try:
+            rows = [(f"{name}:{reader.line_num}", row) for row in reader]
+        except csv.Error as exc:  # e.g. a cell over the csv module's 128 KB limit
+            raise InvalidInput(f"{name}:{reader.line_num}: not readable as CSV ({exc}); fix the file "
+                               f"(nothing imported)") from None
     records: list[tuple[str, dict[str, str]]] = []
     unknown: set[str] = set()
     for where, item in rows:
@@ -352,13 +360,12 @@ def parse_records(data: bytes, settings: Settings, *, name: str) -> Parsed:
     cats = CategoryMap(settings)
     out = Parsed(warnings=warnings)
     for where, record in records:
-        entry, note = _record_entry(record, where, settings, source=Path(name).name, cats=cats)
+        entry, notes = _record_entry(record, where, settings, source=Path(name).name, cats=cats)
         if entry is None:
-            out.skipped.append(note)
+            out.skipped += notes
         else:
             out.entries.append(entry)
-            if note:
-                out.warnings.append(note)
+            out.warnings += notes
     return out
 
 

@@ -168,6 +168,7 @@ def init(ctx: typer.Context) -> None:
         console.print(f"wrote {c.config_path}")
     done = db.upgrade(c.engine, c.settings)
     typer.echo(f"database ready: {c.engine.url.render_as_string(hide_password=True)}; {done}")
+    _adopt_categories(c)
 
 
 @db_app.command("upgrade")
@@ -180,6 +181,17 @@ def db_upgrade(ctx: typer.Context) -> None:
 
     c = get(ctx)
     typer.echo(f"{c.engine.url.render_as_string(hide_password=True)}: {db.upgrade(c.engine, c.settings)}")
+    _adopt_categories(c)
+
+
+def _adopt_categories(c: Context) -> None:
+    """Categories just added to [[categories]] go to the subscribers who asked for them on import."""
+    from newsletter import subscribers
+
+    with c.sessions.begin() as s:
+        given = subscribers.adopt_categories(s)
+    for slug, n in sorted(given.items()):
+        typer.echo(f"category '{slug}' given to {n} subscriber{'' if n == 1 else 's'} who asked for it on import")
 
 
 def _status(value: str | None) -> SubscriberStatus | None:
@@ -236,6 +248,8 @@ def subscribers_import(
             s.rollback()
     for row_error in report.invalid:
         typer.echo(f"{file}:{row_error}", err=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {file}:{warning}", err=True)
     console.print(("dry run: " if dry_run else "") + report.summary)
 
 

@@ -4,14 +4,13 @@ and the per-recipient export, so that question never needs the mail server's log
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from typing import IO
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from newsletter import builder, ledger, selfservice
+from newsletter import builder, ledger, selfservice, spreadsheets
 from newsletter.bounce_policy import IssueBounces, issue_bounces
 from newsletter.config import Settings
 from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
@@ -135,7 +134,7 @@ def issue_stats(session: Session, settings: Settings, week: str | None = None) -
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:
     """Write every recipient of the issue as CSV (status, attempts, last reply, times); returns the row count."""
     issue = builder.get_issue(session, settings, week)
-    writer = csv.writer(fp)
+    writer = spreadsheets.writer(fp)
     writer.writerow(EXPORT_COLUMNS)
     rows = session.execute(
         select(Subscriber.email, Subscriber.name, Delivery)

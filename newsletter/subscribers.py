@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from typing import IO, Any
 from email_validator import EmailNotValidError, validate_email
 from email_validator.syntax import validate_email_local_part
 from email_validator.validate_email import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import String, cast, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from newsletter import spreadsheets
 from newsletter.errors import Conflict, InvalidInput, NotFound
 from newsletter.models import (
     SUPPRESSED,
@@ -217,7 +219,11 @@ HEADER_ALIASES = {
 }
 IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
 ALL = "all"  # the categories cell meaning "every category" (no choice)
-MAX_IMPORT_BYTES = 500 * 1024 * 1024
+# Categories a row asked for that are not configured: kept in this attribute (an extra
+# column in exports) and given to the subscriber once configured (adopt_categories).
+UNKNOWN_CATEGORIES = "unknown_categories"
+MAX_CELL_CHARS = csv.field_size_limit()  # 131072 (128 KB): the csv module's own limit
+MAX_LINE_BYTES = 1024 * 1024  # a physical line; longer means this is not a list of people
 CHUNK = 500  # rows per statement batch
 
 
@@ -232,48 +238,109 @@ class RowError:
 
 
 @dataclass
+class RowWarning:
+    line: int
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.line}: {self.value!r} {self.reason} (row imported)"
+
+
+@dataclass
 class ImportReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
     invalid: list[RowError] = field(default_factory=list)
+    warnings: list[RowWarning] = field(default_factory=list)
     dry_run: bool = False
 
     @property
     def summary(self) -> str:
         verb = "would add" if self.dry_run else "added"
         return (f"{verb} {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"invalid {len(self.invalid)}")
+                f"invalid {len(self.invalid)}, warnings {len(self.warnings)}")
 
 
 def _norm_header(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.casefold())
 
 
-def _decode(data: bytes, source: str) -> str:
-    if b"\x00" in data[:4096]:
-        raise InvalidInput(f"{source}: not a CSV file (binary data); export the sheet as CSV first")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+def _decode(line: bytes) -> str:
     try:
-        return data.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError:
         # Excel on Windows writes cp1252; latin-1 decodes any remaining byte.
         try:
-            return data.decode("cp1252")
+            return line.decode("cp1252")
         except UnicodeDecodeError:
-            return data.decode("latin-1")
+            return line.decode("latin-1")
 
 
-def _reader(text: str, source: str) -> tuple[list[str], Iterator[list[str]]]:
-    first_line = text.split("\n", 1)[0]
-    # The header line decides: Sniffer guesses badly on quoted data rows.
-    delimiter = max((",", ";", "\t"), key=first_line.count)
-    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(rows, None)
-    if not header or not any(h.strip() for h in header):
-        raise InvalidInput(f"{source}: empty file; expected a header line with an 'email' column")
-    return header, rows
+def _lines(fp: IO[bytes], source: str) -> Iterator[str]:
+    """The file's lines, decoded one at a time (UTF-8, else cp1252, else latin-1), so a
+    file of any size is read in flat memory and never held whole."""
+    head = io.BytesIO(fp.read(4096))
+    if b"\x00" in head.getvalue():
+        raise InvalidInput(f"{source}: not a CSV file (binary data); export the sheet as CSV first")
+
+    def readline() -> bytes:
+        line = head.readline(MAX_LINE_BYTES + 1)
+        if not line.endswith(b"\n"):
+            line += fp.readline(MAX_LINE_BYTES + 1 - len(line))
+        return line
+
+    raw = readline().removeprefix(b"\xef\xbb\xbf")
+    number = 1
+    while raw:
+        if len(raw) > MAX_LINE_BYTES:
+            raise InvalidInput(f"{source}:{number}: a line longer than {MAX_LINE_BYTES // 2**20} MB; is this the "
+                               f"subscriber list as CSV? (nothing imported)")
+        yield _decode(raw)
+        raw = readline()
+        number += 1
+
+
+class _Rows:
+    """csv.reader over the streamed lines: the header, then (first line, cells) per record.
+
+    The delimiter is the header line's most frequent of , ; tab (Sniffer guesses badly on
+    quoted data rows). A cell over 128 KB or broken quoting is one InvalidInput line
+    naming the line, not a traceback; the caller's transaction then writes nothing."""
+
+    def __init__(self, fp: IO[bytes], source: str) -> None:
+        self.source = source
+        lines = _lines(fp, source)
+        first = next(lines, "")
+        self.reader = csv.reader(itertools.chain([first], lines),
+                                 delimiter=max((",", ";", "\t"), key=first.count))
+        self.rows = self._guarded()
+        header = next(self.rows, (0, []))[1]
+        if not header or not any(h.strip() for h in header):
+            raise InvalidInput(f"{source}: empty file; expected a header line with an 'email' column")
+        self.header = header
+
+    def _guarded(self) -> Iterator[tuple[int, list[str]]]:
+        start = 1
+        while True:
+            try:
+                row = next(self.reader, None)
+            except csv.Error as exc:
+                line = self.reader.line_num
+                if "field larger than field limit" in str(exc):
+                    raise InvalidInput(f"{self.source}:{start}: a cell is longer than {MAX_CELL_CHARS // 1024} KB; "
+                                       f"shorten it or check the file is the subscriber list (nothing imported)"
+                                       ) from None
+                raise InvalidInput(f"{self.source}:{line}: not readable as CSV ({exc}); fix the file "
+                                   f"(nothing imported)") from None
+            if row is None:
+                return
+            yield start, [spreadsheets.restore(c) for c in row]
+            start = self.reader.line_num + 1
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        return self.rows
 
 
 def _map_header(header: list[str], source: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -312,17 +379,20 @@ class _Row:
     key: str
     name: str | None
     categories: list[int] | None
+    unknown_categories: list[str] | None  # None: the row has no categories cell
     status: SubscriberStatus | None
     consent_source: str | None
     consent_at: datetime | None
+    consent_unknown: bool  # a consent_at cell that is not a date: stored as unknown, never as "now"
     attributes: dict[str, str]
 
 
-def _parse_rows(text: str, source: str, category_ids: dict[str, int], report: ImportReport) -> list[_Row]:
-    header, rows = _reader(text, source)
-    known, extra = _map_header(header, source)
+def _parse_rows(fp: IO[bytes], source: str, category_ids: dict[str, int], report: ImportReport) -> Iterator[_Row]:
+    rows = _Rows(fp, source)
+    known, extra = _map_header(rows.header, source)
+    # Memory grows with the number of distinct addresses only (to report repeats), not with
+    # the file: rows are parsed and handed on one chunk at a time.
     seen: dict[str, int] = {}
-    parsed: list[_Row] = []
 
     def cell(row: list[str], name: str) -> str | None:
         """The cell's text, or None when absent or blank: a blank cell changes nothing, so
@@ -330,7 +400,7 @@ def _parse_rows(text: str, source: str, category_ids: dict[str, int], report: Im
         i = known.get(name)
         return (row[i].strip() or None) if i is not None and i < len(row) else None
 
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         if not any(c.strip() for c in row):
             continue
         raw_email = cell(row, "email") or ""
@@ -351,30 +421,39 @@ def _parse_rows(text: str, source: str, category_ids: dict[str, int], report: Im
         if name is None and ("first_name" in known or "last_name" in known):
             name = " ".join(p for p in (cell(row, "first_name"), cell(row, "last_name")) if p) or None
         name = None if name is None else clean_name(name)
-        cats_raw = cell(row, "categories")
-        cats: list[int] | None = None
-        if cats_raw is not None:
-            # "all" (what export writes for no choice) resets to every category.
-            slugs = [s.strip() for s in re.split(r"[,;|]", cats_raw) if s.strip() and s.strip().lower() != ALL]
-            unknown = [s for s in slugs if s not in category_ids]
-            if unknown:
-                report.invalid.append(RowError(line, email, f"has unknown category {unknown[0]!r}"))
-                continue
-            cats = sorted({category_ids[s] for s in slugs})
         status_raw = (cell(row, "status") or "").lower()
         if status_raw and status_raw not in IMPORT_STATUSES:
             report.invalid.append(RowError(line, email, f"has unknown status {status_raw!r} "
                                                         f"(use {', '.join(IMPORT_STATUSES)})"))
             continue
+        cats_raw = cell(row, "categories")
+        cats: list[int] | None = None
+        unknown: list[str] | None = None
+        if cats_raw is not None:
+            # "all" (what export writes for no choice) resets to every category.
+            slugs = [s.strip() for s in re.split(r"[,;|]", cats_raw) if s.strip() and s.strip().lower() != ALL]
+            unknown = [s for s in slugs if s not in category_ids]
+            cats = sorted({category_ids[s] for s in slugs if s in category_ids})
+            if unknown:
+                # The reader is imported all the same; what they asked for is kept, not guessed.
+                asked = ", ".join(map(repr, unknown))
+                kept = f"kept in the attribute '{UNKNOWN_CATEGORIES}' until configured"
+                report.warnings.append(RowWarning(line, email, f"asks for {asked}, not in [[categories]]: {kept}"))
+                if not cats:
+                    cats = None  # nothing known chosen: keep the current choice (new rows: every category)
+        consent_raw = cell(row, "consent_at")
+        consent_at = _parse_time(consent_raw) if consent_raw else None
+        if consent_raw and consent_at is None:
+            report.warnings.append(RowWarning(line, email, f"has consent_at {consent_raw[:40]!r}, not an ISO 8601 "
+                                                           f"date like 2024-03-12T09:30:00+01:00: stored as unknown"))
         seen[key] = line
-        parsed.append(_Row(
+        yield _Row(
             line=line, email=email, key=key, name=name,
-            categories=cats, status=IMPORT_STATUSES.get(status_raw),
+            categories=cats, unknown_categories=unknown, status=IMPORT_STATUSES.get(status_raw),
             consent_source=cell(row, "consent_source") or None,
-            consent_at=_parse_time(cell(row, "consent_at") or ""),
+            consent_at=consent_at, consent_unknown=bool(consent_raw) and consent_at is None,
             attributes={k: row[i] for k, i in extra.items() if i < len(row) and row[i] != ""},
-        ))
-    return parsed
+        )
 
 
 def _next_status(current: SubscriberStatus, wanted: SubscriberStatus | None) -> SubscriberStatus:
@@ -387,29 +466,42 @@ def _next_status(current: SubscriberStatus, wanted: SubscriberStatus | None) -> 
 
 
 def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = False) -> ImportReport:
-    """Import a real-world CSV (BOM or not, UTF-8 or Latin-1, ',' or ';').
+    """Import a real-world CSV (BOM or not, UTF-8 or Latin-1, ',' or ';'), streamed.
 
     Bulk statements in chunks, not one ORM object per row (the benchmark needs ~20k rows/s).
     A file without an email column raises InvalidInput and writes nothing; a bad row is
-    reported with its line and skipped. Importing the same file twice changes nothing."""
-    data = fp.read(MAX_IMPORT_BYTES + 1)
-    if len(data) > MAX_IMPORT_BYTES:
-        raise InvalidInput(f"{source}: larger than {MAX_IMPORT_BYTES // 2**20} MB; split the file")
+    reported with its line and skipped; a valid reader is never dropped for what cannot be
+    used (an unknown category, an unreadable date): the row is imported with a warning.
+    Importing the same file twice changes nothing."""
     report = ImportReport(dry_run=dry_run)
     category_ids = dict(session.execute(select(Category.slug, Category.id)).all())
-    rows = _parse_rows(_decode(data, source), source, category_ids, report)
+    rows = _parse_rows(fp, source, category_ids, report)
     now = utcnow()
     consent = f"import:{source.rsplit('/', 1)[-1]}"
     analyze = session.get_bind().dialect.name == "postgresql" and not dry_run
-    for start in range(0, len(rows), CHUNK):
-        if analyze and start % (CHUNK * 4) == 0:
+    for number, chunk in enumerate(iter(lambda: list(itertools.islice(rows, CHUNK)), [])):
+        if analyze and number % 4 == 0:
             # The planner's row count for `subscribers` is from before this transaction
             # (often 0): it then scans the table for every chunk's `email_key IN (…)`,
             # 500 comparisons per row, and 100,000 rows take minutes instead of seconds.
             # ANALYZE inside the transaction counts our own new rows (measured).
             session.execute(text("ANALYZE subscribers"))
-        _import_chunk(session, rows[start:start + CHUNK], report, now=now, consent=consent, dry_run=dry_run)
+        _import_chunk(session, chunk, report, now=now, consent=consent, dry_run=dry_run)
     return report
+
+
+def _merge_attributes(old: dict[str, str], row: _Row) -> dict[str, str]:
+    """The row's extra columns over the stored ones. A categories cell replaces the list of
+    unconfigured categories asked for, joined with the row's own UNKNOWN_CATEGORIES column
+    if it has one (an export read back)."""
+    merged = {**old, **row.attributes}
+    if row.unknown_categories is None:
+        return merged
+    names = row.attributes.get(UNKNOWN_CATEGORIES, "").split(",") + row.unknown_categories
+    merged.pop(UNKNOWN_CATEGORIES, None)
+    if any(names):
+        merged[UNKNOWN_CATEGORIES] = ",".join(dict.fromkeys(n for n in names if n))
+    return merged
 
 
 def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, now: datetime, consent: str,
@@ -434,7 +526,7 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
             continue
         name = old.name if row.name is None else row.name
         status = _next_status(old.status, row.status)
-        attributes = {**(old.attributes or {}), **row.attributes}
+        attributes = _merge_attributes(old.attributes or {}, row)
         cats = current_cats.get(old.id, []) if row.categories is None else row.categories
         if (name, status, attributes, cats) == (old.name, old.status, old.attributes or {},
                                                  current_cats.get(old.id, [])):
@@ -506,9 +598,10 @@ class _SubscriberInsert:
         params = [{"email": r.email, "email_key": r.key, "name": r.name or "",
                    "status": bind("status", r.status) if r.status else active,
                    "consent_source": r.consent_source or consent,
-                   "consent_at": bind("consent_at", r.consent_at) if r.consent_at else now_value,
+                   "consent_at": bind("consent_at", r.consent_at) if r.consent_at else
+                   None if r.consent_unknown else now_value,
                    "status_changed_at": now_value, "created_at": now_value,
-                   "attributes": bind("attributes", r.attributes), "soft_bounces": 0} for r in rows]
+                   "attributes": bind("attributes", _merge_attributes({}, r)), "soft_bounces": 0} for r in rows]
         if self.order is not None:
             session.connection().exec_driver_sql(self.sql, [tuple(p[k] for k in self.order) for p in params])
         else:
@@ -519,6 +612,34 @@ def _event_for(status: SubscriberStatus) -> EventKind:
     return {SubscriberStatus.UNSUBSCRIBED: EventKind.UNSUBSCRIBE, SubscriberStatus.BOUNCED: EventKind.BOUNCE,
             SubscriberStatus.COMPLAINED: EventKind.COMPLAINT, SubscriberStatus.ACTIVE: EventKind.CONFIRM,
             }.get(status, EventKind.IMPORT)
+
+
+def adopt_categories(session: Session) -> dict[str, int]:
+    """Give each subscriber the categories they asked for on import before those were
+    configured (kept in the UNKNOWN_CATEGORIES attribute); returns {slug: subscribers}.
+
+    Run after the categories table is synced with [[categories]] (`db upgrade`, `init`)."""
+    known = dict(session.execute(select(Category.slug, Category.id)).all())
+    given: dict[str, int] = {}
+    waiting = session.execute(select(Subscriber.id, Subscriber.attributes)
+                              .where(cast(Subscriber.attributes, String).like(f"%{UNKNOWN_CATEGORIES}%")))
+    for sid, attributes in waiting.all():
+        names = [n for n in str((attributes or {}).get(UNKNOWN_CATEGORIES, "")).split(",") if n]
+        now_known = [n for n in names if n in known]
+        if not now_known:
+            continue
+        have = set(session.scalars(select(SubscriberCategory.category_id)
+                                   .where(SubscriberCategory.subscriber_id == sid)))
+        links = [{"subscriber_id": sid, "category_id": known[n]} for n in now_known if known[n] not in have]
+        if links:
+            session.execute(insert(SubscriberCategory), links)
+        rest = {k: v for k, v in attributes.items() if k != UNKNOWN_CATEGORIES}
+        if len(now_known) < len(names):
+            rest[UNKNOWN_CATEGORIES] = ",".join(n for n in names if n not in known)
+        session.execute(update(Subscriber), [{"id": sid, "attributes": rest}])
+        for n in now_known:
+            given[n] = given.get(n, 0) + 1
+    return given
 
 
 # -- CSV export ---------------------------------------------------------------------------
@@ -535,7 +656,7 @@ def export_csv(session: Session, fp: IO[str], *, status: SubscriberStatus | None
         cats.setdefault(sid, []).append(slug)
     subs = list(list_subscribers(session, status))
     extra = sorted({k for s in subs for k in (s.attributes or {})} - set(EXPORT_COLUMNS))
-    writer = csv.writer(fp)
+    writer = spreadsheets.writer(fp)
     writer.writerow(EXPORT_COLUMNS + extra)
     for s in subs:
         writer.writerow([s.email, s.name, s.status, ",".join(cats.get(s.id, [])) or ALL, s.consent_source,

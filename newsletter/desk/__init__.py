@@ -19,6 +19,7 @@ from newsletter.desk.issues import Issues
 from newsletter.desk.overview import Overview
 from newsletter.desk.sending import Sending
 from newsletter.desk.signin import SignIn
+from newsletter.desk.tracking import Tracking
 
 SCRIPT = files("newsletter.desk").joinpath("desk.js").read_text(encoding="utf-8")
 
@@ -33,6 +34,7 @@ def routes(settings: Settings, sessions: sessionmaker[Session]) -> list[BaseRout
     signin, overview, issues, sending = SignIn(state), Overview(state), Issues(state), Sending(state)
     week = "/issues/{week}"
     return [
+        Route("/c/{token}", Tracking(state).click, methods=["GET"]),
         Route("/admin", lambda request: RedirectResponse("/admin/", status_code=308), methods=["GET"]),
         Mount(
             "/admin",

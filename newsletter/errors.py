@@ -9,7 +9,8 @@ web app catch them at the edge. This module imports nothing from the package.
      ├── Conflict               an operation that the current state forbids
      └── DeliveryError          raised only by the sending engine
           ├── TransientDeliveryError   4xx reply: retry later
-          ├── PermanentDeliveryError   5xx reply: the recipient bounced
+          ├── PermanentDeliveryError   5xx reply for one recipient (replies.judge says whether it bounced)
+          ├── RefusedByServer          the replies blame us or our message: the run stopped, nobody bounced
           └── TransportUnavailable     connect/timeout/drop: reconnect and retry
                └── AmbiguousDelivery   no reply after the whole message went out
 """
@@ -44,10 +45,11 @@ class Conflict(NewsletterError):
 class DeliveryError(NewsletterError):
     """A message could not be handed to the mail server."""
 
-    def __init__(self, message: str, *, code: int | None = None, reply: str = "") -> None:
+    def __init__(self, message: str, *, code: int | None = None, reply: str = "", stage: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.reply = reply
+        self.stage = stage  # the SMTP command answered: "connect", "mail", "rcpt", "data" or ""
 
 
 class TransientDeliveryError(DeliveryError):
@@ -55,7 +57,12 @@ class TransientDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """The server answered 5xx for the recipient: it bounced."""
+    """The server answered 5xx for the recipient (bounced only if the reply blames the address)."""
+
+
+class RefusedByServer(DeliveryError):
+    """Most recent replies blame us (blocklist, SPF/DKIM/DMARC, policy) or our message: the
+    run stopped so that nobody is bounced for it; the issue resumes once the server accepts."""
 
 
 class TransportUnavailable(DeliveryError):

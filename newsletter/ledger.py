@@ -39,6 +39,7 @@ from newsletter.models import (
 
 SENDER_LEASE = "sender"  # lease names: "sender:<holder>"; on SQLite the single "sender:sqlite"
 NO_SECTIONS = "not sent: none of the subscriber's categories is in this issue"
+REFUSED_US = "deferred, the server refuses us: "  # a pending row's reply that blames the sender
 PLAN_CHUNK = 1000
 
 
@@ -313,6 +314,18 @@ def requeue_ambiguous(session: Session, issue_id: int) -> int:
     )
     # Session.execute is typed as Result; for an UPDATE it is a CursorResult, which has rowcount.
     return cast(CursorResult[Any], session.execute(stmt)).rowcount or 0
+
+
+def retry_refused_now(session: Session, issue_id: int) -> int:
+    """Rows deferred because the server refused *us* (blocklist, policy) are due at the next
+    run at once: the editor runs `send` again once delisted. Returns how many."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING,
+               Delivery.last_reply.startswith(REFUSED_US, autoescape=True))
+        .values(next_attempt_at=None)
+    )
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def open_count(session: Session, issue_id: int) -> int:

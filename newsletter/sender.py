@@ -18,29 +18,35 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import builder, ledger, locks, render
+from newsletter import builder, ledger, locks, render, replies
 from newsletter.builder import IssueContent
 from newsletter.config import Settings, check_ready_to_send
 from newsletter.errors import (
     AmbiguousDelivery,
     Conflict,
+    DeliveryError,
     InvalidInput,
     PermanentDeliveryError,
+    RefusedByServer,
     TransientDeliveryError,
     TransportUnavailable,
 )
+from newsletter.feedback import Breaker, Pace
 from newsletter.ledger import Job, Outcome
 from newsletter.message import MessageFactory, Template, return_path
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.replies import Blame, Stage
 from newsletter.transport import Transport, open_transport, send_one
 
-THROTTLING = frozenset({421, 451, 454})  # "slow down" replies (SES and other relays)
+T = TypeVar("T")
 LEASE_TTL = 120.0  # seconds; renewed every LEASE_TTL / 6 while sending
 SQLITE_LEASE = ledger.SENDER_LEASE + ":sqlite"
 # A ledger round waits up to this long for half the connections to queue their marks:
@@ -54,7 +60,6 @@ class Tuning:
 
     batch_size: int = 100
     max_wait: float = 300.0  # a retry due later than this waits for the next run
-    throttle_seconds: float = 60.0  # how long a throttling reply halves the rate
 
 
 @dataclass
@@ -84,37 +89,6 @@ class Skipped(Exception):
     """The subscriber left (or the row was taken) before the message was handed over."""
 
 
-class RateLimit:
-    """A global messages-per-second pace; throttling replies halve it for a while."""
-
-    def __init__(self, per_second: float, throttle_seconds: float) -> None:
-        self.base = per_second
-        self.current = per_second
-        self.throttle_seconds = throttle_seconds
-        self.until = 0.0
-        self.next_at = 0.0
-        self.started = time.monotonic()
-        self.count = 0
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        self.count += 1
-        if self.until and now >= self.until:
-            self.current, self.until = self.base, 0.0
-        if self.current <= 0:
-            return
-        self.next_at = max(self.next_at + 1.0 / self.current, now)
-        if self.next_at > now:
-            await asyncio.sleep(self.next_at - now)
-
-    def throttle(self) -> float:
-        """Halve the pace (the achieved one, if unlimited) for throttle_seconds; returns it."""
-        achieved = self.count / max(time.monotonic() - self.started, 1e-3)
-        self.current = max(1.0, (self.current or achieved) / 2)
-        self.until = time.monotonic() + self.throttle_seconds
-        return self.current
-
-
 class LedgerWriter:
     """Group commit: marks and outcomes queued by the workers go to the database together,
     one transaction per round, on one connection held for the whole run.
@@ -137,7 +111,7 @@ class LedgerWriter:
         self.failed: BaseException | None = None
         self.renewed = time.monotonic()
 
-    def db(self, fn: Callable[[Session], object]) -> object:
+    def db(self, fn: Callable[[Session], T]) -> T:
         """Run `fn(session)` and commit (renewing this sender's lease now and then)."""
         try:
             if time.monotonic() - self.renewed > LEASE_TTL / 6:
@@ -188,8 +162,7 @@ class LedgerWriter:
             try:
                 # Marks before outcomes: a worker's previous outcome is always committed no
                 # later than its next mark, so each worker has at most one row in `sending`.
-                ok = self.db(lambda s: (ledger.mark_sending(s, [j for j, _ in marks], self.worker),
-                                        ledger.settle(s, outcomes, self.worker, self.issue_id))[0])
+                ok = self.db(partial(self._round, [j for j, _ in marks], outcomes))
             except BaseException as exc:
                 self.failed = exc
                 for _, future in [*marks, *self.marks]:
@@ -198,8 +171,13 @@ class LedgerWriter:
                 raise
             for job, future in marks:
                 if not future.done():
-                    future.set_result(job.delivery_id in ok)  # type: ignore[operator]
+                    future.set_result(job.delivery_id in ok)
             self.on_commit(outcomes)
+
+    def _round(self, jobs: list[Job], outcomes: list[Outcome], session: Session) -> set[int]:
+        ok = ledger.mark_sending(session, jobs, self.worker)
+        ledger.settle(session, outcomes, self.worker, self.issue_id)
+        return ok
 
     async def close(self) -> None:
         self.closing = True
@@ -217,13 +195,16 @@ class SendRun:
         self.report, self.progress, self.limit, self.total = report, progress, limit, total
         self.factory = MessageFactory(settings, content.issue_id)
         self.templates: dict[str, Template] = {}
-        self.rate = RateLimit(self.smtp.rate_per_second, tuning.throttle_seconds)
+        self.pace = Pace(self.smtp.rate_per_second)
+        self.breaker = Breaker()
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=tuning.batch_size)
         self.writer = LedgerWriter(engine, content.issue_id, worker, lease, self._committed,
                                    max(1, self.smtp.concurrency // 2))
         self.in_flight = 0
         self.unavailable = 0  # consecutive connection failures, over all workers
-        self.fatal: TransportUnavailable | None = None
+        self.fatal: TransportUnavailable | RefusedByServer | None = None
+        self.slowed = False
+        self.refused_us = 0  # recipients deferred by replies that blame us
 
     def _committed(self, outcomes: list[Outcome]) -> None:
         r = self.report
@@ -257,17 +238,43 @@ class SendRun:
                 else utcnow() + timedelta(seconds=delay))
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
 
-    def _maybe_throttle(self, exc: TransientDeliveryError | TransportUnavailable) -> None:
-        if exc.code in THROTTLING:
-            already = self.rate.until > time.monotonic()
-            rate = self.rate.throttle()
-            if not already:  # one note per slow-down period, not one per reply
-                self.report.notes.append(f"the server asked to slow down ({exc.reply}): {rate:.0f} messages/s "
-                                         f"for {self.tuning.throttle_seconds:.0f} s")
+    def _slow_down(self, reply: str) -> None:
+        rate = self.pace.slow_down()
+        if rate is not None and not self.slowed:  # one note per run, not one per reply
+            self.slowed = True
+            ceiling = f"{self.pace.ceiling:g} messages/s" if self.pace.ceiling else "full speed"
+            self.report.notes.append(f"the server asked to slow down ({reply}): {rate:.1f} messages/s, "
+                                     f"climbing back to {ceiling} while replies are clean")
+
+    def _judged(self, job: Job, exc: DeliveryError) -> Outcome:
+        """The row's fate for a reply about this recipient, as `replies.judge` reads it; also
+        feeds the pace and the breaker. Only a permanent reply naming the address bounces."""
+        reply = exc.reply or str(exc)
+        if exc.code is None:  # refused here before the server was asked (address, SMTPUTF8)
+            return self._failed(job, reply)
+        verdict = replies.judge(exc.code, "", reply, stage=Stage(exc.stage))
+        trip = self.breaker.record(verdict, job.email, reply)
+        if trip is not None and self.fatal is None:
+            self.fatal = RefusedByServer(trip, code=exc.code, reply=reply, stage=exc.stage)
+        blame = verdict.blame
+        if verdict.hard:
+            return self._failed(job, reply, bounce=True)
+        if blame is Blame.THROTTLE:
+            self._slow_down(reply)
+        elif not verdict.permanent and self.pace.failed_for(job.email):
+            self._slow_down(f"{reply}, and as much for most recent recipients")
+        if blame is Blame.SENDER:  # about us, not the reader: never used up, never hammered in this run
+            self.refused_us += 1
+            return self._retry(job, ledger.REFUSED_US + reply, delay=self.tuning.max_wait + 1, may_fail=False)
+        if blame is Blame.THROTTLE:
+            return self._retry(job, reply, may_fail=False)
+        if verdict.permanent and blame is not Blame.MESSAGE:
+            return self._failed(job, reply)
+        return self._retry(job, reply)
 
     async def deliver(self, job: Job) -> None:
         """One message: mark, MAIL/RCPT/DATA while the mark commits, the body once it is durable."""
-        await self.rate.wait()
+        await self.pace.wait()
         template = self.template(job.variant)  # an error here concerns every message: it stops the run
         try:
             data = self.factory.build(template, job.subscriber_id, job.email, job.name)
@@ -287,18 +294,16 @@ class SendRun:
         except Skipped:
             self.report.skipped += 1
             return
-        except PermanentDeliveryError as exc:
-            self.writer.settle(self._failed(job, exc.reply or str(exc), bounce=exc.code is not None))
-        except TransientDeliveryError as exc:
-            self._maybe_throttle(exc)
-            self.writer.settle(self._retry(job, exc.reply or str(exc)))
+        except (PermanentDeliveryError, TransientDeliveryError) as exc:
+            self.writer.settle(self._judged(job, exc))
         except AmbiguousDelivery as exc:
             # Left in `sending`: listed as ambiguous, resent only on --resend-ambiguous.
             self.writer.settle(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.SENDING, exc.reply))
             self.fatal = exc  # a server silent for data_timeout is broken: stop, do not pile up more
             return
         except TransportUnavailable as exc:
-            self._maybe_throttle(exc)
+            if exc.code == 421 or exc.stage == Stage.CONNECT:
+                self._slow_down(exc.reply or str(exc))  # the server closes or refuses connections: too many
             # A server that is down must not use up attempts: only while it accepts other
             # messages can one that keeps breaking the connection be given up.
             self.writer.settle(self._retry(job, f"not delivered: {exc}", delay=0, may_fail=self.report.sent > 0))
@@ -310,6 +315,8 @@ class SendRun:
                 await asyncio.sleep(min(0.05 * 2 ** min(self.unavailable, 6), 2.0))
             return
         else:
+            self.breaker.record(None, job.email, reply)
+            self.pace.clean()
             self.writer.settle(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.SENT, reply))
         self.unavailable = 0
 
@@ -328,8 +335,8 @@ class SendRun:
         left = self.limit
         while self.fatal is None and (left is None or left > 0):
             size = self.tuning.batch_size if left is None else min(left, self.tuning.batch_size)
-            jobs: list[Job] = self.writer.db(
-                lambda s: ledger.claim_batch(s, self.content.issue_id, self.worker, size))  # type: ignore[assignment]
+            jobs = self.writer.db(partial(ledger.claim_batch, issue_id=self.content.issue_id, worker=self.worker,
+                                          limit=size))
             for job in jobs:
                 await self.queue.put(job)
             if left is not None:
@@ -339,8 +346,7 @@ class SendRun:
             if self.in_flight or not self.queue.empty() or self.writer.outcomes:
                 await asyncio.sleep(0.05)  # in-flight messages may turn into retries
                 continue
-            due: datetime | None = self.writer.db(
-                lambda s: ledger.next_due(s, self.content.issue_id, self.worker))  # type: ignore[assignment]
+            due = self.writer.db(partial(ledger.next_due, issue_id=self.content.issue_id, worker=self.worker))
             if due is None:
                 return
             wait = (due - utcnow()).total_seconds()
@@ -367,6 +373,12 @@ class SendRun:
             await self.transport.close()
             self.writer.db(lambda s: ledger.release(s, self.content.issue_id, self.worker))
             self.writer.dispose()
+        if isinstance(self.fatal, RefusedByServer):
+            raise self.fatal
+        if self.refused_us:
+            self.report.notes.append(f"{self.refused_us} recipients were refused with replies that blame us, not them "
+                                     f"(see `newsletter deliveries export`); nobody was bounced, they are tried again "
+                                     f"at the next `newsletter send` or `run`")
         if self.fatal is not None:
             raise TransportUnavailable(f"{self.fatal}; stopped sending. The issue stays resumable: fix the server "
                                        f"or [smtp] settings and run `newsletter send` again",
@@ -438,18 +450,19 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
     lease = _acquire_sender(sessions, worker)
     try:
         with sessions.begin() as session:
-            issue = session.get(Issue, content.issue_id)
-            assert issue is not None
+            current = session.get(Issue, content.issue_id)
+            assert current is not None
             if resend_ambiguous:
-                requeued = ledger.requeue_ambiguous(session, issue.id)
+                requeued = ledger.requeue_ambiguous(session, current.id)
                 report.notes.append(f"{requeued} ambiguous deliveries queued again")
+            ledger.retry_refused_now(session, current.id)
             report.planned = ledger.plan(session, content)
-            if issue.status != IssueStatus.SENDING:
-                issue.status, issue.send_started_at = IssueStatus.SENDING, issue.send_started_at or utcnow()
-            total = ledger.open_count(session, issue.id)
+            if current.status != IssueStatus.SENDING:
+                current.status, current.send_started_at = IssueStatus.SENDING, current.send_started_at or utcnow()
+            total = ledger.open_count(session, current.id)
         engine = sessions.kw["bind"]  # the ledger writer holds one connection of its own
-        run = SendRun(engine, settings, content, transport or open_transport(settings), tuning or Tuning(), worker, lease,
-                      report, progress, limit, min(total, limit) if limit is not None else total)
+        run = SendRun(engine, settings, content, transport or open_transport(settings), tuning or Tuning(), worker,
+                      lease, report, progress, limit, min(total, limit) if limit is not None else total)
         asyncio.run(run.run())
         with sessions.begin() as session:
             _finish(session, content.issue_id, report)

@@ -42,10 +42,12 @@ from newsletter.errors import (
     TransportUnavailable,
 )
 from newsletter.message import WireBytes
+from newsletter.replies import Stage
 
 BeforeData = Callable[[], Awaitable[None]]
 ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20<>\x7f]")  # would break out of MAIL FROM:<…> / RCPT TO:<…>
 LINE_END = re.compile(rb"\r\n|\r|\n")
+STAGES = {b"MAIL": Stage.MAIL, b"RCPT": Stage.RCPT, b"DATA": Stage.DATA, b"RSET": Stage.UNKNOWN}
 
 
 class Transport(Protocol):
@@ -63,39 +65,40 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def _reply_error(code: int, text: str, stage: str) -> DeliveryError:
+def _reply_error(code: int, text: str, where: str, stage: Stage) -> DeliveryError:
     reply = f"{code} {text}".strip()
     if 400 <= code < 500:
-        return TransientDeliveryError(f"{stage}: {reply}", code=code, reply=reply)
+        return TransientDeliveryError(f"{where}: {reply}", code=code, reply=reply, stage=stage)
     if 500 <= code < 600:
-        return PermanentDeliveryError(f"{stage}: {reply}", code=code, reply=reply)
-    return TransportUnavailable(f"{stage}: unexpected reply {reply}", code=code, reply=reply)
+        return PermanentDeliveryError(f"{where}: {reply}", code=code, reply=reply, stage=stage)
+    return TransportUnavailable(f"{where}: unexpected reply {reply}", code=code, reply=reply, stage=stage)
 
 
 @contextmanager
-def _map_errors(where: str) -> Iterator[None]:
+def _map_errors(where: str, stage: Stage = Stage.UNKNOWN) -> Iterator[None]:
     """Translate aiosmtplib and socket errors at the boundary (cf. httpx map_exceptions)."""
     try:
         yield
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise TransportUnavailable(f"{where}: login refused ({exc.code} {exc.message}); check [smtp] username "
-                                   f"and password", code=exc.code, reply=f"{exc.code} {exc.message}") from exc
+                                   f"and password", code=exc.code, reply=f"{exc.code} {exc.message}",
+                                   stage=stage) from exc
     except aiosmtplib.SMTPResponseException as exc:
         # Replies raised here come from the greeting, EHLO or STARTTLS: they are about us or
         # the server, never about a recipient, so no 5xx here may bounce a subscriber.
         raise TransportUnavailable(f"{where}: {exc.code} {exc.message}", code=exc.code,
-                                   reply=f"{exc.code} {exc.message}") from exc
+                                   reply=f"{exc.code} {exc.message}", stage=stage) from exc
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ssl.SSLError, OSError) as exc:
         cert = _cert_failure(exc)
         if cert is None:
             text = str(exc) or type(exc).__name__
-            raise TransportUnavailable(f"{where}: {text}", reply=text) from exc
+            raise TransportUnavailable(f"{where}: {text}", reply=text, stage=stage) from exc
         raise TransportUnavailable(f"{where}: its TLS certificate failed verification ({cert}); fix the server's "
                                    f"certificate or set [smtp] ca_file to the CA that signed it",
-                                   reply=f"TLS certificate failed verification: {cert}") from exc
-    except (aiosmtplib.SMTPException, asyncio.TimeoutError) as exc:
+                                   reply=f"TLS certificate failed verification: {cert}", stage=stage) from exc
+    except (TimeoutError, aiosmtplib.SMTPException) as exc:
         text = str(exc) or type(exc).__name__
-        raise TransportUnavailable(f"{where}: {text}", reply=text) from exc
+        raise TransportUnavailable(f"{where}: {text}", reply=text, stage=stage) from exc
 
 
 def _cert_failure(exc: BaseException) -> str | None:
@@ -177,7 +180,7 @@ class SmtpTransport:
                                start_tls=s.starttls, tls_context=self._tls, local_hostname=self._local_hostname)
 
     async def _connect(self, conn: aiosmtplib.SMTP) -> None:
-        with _map_errors(f"cannot connect to SMTP server {self.address}"):
+        with _map_errors(f"cannot connect to SMTP server {self.address}", Stage.CONNECT):
             await conn.connect()
             if conn.is_ehlo_or_helo_needed:
                 await conn.ehlo()
@@ -185,14 +188,16 @@ class SmtpTransport:
     async def _command(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, stage: str, *args: bytes,
                        ok: tuple[int, ...] = (250,)) -> str:
         deadline.reschedule(asyncio.get_running_loop().time() + self.smtp.timeout)
-        with _map_errors(f"{stage} at {self.address}"):
+        step = STAGES[args[0]]
+        with _map_errors(f"{stage} at {self.address}", step):
             code, message = await _Wire.command(conn, *args)
         if code not in ok:
             # 421: the server is closing this connection; a 5xx to MAIL FROM refuses our sender.
             # Neither is the recipient's fault: the run stops or reconnects, nobody bounces.
-            if code == 421 or (args[0] == b"MAIL" and code >= 500):
-                raise TransportUnavailable(f"{stage}: {code} {message}", code=code, reply=f"{code} {message}")
-            raise _reply_error(code, message, stage)
+            if code == 421 or (step is Stage.MAIL and code >= 500):
+                raise TransportUnavailable(f"{stage}: {code} {message}", code=code, reply=f"{code} {message}",
+                                           stage=step)
+            raise _reply_error(code, message, stage, step)
         return message
 
     async def _data(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, body: bytes,
@@ -211,7 +216,7 @@ class SmtpTransport:
                 raise
         deadline.reschedule(None)  # the final reply has its own, longer wait (RFC 5321 4.5.3.2.6)
         try:
-            with _map_errors(f"sending the message to {self.address}"):
+            with _map_errors(f"sending the message to {self.address}", Stage.DATA):
                 code, message = await _Wire.body(conn, body, self.smtp.data_timeout)
         except TransportUnavailable as exc:
             conn.close()  # the reply may still arrive: never pair it with a later command
@@ -225,7 +230,7 @@ class SmtpTransport:
         if code != 250:
             if code == 421:
                 conn.close()
-            raise _reply_error(code, message, "end of DATA")
+            raise _reply_error(code, message, "end of DATA", Stage.DATA)
         return f"{code} {message}"
 
     async def _transaction(self, conn: aiosmtplib.SMTP, mail_from: bytes, rcpt_to: bytes, options: tuple[bytes, ...],
@@ -257,7 +262,8 @@ class SmtpTransport:
             try:
                 if not conn.is_connected:
                     await self._connect(conn)
-                mail_from, rcpt_to, options = envelope_from.encode(), recipient.encode(), ()
+                mail_from, rcpt_to = envelope_from.encode(), recipient.encode()
+                options: tuple[bytes, ...] = ()
                 if not (envelope_from + recipient).isascii():
                     if not conn.supports_extension("smtputf8"):
                         raise PermanentDeliveryError(f"{recipient}: the server does not offer SMTPUTF8, needed for "

@@ -235,6 +235,8 @@ class Faults:
     """Per-recipient faults: reply codes at RCPT or after DATA, or a dropped connection."""
 
     rcpt: dict[str, str] = field(default_factory=dict)          # addr -> reply line, e.g. "550 5.1.1 no such user"
+    rcpt_once: dict[str, list[str]] = field(default_factory=dict)  # addr -> RCPT replies in turn, then accept
+    rcpt_all: str = ""                                           # a reply to every RCPT (a blocklisted client)
     data: dict[str, list[str]] = field(default_factory=dict)    # addr -> replies to give in turn, then accept
     drop_on_data: set[str] = field(default_factory=set)          # addr -> close the connection mid-DATA (once)
     gate: Gate | None = None                                     # holds DATA answers until the test opens it
@@ -243,13 +245,18 @@ class Faults:
 class RecordingHandler:
     def __init__(self) -> None:
         self.messages: list[Received] = []
+        self.refused: list[str] = []  # each recipient refused at RCPT, once per refusal
         self.faults = Faults()
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server: AiosmtpdServer, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        reply = self.faults.rcpt.get(address.lower())
+        reply = self.faults.rcpt_all or self.faults.rcpt.get(address.lower())
+        queue = self.faults.rcpt_once.get(address.lower())
+        if queue and not reply:
+            reply = queue.pop(0)
         if reply:
+            self.refused.append(address)
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"

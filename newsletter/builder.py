@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from markdown_it import MarkdownIt
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from newsletter import articles as articles_mod
+from newsletter import locks
 from newsletter.config import WEEKDAYS, Settings
 from newsletter.errors import Conflict, InvalidInput, NotFound
-from newsletter.models import Article, Issue, IssueArticle, IssueChoice, IssueStatus, utcnow
+from newsletter.models import Article, Delivery, DeliveryStatus, Issue, IssueArticle, IssueChoice, IssueStatus, utcnow
 
 WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -136,13 +137,14 @@ def build(
     Intro, subject and lead given as None keep what an earlier build set; `force`
     resets them to the defaults (no intro, the subject template, no lead) and drops the
     editors' choices (curation.py) and a send time chosen on the desk.
-    Raises Conflict for a sent or sending issue (force does not override that) and
+    A sending issue that reached nobody becomes a draft again (see `reopen`). Raises
+    Conflict for a sent issue or a sending one that may have reached readers, and
     InvalidInput for a bad week key, an unknown lead or a week without articles."""
     week = week.strip() if week else current_week(settings)
     start, end = week_bounds(settings, week)
     issue = session.scalar(select(Issue).where(Issue.week == week))
     if issue is not None and issue.status != IssueStatus.DRAFT:
-        raise Conflict(f"issue {week} is {issue.status}; a sent or sending issue is never rebuilt")
+        reopen(session, issue)
     candidates = week_articles(session, settings, week)
     if not candidates:
         first, last = start.astimezone(settings.tz).date(), (end - timedelta(seconds=1)).astimezone(settings.tz).date()
@@ -175,6 +177,33 @@ def build(
         session.add(IssueArticle(issue_id=issue.id, article_id=article.id, category=slug, position=position))
     session.flush()
     return issue
+
+
+def reopen(session: Session, issue: Issue) -> None:
+    """Turn a sending issue that delivered nothing (server down, login refused, the send
+    stopped by the breaker) back into a draft, its planned deliveries dropped, so it can be
+    edited and rebuilt. Raises Conflict for a sent issue, one that may have reached a
+    reader (sent or ambiguous rows), or while a `newsletter send` runs."""
+    if issue.status == IssueStatus.SENT:
+        raise Conflict(f"issue {issue.week} was sent; a sent issue is never rebuilt")
+    reached = (
+        session.scalar(
+            select(func.count()).where(
+                Delivery.issue_id == issue.id, Delivery.status.in_([DeliveryStatus.SENT, DeliveryStatus.SENDING])
+            )
+        )
+        or 0
+    )
+    if reached:
+        raise Conflict(
+            f"issue {issue.week} is sending and {reached} readers may already have it, so it cannot "
+            f"change; finish it with 'newsletter send --week {issue.week}', or stop it with "
+            f"'newsletter issue cancel --week {issue.week}'"
+        )
+    if locks.live_holders(session, locks.SENDER):
+        raise Conflict(f"a 'newsletter send' is running; let it finish or stop it, then edit issue {issue.week}")
+    session.execute(delete(Delivery).where(Delivery.issue_id == issue.id))
+    issue.status, issue.send_started_at = IssueStatus.DRAFT, None
 
 
 def _pick(

@@ -441,6 +441,24 @@ def issue_preview(
     err_console.print(f"wrote {out} ({len(document.encode()) // 1024} KB)", highlight=False)
 
 
+@issue_app.command("cancel")
+def issue_cancel(
+    ctx: typer.Context,
+    week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
+) -> None:
+    """Stop an issue's send for good. Nobody reached yet: it becomes a draft again, to edit and
+    send later. Otherwise the deliveries not yet made are dropped (recorded as skipped).
+
+    Example: newsletter issue cancel --week 2026-W48
+    """
+    from newsletter import sender
+
+    c = get(ctx)
+    with c.sessions.begin() as s:
+        line = sender.cancel(s, c.settings, week)
+    console.print(line, highlight=False)
+
+
 @issue_app.command("list")
 def issue_list(ctx: typer.Context) -> None:
     """List every issue with its status and send time, newest first.

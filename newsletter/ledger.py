@@ -37,7 +37,7 @@ from newsletter.models import (
     utcnow,
 )
 
-SENDER_LEASE = "sender"  # lease names: "sender:<holder>"; on SQLite the single "sender:sqlite"
+SENDER_LEASE = locks.SENDER
 NO_SECTIONS = "not sent: none of the subscriber's categories is in this issue"
 REFUSED_US = "deferred, the server refuses us: "  # a pending row's reply that blames the sender
 PLAN_CHUNK = 1000

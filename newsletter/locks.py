@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from newsletter.models import Lock, utcnow
 
 HOST = socket.gethostname()
+SENDER = "sender"  # senders' lease names: "sender:<holder>"; on SQLite the single "sender:sqlite"
 STALE_PID = timedelta(days=1)
 
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -471,6 +471,39 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
             locks.release(session, lease, worker)
         report.elapsed = time.monotonic() - started
     return report
+
+
+CANCELLED = "not sent: the editor cancelled the send"
+
+
+def cancel(session: Session, settings: Settings, week: str | None) -> str:
+    """Stop a sending issue for good; returns what happened, in one line.
+
+    Nothing delivered yet: the issue is a draft again (its planned rows dropped), to be
+    edited, rebuilt and sent later. Otherwise its pending rows become `skipped` (never
+    sent), rows already sent or ambiguous stay as they are, and the issue is finished
+    (`sent`). Raises NotFound, or Conflict for a draft, a sent issue, or while a send runs."""
+    issue = builder.get_issue(session, settings, week)
+    if issue.status == IssueStatus.DRAFT:
+        raise Conflict(f"issue {issue.week} is a draft; there is no send to cancel")
+    if issue.status == IssueStatus.SENT:
+        raise Conflict(f"issue {issue.week} was already sent; there is nothing left to cancel")
+    if locks.live_holders(session, ledger.SENDER_LEASE):
+        raise Conflict(f"a 'newsletter send' is running; stop it (Ctrl-C) before cancelling issue {issue.week}")
+    counts = dict(session.execute(select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id)
+                                  .group_by(Delivery.status)).tuples().all())
+    if not counts.get(DeliveryStatus.SENT) and not counts.get(DeliveryStatus.SENDING):
+        builder.reopen(session, issue)
+        return (f"issue {issue.week} is a draft again: nobody had received it; edit or rebuild it and send it "
+                f"when ready")
+    skipped = session.execute(update(Delivery).where(Delivery.issue_id == issue.id,
+                                                     Delivery.status == DeliveryStatus.PENDING)
+                              .values(status=DeliveryStatus.SKIPPED, last_reply=CANCELLED, claimed_by=""))
+    issue.status, issue.sent_at = IssueStatus.SENT, utcnow()
+    ambiguous = counts.get(DeliveryStatus.SENDING, 0)
+    return (f"issue {issue.week} cancelled: {counts.get(DeliveryStatus.SENT, 0)} readers had it, "
+            f"{cast(CursorResult[Any], skipped).rowcount or 0} pending deliveries will not be sent (recorded as "
+            f"skipped), {ambiguous} ambiguous stay listed in 'newsletter stats'; the issue counts as finished")
 
 
 @dataclass(frozen=True)

@@ -456,7 +456,7 @@ def issue_cancel(
     c = get(ctx)
     with c.sessions.begin() as s:
         line = sender.cancel(s, c.settings, week)
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 @issue_app.command("list")

@@ -10,11 +10,11 @@ from content_support import add_article, utc
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from newsletter import builder
+from newsletter import builder, subscribers
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.errors import Conflict, InvalidInput, NotFound
-from newsletter.models import IssueStatus
+from newsletter.models import Delivery, DeliveryStatus, IssueStatus
 
 
 def test_week_bounds_follow_berlin_midnight_not_utc(settings: Settings) -> None:
@@ -121,14 +121,22 @@ def test_intro_markdown_subject_and_rebuild_rules(session: Session, settings: Se
 
 
 @pytest.mark.parametrize("status", [IssueStatus.SENDING, IssueStatus.SENT])
-def test_a_sent_or_sending_issue_is_never_rebuilt(session: Session, settings: Settings, status: IssueStatus) -> None:
+def test_an_issue_that_reached_readers_is_never_rebuilt(session: Session, settings: Settings,
+                                                        status: IssueStatus) -> None:
     add_article(session, "First", "news", utc(2026, 11, 24, 9))
     issue = builder.build(session, settings, "2026-W48", subject="As sent")
     issue.status = status
+    reader = subscribers.add(session, "ada@example.org")
+    session.add(Delivery(issue_id=issue.id, subscriber_id=reader.id, variant="news", status=DeliveryStatus.SENT,
+                         last_reply="250 OK", attempts=1, claimed_by=""))
     add_article(session, "Too late", "news", utc(2026, 11, 25, 9))
+    message = ("issue 2026-W48 was sent; a sent issue is never rebuilt" if status == IssueStatus.SENT else
+               "issue 2026-W48 is sending and 1 readers may already have it, so it cannot change; finish it with "
+               "'newsletter send --week 2026-W48', or stop it with 'newsletter issue cancel --week 2026-W48'")
     for force in (False, True):
-        with pytest.raises(Conflict, match=f"issue 2026-W48 is {status}; a sent or sending issue is never rebuilt"):
+        with pytest.raises(Conflict) as err:
             builder.build(session, settings, "2026-W48", subject="Changed", force=force)
+        assert str(err.value) == message
     content = builder.load_content(session, settings, "2026-W48")
     assert content.subject == "As sent" and [a.title for a in content.sections[0].articles] == ["First"]
 

@@ -99,3 +99,52 @@ def test_outbox_transport_writes_one_eml_per_message(config_path: Path, sessions
     assert len(files) == 3
     assert sorted(message_from_bytes(f.read_bytes())["To"].split("<")[1].rstrip(">") for f in files) == emails
     assert all(d.last_reply.startswith("250 written to ") for d in deliveries(sessions, week).values())
+
+
+def test_an_issue_whose_send_reached_nobody_can_be_rebuilt_and_one_that_did_can_be_cancelled(
+        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    """Server down: the issue is `sending` but nobody has it, so the editor may still change
+    it. Once some readers have it, `issue cancel` stops it and says what happened to the rest."""
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 5)
+    down = config_path.read_text().replace(f"port = {smtp_server.port}", f"port = {free_port()}")
+    down_path = config_path.with_name("down.toml")
+    down_path.write_text(down)
+    code, _, err = run(down_path, "send", "--week", week)
+    assert code == 1 and "cannot connect to SMTP server" in err
+    code, out, err = run(config_path, "issue", "build", "--week", week, "--subject", "Fixed subject")
+    assert code == 0, err
+    assert f"built {week} (draft)" in out and deliveries(sessions, week) == {}
+
+    code, out, err = run(config_path, "send", "--week", week, "--limit", "2")
+    assert code == 0, err
+    code, _, err = run(config_path, "issue", "build", "--week", week)
+    assert code == 1 and err == (f"Error: issue {week} is sending and 2 readers may already have it, so it cannot "
+                                 f"change; finish it with 'newsletter send --week {week}', or stop it with "
+                                 f"'newsletter issue cancel --week {week}'\n")
+    code, out, err = run(config_path, "issue", "cancel", "--week", week)
+    assert code == 0, err
+    assert out == (f"issue {week} cancelled: 2 readers had it, 3 pending deliveries will not be sent (recorded as "
+                   f"skipped), 0 ambiguous stay listed in 'newsletter stats'; the issue counts as finished\n")
+    rows = deliveries(sessions, week)
+    assert sorted(d.status for d in rows.values()) == ["sent", "sent", "skipped", "skipped", "skipped"]
+    assert {d.last_reply for d in rows.values() if d.status == "skipped"} == {"not sent: the editor cancelled the send"}
+    code, out, _ = run(config_path, "send", "--week", week)
+    assert code == 0 and f"issue {week} was already sent" in out
+    assert sorted(smtp_server.recipients()) == sorted(e for e in emails if rows[e].status == "sent")
+    assert all(m.message["Subject"] == "Fixed subject" for m in smtp_server.messages)
+
+
+def test_cancelling_a_send_that_reached_nobody_makes_a_draft_again(
+        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 2)
+    smtp_server.faults.rcpt_all = "550 5.7.1 Client host [127.0.0.1] blocked using zen.spamhaus.org"
+    code, _, err = run(config_path, "send", "--week", week)
+    assert code == 0, err  # two readers are too few to trip the breaker: they wait for the next run
+    code, out, err = run(config_path, "issue", "cancel", "--week", week)
+    assert (code, out) == (0, f"issue {week} is a draft again: nobody had received it; edit or rebuild it and send "
+                              f"it when ready\n"), err
+    assert deliveries(sessions, week) == {}
+    code, _, err = run(config_path, "issue", "cancel", "--week", week)
+    assert (code, err) == (1, f"Error: issue {week} is a draft; there is no send to cancel\n")

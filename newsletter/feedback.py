@@ -35,8 +35,13 @@ class Pace:
     """The global pace: `wait()` before each SMTP transaction; `slow_down()` and `clean()`
     after the replies. `rate` 0 means as fast as the server takes them."""
 
-    def __init__(self, ceiling: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        ceiling: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.ceiling = ceiling
         self.rate = ceiling
         self.clock, self.sleep = clock, sleep
@@ -122,13 +127,17 @@ class Breaker:
         full = len(self.recent) == self.recent.maxlen
         if len(ours) * 2 > len(self.recent) and full and (len(set(ours)) > 1 or len(ours) == len(self.recent)):
             domains = len(set(ours))
-            return (f"the server refuses us, not the readers: {len(ours)} of the last {len(self.recent)} "
-                    f"recipients ({domains} domain{'s' if domains > 1 else ''}) got {reply!r}; nobody was marked "
-                    f"bounced. Get the sending IP or domain delisted, or fix SPF/DKIM/DMARC or the relay's policy "
-                    f"as the reply says, then run `newsletter send` again")
+            return (
+                f"the server refuses us, not the readers: {len(ours)} of the last {len(self.recent)} "
+                f"recipients ({domains} domain{'s' if domains > 1 else ''}) got {reply!r}; nobody was marked "
+                f"bounced. Get the sending IP or domain delisted, or fix SPF/DKIM/DMARC or the relay's policy "
+                f"as the reply says, then run `newsletter send` again"
+            )
         malformed = len({r for b, r in self.recent if b is Blame.MESSAGE})
         if malformed >= MESSAGE_LIMIT:
-            return (f"the server refuses our message itself ({reply!r}) for {malformed} recipients: our error, "
-                    f"nobody was marked bounced. Fix what the reply names (message size, line length, a setting), "
-                    f"then run `newsletter send` again")
+            return (
+                f"the server refuses our message itself ({reply!r}) for {malformed} recipients: our error, "
+                f"nobody was marked bounced. Fix what the reply names (message size, line length, a setting), "
+                f"then run `newsletter send` again"
+            )
         return None

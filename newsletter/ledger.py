@@ -321,8 +321,11 @@ def retry_refused_now(session: Session, issue_id: int) -> int:
     run at once: the editor runs `send` again once delisted. Returns how many."""
     result = session.execute(
         update(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING,
-               Delivery.last_reply.startswith(REFUSED_US, autoescape=True))
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.last_reply.startswith(REFUSED_US, autoescape=True),
+        )
         .values(next_attempt_at=None)
     )
     return cast(CursorResult[Any], result).rowcount or 0

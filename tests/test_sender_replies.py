@@ -26,19 +26,23 @@ def statuses(sessions: sessionmaker[Session]) -> Counter[str]:
         return Counter(str(status) for status in s.scalars(select(Subscriber.status)))
 
 
-@pytest.mark.parametrize("reply, row, bounced", [
-    ("550 5.1.1 <r@x>: Recipient address rejected: User unknown", "failed", True),
-    ("550 5.2.1 The email account that you tried to reach is disabled", "failed", True),
-    ("552 5.2.2 Mailbox full", "failed", False),
-    ("550 Rejected", "failed", False),
-    ("554 5.7.1 Message rejected as spam by content filter", "failed", False),
-    ("451 4.7.1 Greylisted, try again later", "failed", False),  # still greylisted after max_attempts
-    ("452 4.2.2 Mailbox busy", "failed", False),
-    ("550 5.7.1 Client host [127.0.0.1] blocked using zen.spamhaus.org", "pending", False),  # us: never used up
-    ("550 5.7.26 Unauthenticated email is not accepted due to the sender's domain DMARC policy", "pending", False),
-])
-def test_only_a_reply_naming_the_address_bounces(reply: str, row: str, bounced: bool, sessions: sessionmaker[Session],
-                                                 settings: Settings, smtp_server: SmtpServer) -> None:
+@pytest.mark.parametrize(
+    "reply, row, bounced",
+    [
+        ("550 5.1.1 <r@x>: Recipient address rejected: User unknown", "failed", True),
+        ("550 5.2.1 The email account that you tried to reach is disabled", "failed", True),
+        ("552 5.2.2 Mailbox full", "failed", False),
+        ("550 Rejected", "failed", False),
+        ("554 5.7.1 Message rejected as spam by content filter", "failed", False),
+        ("451 4.7.1 Greylisted, try again later", "failed", False),  # still greylisted after max_attempts
+        ("452 4.2.2 Mailbox busy", "failed", False),
+        ("550 5.7.1 Client host [127.0.0.1] blocked using zen.spamhaus.org", "pending", False),  # us: never used up
+        ("550 5.7.26 Unauthenticated email is not accepted due to the sender's domain DMARC policy", "pending", False),
+    ],
+)
+def test_only_a_reply_naming_the_address_bounces(
+    reply: str, row: str, bounced: bool, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 3)
     smtp_server.faults.rcpt[emails[1]] = reply
@@ -55,7 +59,8 @@ def test_only_a_reply_naming_the_address_bounces(reply: str, row: str, bounced: 
 
 
 def test_greylisting_defers_only_that_reader_who_then_gets_it_once(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     """1 in 13 greylisted at RCPT the first time (Postgrey): retried in the same run, and
     the run's pace never drops."""
     week = build_issue(sessions, settings)
@@ -73,16 +78,22 @@ def test_greylisting_defers_only_that_reader_who_then_gets_it_once(
 
 
 def test_a_blocklisted_client_stops_the_run_bounces_nobody_and_resumes_after_delisting(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
-    emails = [e for domain in ("example.org", "example.net", "example.com")
-              for e in add_subscribers(sessions, 40, prefix=f"r-{domain.split('.')[1]}-")]
+    emails = [
+        e
+        for domain in ("example.org", "example.net", "example.com")
+        for e in add_subscribers(sessions, 40, prefix=f"r-{domain.split('.')[1]}-")
+    ]
     with sessions.begin() as s:  # spread over three domains, interleaved as a real list is
         for i, sub in enumerate(s.scalars(select(Subscriber).order_by(Subscriber.id))):
             sub.email = sub.email.replace("@example.org", "@" + ("example.org", "example.net", "example.com")[i % 3])
             sub.email_key = sub.email
-    emails = [e.replace("@example.org", "@" + ("example.org", "example.net", "example.com")[i % 3])
-              for i, e in enumerate(emails)]
+    emails = [
+        e.replace("@example.org", "@" + ("example.org", "example.net", "example.com")[i % 3])
+        for i, e in enumerate(emails)
+    ]
     smtp_server.faults.rcpt_all = BLOCKLISTED
     with pytest.raises(RefusedByServer) as err:
         sender.send(sessions, settings, week)
@@ -102,16 +113,21 @@ def test_a_blocklisted_client_stops_the_run_bounces_nobody_and_resumes_after_del
     assert issue_status(sessions, week) == "sent"
 
 
-@pytest.mark.parametrize("reply", ["500 Line too long (see RFC5321 4.5.3.1.6)",
-                                   "552 5.3.4 Message size exceeds fixed maximum message size"])
+@pytest.mark.parametrize(
+    "reply", ["500 Line too long (see RFC5321 4.5.3.1.6)", "552 5.3.4 Message size exceeds fixed maximum message size"]
+)
 def test_replies_about_our_message_stop_the_run_and_bounce_nobody(
-        reply: str, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    reply: str, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 30)
     for email in emails:
         smtp_server.faults.data[email] = [reply] * 5
-    with pytest.raises(RefusedByServer, match=r"^the server refuses our message itself \(.*\) for 3 recipients: "
-                                              r"our error, nobody was marked bounced\. Fix what the reply names"):
+    with pytest.raises(
+        RefusedByServer,
+        match=r"^the server refuses our message itself \(.*\) for 3 recipients: "
+        r"our error, nobody was marked bounced\. Fix what the reply names",
+    ):
         sender.send(sessions, settings, week)
     rows = deliveries(sessions, week)
     assert {d.status for d in rows.values()} == {"pending"}  # nothing failed, nothing bounced
@@ -119,8 +135,9 @@ def test_replies_about_our_message_stop_the_run_and_bounce_nobody(
     assert issue_status(sessions, week) == "sending"
 
 
-def test_one_readers_message_refused_fails_that_row_only(sessions: sessionmaker[Session], settings: Settings,
-                                                         smtp_server: SmtpServer) -> None:
+def test_one_readers_message_refused_fails_that_row_only(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 4)
     smtp_server.faults.data[emails[2]] = ["554 5.6.0 Message is malformed"] * 5

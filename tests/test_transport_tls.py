@@ -44,30 +44,55 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("Test relay CA")).issuer_name(_name("Test relay CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Test relay CA"))
+        .issuer_name(_name("Test relay CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("relay.test")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("relay.test"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pki = Pki(folder / "ca.pem", folder / "server.pem", folder / "server.key")
     pki.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    pki.key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return pki
 
 
@@ -84,11 +109,24 @@ def tls_server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[tuple[str, 
     handler = RecordingHandler()
     port = free_port()
     if request.param == "starttls":
-        controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
-                                auth_require_tls=True, authenticator=_check_login)
+        controller = Controller(
+            handler,
+            hostname="127.0.0.1",
+            port=port,
+            tls_context=context,
+            require_starttls=True,
+            auth_require_tls=True,
+            authenticator=_check_login,
+        )
     else:
-        controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=context,
-                                auth_require_tls=False, authenticator=_check_login)
+        controller = Controller(
+            handler,
+            hostname="127.0.0.1",
+            port=port,
+            ssl_context=context,
+            auth_require_tls=False,
+            authenticator=_check_login,
+        )
     controller.start()
     try:
         yield request.param, port, handler
@@ -97,24 +135,34 @@ def tls_server(request: pytest.FixtureRequest, pki: Pki) -> Iterator[tuple[str, 
 
 
 def _smtp(mode: str, port: int, **changes: object) -> SmtpSettings:
-    return SmtpSettings(host="127.0.0.1", port=port, starttls=mode == "starttls", ssl=mode == "ssl", timeout=10,
-                        concurrency=2, **changes)  # type: ignore[arg-type]  # test-only keyword overrides
+    return SmtpSettings(
+        host="127.0.0.1",
+        port=port,
+        starttls=mode == "starttls",
+        ssl=mode == "ssl",
+        timeout=10,
+        concurrency=2,
+        **changes,
+    )  # type: ignore[arg-type]  # test-only keyword overrides
 
 
-def test_tls_with_a_private_ca_file_and_login(tls_server: tuple[str, int, RecordingHandler], pki: Pki,
-                                             sessions: sessionmaker[Session], settings: Settings) -> None:
+def test_tls_with_a_private_ca_file_and_login(
+    tls_server: tuple[str, int, RecordingHandler], pki: Pki, sessions: sessionmaker[Session], settings: Settings
+) -> None:
     mode, port, handler = tls_server
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 3)
-    transport = SmtpTransport(_smtp(mode, port, ca_file=str(pki.ca_file), username="mailer",
-                                    password=Password("s3cret")))
+    transport = SmtpTransport(
+        _smtp(mode, port, ca_file=str(pki.ca_file), username="mailer", password=Password("s3cret"))
+    )
     report = sender.send(sessions, settings, week, transport=transport)
     assert report.sent == 3 and issue_status(sessions, week) == "sent"
     assert sorted(r for m in handler.messages for r in m.rcpt_tos) == emails
 
 
 def test_a_certificate_that_fails_verification_is_one_clear_error(
-        tls_server: tuple[str, int, RecordingHandler], sessions: sessionmaker[Session], settings: Settings) -> None:
+    tls_server: tuple[str, int, RecordingHandler], sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """Without the private CA the system's CAs do not vouch for the relay: nothing is sent,
     nothing fails, and the error says what to set."""
     mode, port, handler = tls_server
@@ -123,9 +171,11 @@ def test_a_certificate_that_fails_verification_is_one_clear_error(
     with pytest.raises(TransportUnavailable) as err:
         sender.send(sessions, settings, week, transport=SmtpTransport(_smtp(mode, port)))
     message = str(err.value)
-    assert message.startswith(f"cannot connect to SMTP server 127.0.0.1:{port}: its TLS certificate failed "
-                              f"verification (unable to get local issuer certificate); fix the server's certificate "
-                              f"or set [smtp] ca_file to the CA that signed it; stopped sending.")
+    assert message.startswith(
+        f"cannot connect to SMTP server 127.0.0.1:{port}: its TLS certificate failed "
+        f"verification (unable to get local issuer certificate); fix the server's certificate "
+        f"or set [smtp] ca_file to the CA that signed it; stopped sending."
+    )
     assert "\n" not in message
     assert handler.messages == []
     assert {d.status for d in deliveries(sessions, week).values()} == {"pending"}
@@ -137,8 +187,9 @@ def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
         SmtpTransport(_smtp("starttls", 587, ca_file=str(missing)))
 
 
-def test_the_password_never_shows_in_an_error(sessions: sessionmaker[Session], settings: Settings,
-                                              tls_server: tuple[str, int, RecordingHandler], pki: Pki) -> None:
+def test_the_password_never_shows_in_an_error(
+    sessions: sessionmaker[Session], settings: Settings, tls_server: tuple[str, int, RecordingHandler], pki: Pki
+) -> None:
     mode, port, _ = tls_server
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 1)

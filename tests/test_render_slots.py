@@ -16,7 +16,7 @@ from newsletter import articles, builder, render, sender, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.models import Delivery, Subscriber
 from tests.content_support import full_issue
-from tests.sending_support import body, options
+from tests.sending_support import body
 
 MARKERS = "u=@@unsubscribe_url@@&p=@@preferences_url@@&n=@@subscriber_name@@"
 ATTACK = {
@@ -45,7 +45,7 @@ def test_markers_in_an_article_stay_literal_in_every_readers_mail(
         subscribers.add(s, "ada@example.org", name="Ada Lovelace")
         subscribers.add(s, "bob@example.org", name="Bob Byron")
 
-    sender.send(sessions, settings, week, options=options())
+    sender.send(sessions, settings, week)
 
     with sessions.begin() as s:
         rows = {

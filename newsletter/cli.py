@@ -783,15 +783,22 @@ def stats_cmd(
     ctx: typer.Context,
     week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
 ) -> None:
-    """Sent, failed, bounced, pending, ambiguous and unsubscribed counts of an issue.
+    """Sent, failed, bounced, pending, ambiguous and unsubscribed counts of an issue, and its clicks.
 
     Example: newsletter stats --week 2026-W48
     """
-    from newsletter import stats
+    from newsletter import builder, clicks, stats
 
     with get(ctx).sessions.begin() as s:
         result = stats.issue_stats(s, get(ctx).settings, week)
+        clicked = clicks.click_stats(s, get(ctx).settings, builder.get_issue(s, get(ctx).settings, result.week).id)
     print_table(f"Issue {result.week}", ["", "count"], [[label, value] for label, value in result.rows])
+    console.print(f"clicks: {clicked.clicks} (not counted: {clicked.scanner} by link scanners)", highlight=False)
+    if clicked.by_section:
+        console.print("clicks per section: " + ", ".join(f"{name} {n}" for name, n in clicked.by_section),
+                      highlight=False, soft_wrap=True)
+    for title, _url, section, n in clicked.top[:5]:
+        console.print(f"  {n:>6}  {title} ({section})", highlight=False, soft_wrap=True)
     if result.bounces.warning:
         err_console.print(f"warning: {result.bounces.warning}", highlight=False, soft_wrap=True)
     if result.ambiguous:

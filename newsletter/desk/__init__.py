@@ -17,6 +17,7 @@ from newsletter.config import Settings
 from newsletter.desk.base import HEADERS, DeskState
 from newsletter.desk.issues import Issues
 from newsletter.desk.overview import Overview
+from newsletter.desk.results import Results
 from newsletter.desk.sending import Sending
 from newsletter.desk.signin import SignIn
 from newsletter.desk.tracking import Tracking
@@ -54,6 +55,7 @@ def routes(settings: Settings, sessions: sessionmaker[Session]) -> list[BaseRout
                 Route(week + "/send", sending.now, methods=["POST"]),
                 Route(week + "/schedule", sending.schedule, methods=["POST"]),
                 Route(week + "/progress", sending.progress, methods=["GET"]),
+                Route(week + "/stats", Results(state).issue, methods=["GET"]),
             ],
         ),
     ]

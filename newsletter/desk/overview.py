@@ -1,12 +1,31 @@
-"""The desk's home page: the list at a glance."""
+"""The desk's home page: the list at a glance, its growth and churn, the last issues."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from newsletter import subscribers
+from newsletter import subscribers, trends
+from newsletter.config import Settings
+from newsletter.desk import charts
 from newsletter.desk.base import DeskState, Signed, editor_only
+
+
+def _overview(session: Session, settings: Settings) -> dict[str, Any]:
+    growth = trends.growth(session, settings)
+    issues = trends.last_issues(session)
+    return {
+        "counts": subscribers.counts_by_status(session),
+        "growth_chart": charts.up_down(
+            "Subscribers joined (up) and left (down) per week", [(g.week[-3:], g.joined, g.left) for g in growth]
+        ),
+        "sent_chart": charts.bars("Delivered per issue", [(i.week[-3:], i.sent) for i in issues]),
+        "clicks_chart": charts.bars("Clicks per issue", [(i.week[-3:], i.clicks) for i in issues], color="up"),
+        "issues": issues,
+    }
 
 
 class Overview:
@@ -15,5 +34,5 @@ class Overview:
 
     @editor_only
     async def home(self, request: Request, signed: Signed) -> Response:
-        counts = await self.state.db(subscribers.counts_by_status)
-        return self.state.page(request, "admin/home.html", signed=signed, title="Desk", counts=counts)
+        data = await self.state.db(_overview, self.state.settings)
+        return self.state.page(request, "admin/home.html", signed=signed, title="Desk", **data)

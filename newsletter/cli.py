@@ -792,13 +792,10 @@ def stats_cmd(
     with get(ctx).sessions.begin() as s:
         result = stats.issue_stats(s, get(ctx).settings, week)
         clicked = clicks.click_stats(s, get(ctx).settings, builder.get_issue(s, get(ctx).settings, result.week).id)
-    print_table(f"Issue {result.week}", ["", "count"], [[label, value] for label, value in result.rows])
-    console.print(f"clicks: {clicked.clicks} (not counted: {clicked.scanner} by link scanners)", highlight=False)
-    if clicked.by_section:
-        console.print("clicks per section: " + ", ".join(f"{name} {n}" for name, n in clicked.by_section),
-                      highlight=False, soft_wrap=True)
-    for title, _url, section, n in clicked.top[:5]:
-        console.print(f"  {n:>6}  {title} ({section})", highlight=False, soft_wrap=True)
+    rows = [*result.rows, ("clicks", clicked.clicks), ("link scanner fetches (not counted)", clicked.scanner)]
+    rows += [(f"clicks in {name}", n) for name, n in clicked.by_section]
+    rows += [(f"top {rank}: {title} ({section})", n) for rank, (title, _url, section, n) in enumerate(clicked.top[:5], 1)]
+    print_table(f"Issue {result.week}", ["", "count"], [[label, value] for label, value in rows])
     if result.bounces.warning:
         err_console.print(f"warning: {result.bounces.warning}", highlight=False, soft_wrap=True)
     if result.ambiguous:

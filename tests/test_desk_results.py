@@ -105,6 +105,7 @@ def test_growth_buckets_by_week(settings: Settings, sessions: sessionmaker[Sessi
 def test_stats_command_shows_clicks(config_path: Path, sent: dict[str, int]) -> None:
     r = CliRunner().invoke(app, ["--config", str(config_path), "stats", "--week", WEEK])
     assert r.exit_code == 0, r.output
-    assert "clicks: 5 (not counted: 2 by link scanners)" in r.output
-    assert "clicks per section: News 4, Products 1" in r.output
-    assert "       4  Steel <prices> (News)" in r.output
+    table = dict(line.split("\t") for line in r.output.splitlines())  # piped: label TAB value
+    assert (table["clicks"], table["link scanner fetches (not counted)"]) == ("5", "2")
+    assert (table["clicks in News"], table["clicks in Products"]) == ("4", "1")
+    assert table["top 1: Steel <prices> (News)"] == "4" and table["top 2: New press (Products)"] == "1"

@@ -65,14 +65,15 @@ class Base(DeclarativeBase):
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
-    # VARCHAR + CHECK instead of native enums: adding a status later is a plain migration.
+    # VARCHAR + CHECK instead of native enums: adding a status later is a plain migration
+    # (which must also replace the CHECK; tests/test_db.py compares them with the database).
     return Enum(
         cls,
         native_enum=False,
         length=20,
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
-        create_constraint=False,
+        create_constraint=True,
     )
 
 

@@ -98,7 +98,7 @@ def environment(settings: Settings) -> Environment:
         return _environment("")
     path = settings.resolve(folder)
     if not path.is_dir():
-        raise ConfigError(f"[newsletter] templates_dir {str(path)!r} is not a folder; fix config.toml or set it to \"\"")
+        raise ConfigError(f'[newsletter] templates_dir {str(path)!r} is not a folder; fix config.toml or set it to ""')
     return _environment(str(path))
 
 

@@ -71,7 +71,8 @@ def test_adding_the_checks_keeps_every_row(db_url: str, settings: Settings) -> N
     eng = make_engine(db_url)
     try:
         cfg = alembic_config(eng)
-        before = ScriptDirectory.from_config(cfg).get_revision("0004").down_revision
+        revisions = ScriptDirectory.from_config(cfg).walk_revisions()
+        before = next(r for r in revisions if r.path.endswith("_status_checks.py")).down_revision
         command.upgrade(cfg, str(before))
         with eng.begin() as conn:
             for sql in [

@@ -10,15 +10,15 @@ dropping the old table would cascade-delete every delivery, event and category c
 pointing at it: env.py turns foreign keys off around SQLite migrations for that reason
 (and checks them afterwards).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-28 06:40:00
 """
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from newsletter import articles, bounce_policy
+    from newsletter import articles
     from newsletter.config import Settings
+    from newsletter.inbound.policy import Tally
     from newsletter.models import SubscriberStatus
 
 console = Console(soft_wrap=True)  # piped output: one line per message, never cut at 80 columns
@@ -578,7 +579,7 @@ def unsubscribes_import(
 
     Example: newsletter unsubscribes import ~/Maildir/.unsubscribe
     """
-    from newsletter import mailin
+    from newsletter.inbound import mailin
 
     c = signing(ctx)
     report = mailin.import_unsubscribes(c.sessions, c.settings, path)
@@ -614,7 +615,7 @@ bounces_app = _typer("Bounces and spam complaints: keep the list clean automatic
 app.add_typer(bounces_app, name="bounces")
 
 
-def _print_tally(tally: bounce_policy.Tally) -> None:
+def _print_tally(tally: Tally) -> None:
     for line in tally.problems:
         err_console.print(line, highlight=False, soft_wrap=True)
     console.print(tally.summary, highlight=False, soft_wrap=True)
@@ -630,10 +631,10 @@ def bounces_import(
 
     Example: newsletter bounces import ~/Maildir/.bounces
     """
-    from newsletter import bounce_policy, mailbox
+    from newsletter.inbound import mailfiles, policy
 
     c = get(ctx)
-    _print_tally(mailbox.import_path(c.sessions, bounce_policy.Policy.from_settings(c.settings), path))
+    _print_tally(mailfiles.import_path(c.sessions, policy.Policy.from_settings(c.settings), path))
 
 
 @bounces_app.command("fetch")
@@ -646,11 +647,10 @@ def bounces_fetch(
 
     Example: newsletter bounces fetch --limit 500
     """
-    from newsletter import bounce_policy, mailbox
+    from newsletter.inbound import imap, policy
 
     c = get(ctx)
-    policy = bounce_policy.Policy.from_settings(c.settings)
-    _print_tally(mailbox.fetch_imap(c.sessions, policy, c.settings.bounces, limit=limit))
+    _print_tally(imap.fetch_imap(c.sessions, policy.Policy.from_settings(c.settings), c.settings.bounces, limit=limit))
 
 
 @subscribers_app.command("reactivate")
@@ -663,10 +663,10 @@ def subscribers_reactivate(
 
     Example: newsletter subscribers reactivate bob@example.com --reason "mailbox fixed, asked by phone"
     """
-    from newsletter import bounce_policy
+    from newsletter import subscribers
 
     with get(ctx).sessions.begin() as s:
-        previous = bounce_policy.reactivate(s, email, reason=reason)
+        previous = subscribers.reactivate(s, email, reason=reason)
     console.print(f"{email}: {previous} -> active", highlight=False)
 
 

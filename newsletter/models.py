@@ -111,7 +111,6 @@ class EventKind(enum.StrEnum):
     COMPLAINT = "complaint"
     REACTIVATE = "reactivate"
     IMPORT = "import"
-    WEBHOOK = "webhook"  # a provider's one-time signature token, kept a few minutes against replays
 
 
 class Subscriber(Base):
@@ -257,6 +256,40 @@ class Event(Base):
     # Dedupe key for reports processed from outside (a bounce's Message-ID …): never twice.
     external_id: Mapped[str | None] = mapped_column(String(500), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class BounceKind(enum.StrEnum):
+    HARD = "hard"  # the address is gone: suppressed at once
+    SOFT = "soft"  # anything else that failed; `blame` says whether the soft window counts it
+    COMPLAINT = "complaint"  # a spam complaint (ARF, JMRP, provider event)
+    OPT_OUT = "opt-out"  # an unsubscribe request relayed by a mailbox provider
+
+
+class Bounce(Base):
+    """One returned-mail report about one subscriber, as facts (the audit Event keeps the story)."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    issue_id: Mapped[int | None] = mapped_column(ForeignKey("issues.id", ondelete="SET NULL"), index=True)
+    kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind))
+    blame: Mapped[str] = mapped_column(String(20), default="")  # replies.Blame value; "" for complaints
+    status: Mapped[str] = mapped_column(String(20), default="")  # enhanced status (5.1.1) or reply code
+    diagnostic: Mapped[str] = mapped_column(Text, default="")  # the server's own words, or the feedback type
+    source: Mapped[str] = mapped_column(String(50), default="")  # maildir, mbox, imap, webhook:ses …
+    # The report's own id (Message-ID, provider event id) with the subscriber: the same report never counts twice.
+    report_id: Mapped[str] = mapped_column(String(500), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class WebhookNonce(Base):
+    """A provider's one-time signature token, kept until a replay of it could no longer pass."""
+
+    __tablename__ = "webhook_nonces"
+
+    key: Mapped[str] = mapped_column(String(500), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Lock(Base):

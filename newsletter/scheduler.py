@@ -1,6 +1,7 @@
-"""`newsletter run`, the cron entry: fetch feeds, build this week's issue, send it once
-the configured day and time have passed. Safe every five minutes: a lease in the
-`locks` table keeps overlapping runs apart, and the ledger never mails anyone twice.
+"""`newsletter run`, the cron entry: fetch feeds, read the bounce mailbox when one is
+configured, build this week's issue, send it once the configured day and time have passed.
+Safe every five minutes: a lease in the `locks` table keeps overlapping runs apart, and the
+ledger never mails anyone twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import articles, builder, locks, sender
 from newsletter.config import Settings
-from newsletter.errors import Conflict, InvalidInput
+from newsletter.errors import ConfigError, Conflict, InvalidInput
+from newsletter.inbound import imap
+from newsletter.inbound.policy import Policy
 from newsletter.models import Issue, IssueStatus, utcnow
 from newsletter.sender import Progress, SendReport, Tuning
 from newsletter.transport import Transport
@@ -45,6 +48,17 @@ def _build(session: Session, settings: Settings, week: str, report: RunReport) -
         else f"issue {week} built"
     )
     return issue
+
+
+def _read_bounces(sessions: sessionmaker[Session], settings: Settings, report: RunReport) -> None:
+    """Read the bounce mailbox before sending, so the addresses it proves dead are not mailed again.
+    A mailbox that cannot be read is reported and the run goes on: sending does not depend on it."""
+    try:
+        tally = imap.fetch_imap(sessions, Policy.from_settings(settings), settings.bounces)
+    except ConfigError as exc:
+        report.lines.append(f"bounces not read: {exc}")
+    else:
+        report.lines.append(f"bounces: {tally.summary}")
 
 
 def _resume_earlier(
@@ -99,6 +113,8 @@ def run(
         if fetch and settings.feeds:
             with sessions.begin() as session:
                 report.lines += [r.summary_line for r in articles.fetch_all(session, settings)]
+        if settings.bounces.imap_host:
+            _read_bounces(sessions, settings, report)
         _resume_earlier(sessions, settings, week, report, transport=transport, tuning=tuning, progress=progress)
         with sessions.begin() as session:
             issue = _build(session, settings, week, report)

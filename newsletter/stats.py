@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import IO
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import Select, distinct, func, select, union
 from sqlalchemy.orm import Session
 
 from newsletter import builder, ledger, selfservice, spreadsheets
-from newsletter.bounce_policy import IssueBounces, issue_bounces
 from newsletter.config import Settings
-from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
+from newsletter.models import Bounce, BounceKind, Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
 
 EXPORT_COLUMNS = [
     "email",
@@ -27,6 +26,64 @@ EXPORT_COLUMNS = [
     "sections",
 ]
 AMBIGUOUS_SHOWN = 20
+
+
+# Gmail and Yahoo ask bulk senders to stay under 0.3% spam complaints; warn well before.
+COMPLAINT_WARNING_RATE = 0.001
+
+
+@dataclass(frozen=True)
+class IssueBounces:
+    """Per issue: subscribers who bounced hard (report or SMTP 5xx), soft, or complained."""
+
+    delivered: int
+    hard: int
+    soft: int
+    complaints: int
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.delivered if self.delivered else 0.0
+
+    @property
+    def warning(self) -> str:
+        if self.complaint_rate <= COMPLAINT_WARNING_RATE:
+            return ""
+        return (
+            f"complaint rate {self.complaint_rate:.2%} is above {COMPLAINT_WARNING_RATE:.1%}: "
+            f"mailbox providers start filtering the list at 0.3%"
+        )
+
+
+def issue_bounces(session: Session, issue_id: int) -> IssueBounces:
+    """Bounce and complaint counts of one issue, each subscriber counted once per kind; a send-time
+    5xx that named the address (the ledger's bounce event, source smtp) counts as hard too."""
+
+    def reported(*kinds: BounceKind) -> Select[int]:
+        return select(Bounce.subscriber_id).where(Bounce.issue_id == issue_id, Bounce.kind.in_(kinds))
+
+    def count(query: Select[int], *more: Select[int] | Select[int | None]) -> int:
+        # DISTINCT / UNION: a subscriber named by several reports (or sources) counts once.
+        combined = union(query, *more) if more else query.distinct()
+        return session.scalar(select(func.count()).select_from(combined.subquery())) or 0
+
+    at_send = select(Event.subscriber_id).where(
+        Event.issue_id == issue_id, Event.kind == EventKind.BOUNCE, Event.source == "smtp"
+    )
+    delivered = (
+        session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENT)
+        )
+        or 0
+    )
+    return IssueBounces(
+        delivered=delivered,
+        hard=count(reported(BounceKind.HARD), at_send),
+        soft=count(reported(BounceKind.SOFT)),
+        complaints=count(reported(BounceKind.COMPLAINT)),
+    )
 
 
 @dataclass

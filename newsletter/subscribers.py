@@ -190,6 +190,21 @@ def confirm(session: Session, sub: Subscriber, *, source: str = "confirm") -> bo
     return change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.CONFIRM, source=source)
 
 
+def reactivate(session: Session, email: str, *, reason: str) -> SubscriberStatus:
+    """An editor's explicit re-activation of a suppressed subscriber; returns the old status.
+
+    Raises NotFound for an unknown address, InvalidInput without a reason, Conflict if active."""
+    if not reason.strip():
+        raise InvalidInput("--reason is empty; say why this address may be mailed again")
+    sub = require(session, email)
+    previous = sub.status
+    if previous not in SUPPRESSED:
+        raise Conflict(f"{sub.email} is {previous}, not suppressed; nothing to re-activate")
+    change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.REACTIVATE, source="admin",
+                  detail=reason.strip(), force=True)
+    return previous
+
+
 def list_subscribers(session: Session, status: SubscriberStatus | None = None) -> Iterator[Subscriber]:
     query = select(Subscriber).order_by(Subscriber.id)
     if status is not None:

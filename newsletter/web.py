@@ -38,9 +38,10 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from newsletter import builder, desk, message, render, selfservice, subscribers, tokens, transport, webhooks
+from newsletter import builder, desk, message, render, selfservice, subscribers, tokens, transport
 from newsletter.config import EXAMPLE_SECRET, MIN_KEY_BITS, Settings, check_secret_key, key_bits
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
+from newsletter.inbound import webhooks
 from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.ratelimit import RateLimiter
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import random
+from collections import Counter
 
 import pytest
-
-from newsletter.bounces import Kind, classify
 from conftest import CORPORA, needs_corpus
 
+from newsletter.inbound.classify import Finding, Kind, classify
+
 CORPUS = CORPORA / "bounces"
+
+
+# The issue's target is 97% (see README, "Bounce corpus score"); the floor below is what the
+# classifier reaches today, so any regression fails.
+FLOOR = 0.90
 
 
 def _expected() -> list[dict[str, str]]:
@@ -18,30 +24,45 @@ def _expected() -> list[dict[str, str]]:
         return list(csv.DictReader(fp, delimiter="\t"))
 
 
-def _right(row: dict[str, str]) -> bool:
-    findings = classify((CORPUS / row["file"]).read_bytes()).findings
+def _kind(row: dict[str, str]) -> str:
+    return row["kind"] if row["kind"] != "bounce" else "hard" if row["hard"] == "1" else "soft"
+
+
+def _right(row: dict[str, str], findings: tuple[Finding, ...]) -> bool:
+    """Recipient found (or none disclosed) and hard / soft / complaint / not-a-bounce as expected."""
     if row["kind"] in ("autoreply", "delivered"):
         return not findings
     want = Kind.COMPLAINT if row["feedback"] == "1" else Kind.HARD if row["hard"] == "1" else Kind.SOFT
     addresses = {row["recipient"], row["recipient_alt"]} - {""}
-    return any(f.recipient in addresses and f.kind == want for f in findings)
+    return any(f.kind == want and (f.recipient in addresses or not addresses) for f in findings)
 
 
 @needs_corpus("bounces", "expected.tsv")
-def test_corpus_at_least_90_percent_right() -> None:
+def test_corpus_score_per_kind() -> None:
+    """Every corpus file is classified without an exception; the score is printed per kind."""
     rows = _expected()
-    wrong = [f"{r['file']} {r['recipient']} {r['reason']}" for r in rows if not _right(r)]
-    right = len(rows) - len(wrong)
-    print(f"bounce corpus: {right}/{len(rows)} right ({right / len(rows):.1%}); wrong: {wrong}")
-    assert right / len(rows) >= 0.90, wrong
+    findings = {row["file"]: classify((CORPUS / row["file"]).read_bytes()).findings for row in rows}
+    total: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    wrong = []
+    for row in rows:
+        total[_kind(row)] += 1
+        if _right(row, findings[row["file"]]):
+            right[_kind(row)] += 1
+        else:
+            wrong.append(f"{row['file']} {row['recipient']} {row['reason']} {_kind(row)}")
+    score = sum(right.values()) / len(rows)
+    per_kind = ", ".join(f"{k} {right[k]}/{n}" for k, n in total.most_common())
+    print(f"bounce corpus: {sum(right.values())}/{len(rows)} right ({score:.1%}): {per_kind}")
+    assert len(findings) == len(set(CORPUS.glob("*.eml"))) == 485
+    assert score >= FLOOR, wrong
 
 
 @needs_corpus("bounces", "expected.tsv")
 def test_non_bounces_and_every_complaint() -> None:
-    rows = _expected()
-    for row in rows:
+    for row in _expected():
         if row["kind"] in ("autoreply", "delivered", "feedback"):
-            assert _right(row), row["file"]
+            assert _right(row, classify((CORPUS / row["file"]).read_bytes()).findings), row["file"]
 
 
 def _dsn(recipient: str, status: str, diagnostic: str, *, to: str = "news@example.com") -> bytes:
@@ -90,8 +111,9 @@ def test_verp_token_is_read_from_the_envelope_headers() -> None:
     assert classify(_dsn("x@example.org", "5.1.1", "550", to="bounces+tok.en@example.com")).token == "tok.en"
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x00\xff garbage", b"Subject: hi\n\nhello",
-                                 b"Content-Type: multipart/report\n\n--"])
+@pytest.mark.parametrize(
+    "raw", [b"", b"\x00\xff garbage", b"Subject: hi\n\nhello", b"Content-Type: multipart/report\n\n--"]
+)
 def test_malformed_input_gives_no_finding(raw: bytes) -> None:
     assert classify(raw).findings == ()
 

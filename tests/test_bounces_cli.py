@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from test_bounces_policy import _issues, _mailed, arf, dsn
 from typer.testing import CliRunner
 
 from newsletter import subscribers
 from newsletter.cli import app
 from newsletter.models import Event, EventKind, SubscriberStatus
-from test_bounces_policy import _issues, _mailed, arf, dsn
 
 runner = CliRunner()
 
@@ -39,12 +39,14 @@ def test_import_maildir_then_reactivate(cli_db: Path, sessions: sessionmaker[Ses
     key_stranger = box.add(dsn("stranger@example.org", "5.1.1", "550 user unknown", msgid="<s@x>"))
     code, out, err = run(cli_db, "bounces", "import", str(tmp_path / "Maildir"))
     assert code == 0
-    assert out == ("3 messages: applied complaint 1, hard 1; 2 subscribers suppressed; "
-                   "skipped address not on the list 1\n")
+    assert out == (
+        "3 messages: applied complaint 1, hard 1; 2 subscribers suppressed; skipped address not on the list 1\n"
+    )
     assert err == f"{tmp_path / 'Maildir'}/{key_stranger}: address not on the list (stranger@example.org); skipped\n"
     code, out, err = run(cli_db, "bounces", "import", str(tmp_path / "Maildir"))
-    assert out.startswith("3 messages: applied nothing; 0 subscribers suppressed; skipped address not on the list 1, "
-                          "duplicate report 2")
+    assert out.startswith(
+        "3 messages: applied nothing; 0 subscribers suppressed; skipped address not on the list 1, duplicate report 2"
+    )
     assert f"{key_bounce}: duplicate report (gone@example.org); skipped" in err
 
     code, out, err = run(cli_db, "subscribers", "reactivate", "gone@example.org", "--reason", "typo fixed by reader")
@@ -64,11 +66,15 @@ def test_import_maildir_then_reactivate(cli_db: Path, sessions: sessionmaker[Ses
 
 def test_import_missing_path_and_fetch_without_imap(cli_db: Path, tmp_path: Path) -> None:
     code, _, err = run(cli_db, "bounces", "import", str(tmp_path / "nope"))
-    assert (code, err) == (1, f"Error: {tmp_path / 'nope'}: no such Maildir, mbox or .eml file; "
-                              f"give the path of the bounce mailbox\n")
+    assert (code, err) == (
+        1,
+        f"Error: {tmp_path / 'nope'}: no such Maildir, mbox or .eml file; give the path of the bounce mailbox\n",
+    )
     code, _, err = run(cli_db, "bounces", "fetch")
-    assert (code, err) == (1, "Error: [bounces] imap_host is not set; set it in config.toml to fetch bounces "
-                              "over IMAP\n")
+    assert (code, err) == (
+        1,
+        "Error: [bounces] imap_host is not set; set it in config.toml to fetch bounces over IMAP\n",
+    )
 
 
 def test_stats_show_bounces_complaints_and_warn(cli_db: Path, sessions: sessionmaker[Session], tmp_path: Path) -> None:
@@ -85,6 +91,10 @@ def test_stats_show_bounces_complaints_and_warn(cli_db: Path, sessions: sessionm
     assert code == 0
     table = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
     assert (table["sent"], table["bounced"], table["soft bounces"], table["complaints"], table["complaint rate"]) == (
-        "8", "1", "1", "1", "12.50%")
-    assert err == ("warning: complaint rate 12.50% is above 0.1%: mailbox providers start filtering the list "
-                   "at 0.3%\n")
+        "8",
+        "1",
+        "1",
+        "1",
+        "12.50%",
+    )
+    assert err == ("warning: complaint rate 12.50% is above 0.1%: mailbox providers start filtering the list at 0.3%\n")

@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
-
 from conftest import free_port, stop_process
+from sqlalchemy.orm import Session, sessionmaker
+from test_bounces_policy import _issues, _mailed, arf, dsn
+
 from newsletter import subscribers
-from newsletter.bounce_policy import Policy
 from newsletter.config import BouncesSettings, Secret, Settings
 from newsletter.errors import ConfigError
-from newsletter.mailbox import fetch_imap
+from newsletter.inbound.imap import fetch_imap
+from newsletter.inbound.policy import Policy
 from newsletter.models import SubscriberStatus
-from test_bounces_policy import _issues, _mailed, arf, dsn
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 CONFIG = """
@@ -130,34 +130,50 @@ def imap_server() -> Iterator[Imap]:
 
 
 def _settings(server: Imap, **changes: object) -> BouncesSettings:
-    base = BouncesSettings(imap_host="127.0.0.1", imap_port=server.port, imap_ssl=False, imap_username=server.user,
-                           imap_password=Secret(server.password), imap_timeout=10)
+    base = BouncesSettings(
+        imap_host="127.0.0.1",
+        imap_port=server.port,
+        imap_ssl=False,
+        imap_username=server.user,
+        imap_password=Secret(server.password),
+        imap_timeout=10,
+    )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def test_fetch_processes_then_moves_each_message(imap_server: Imap, sessions: sessionmaker[Session],
-                                                 settings: Settings) -> None:
+def test_fetch_processes_then_moves_each_message(
+    imap_server: Imap, sessions: sessionmaker[Session], settings: Settings
+) -> None:
     with sessions.begin() as s:
         issues = _issues(s, 1)
         for email in ("gone@example.org", "angry@example.org", "ok@example.org"):
             _mailed(s, email, issues)
-    imap_server.append(dsn("gone@example.org", "5.1.1", "550 5.1.1 user unknown"), arf("angry@example.org"),
-                       b"From: ok@example.org\nSubject: Auto reply: Test Weekly\n\nI am away.\n")
+    imap_server.append(
+        dsn("gone@example.org", "5.1.1", "550 5.1.1 user unknown"),
+        arf("angry@example.org"),
+        b"From: ok@example.org\nSubject: Auto reply: Test Weekly\n\nI am away.\n",
+    )
     b = _settings(imap_server, imap_processed_folder="Processed")
     tally = fetch_imap(sessions, Policy.from_settings(settings), b)
     assert tally.messages == 3
     assert tally.applied == {"hard": 1, "complaint": 1}
     assert imap_server.count("INBOX") == 0 and imap_server.count("Processed") == 3
     with sessions.begin() as s:
-        status = {e: subscribers.get_by_email(s, e).status  # type: ignore[union-attr]
-                  for e in ("gone@example.org", "angry@example.org", "ok@example.org")}
-    assert status == {"gone@example.org": SubscriberStatus.BOUNCED, "angry@example.org": SubscriberStatus.COMPLAINED,
-                      "ok@example.org": SubscriberStatus.ACTIVE}
+        status = {
+            e: subscribers.get_by_email(s, e).status  # type: ignore[union-attr]
+            for e in ("gone@example.org", "angry@example.org", "ok@example.org")
+        }
+    assert status == {
+        "gone@example.org": SubscriberStatus.BOUNCED,
+        "angry@example.org": SubscriberStatus.COMPLAINED,
+        "ok@example.org": SubscriberStatus.ACTIVE,
+    }
     assert fetch_imap(sessions, Policy.from_settings(settings), b).messages == 0
 
 
 def test_fetch_deletes_without_a_processed_folder_and_flags_oversized(
-        imap_server: Imap, sessions: sessionmaker[Session], settings: Settings) -> None:
+    imap_server: Imap, sessions: sessionmaker[Session], settings: Settings
+) -> None:
     with sessions.begin() as s:
         _mailed(s, "gone@example.org", _issues(s, 1))
     big = dsn("gone@example.org", "5.1.1", "550 user unknown", msgid="<big@x>") + b"x" * 3000

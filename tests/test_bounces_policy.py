@@ -7,19 +7,26 @@ import mailbox
 from pathlib import Path
 
 import pytest
+from conftest import CORPORA
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conftest import CORPORA
 from newsletter import subscribers, tokens
-from newsletter.bounce_policy import IssueBounces, Policy, Tally, issue_bounces, process_message
 from newsletter.config import Settings
-from newsletter.mailbox import import_path
-from newsletter.models import Delivery, DeliveryStatus, Event, EventKind, Issue, IssueStatus, SubscriberStatus
+from newsletter.inbound.mailfiles import import_path
+from newsletter.inbound.policy import Policy, Tally, process_message
+from newsletter.models import Bounce, BounceKind, Delivery, DeliveryStatus, Issue, IssueStatus, SubscriberStatus
+from newsletter.stats import IssueBounces, issue_bounces
 
 
-def dsn(recipient: str, status: str, diagnostic: str, *, msgid: str = "<dsn-1@mx.example.net>",
-        delivered_to: str = "news@example.com") -> bytes:
+def dsn(
+    recipient: str,
+    status: str,
+    diagnostic: str,
+    *,
+    msgid: str = "<dsn-1@mx.example.net>",
+    delivered_to: str = "news@example.com",
+) -> bytes:
     """A Postfix-style RFC 3464 report."""
     final = f"Final-Recipient: rfc822; {recipient}\n" if recipient else ""
     return f"""Delivered-To: {delivered_to}
@@ -48,7 +55,11 @@ Diagnostic-Code: smtp; {diagnostic}
 """.encode()
 
 
-def arf(recipient: str, *, msgid: str = "<arf-1@fbl.example.net>", ftype: str = "abuse") -> bytes:
+def arf(
+    recipient: str, *, msgid: str = "<arf-1@fbl.example.net>", ftype: str = "abuse", return_path: str = ""
+) -> bytes:
+    """An RFC 5965 report; `return_path` is the original's envelope sender (our VERP address)."""
+    original = f"Return-Path: <{return_path}>\n" if return_path else ""
     return f"""From: feedback@fbl.example.net
 To: news@example.com
 Subject: FW: Test Weekly
@@ -72,7 +83,7 @@ Original-Rcpt-To: {recipient}
 --F
 Content-Type: message/rfc822
 
-From: news@example.com
+{original}From: news@example.com
 To: {recipient}
 Subject: Test Weekly
 
@@ -127,10 +138,10 @@ def test_hard_bounce_suppresses_at_once_and_is_recorded_once(sessions: sessionma
     again = _run(sessions, policy, raw)
     assert again.skipped == {"duplicate report": 1} and not again.applied
     with sessions.begin() as s:
-        reports = s.scalars(select(Event).where(Event.external_id.is_not(None))).all()
-        assert len(reports) == 1
-        assert reports[0].kind == EventKind.BOUNCE and reports[0].issue_id == issues[0].id
-        assert reports[0].detail.startswith("hard 5.1.1: 550 5.1.1") and "User unknown" in reports[0].detail
+        [row] = s.scalars(select(Bounce)).all()
+        assert (row.kind, row.status, row.blame, row.issue_id) == (BounceKind.HARD, "5.1.1", "address", issues[0].id)
+        assert row.diagnostic.startswith("550 5.1.1") and "User unknown" in row.diagnostic
+        assert row.source == "test" and row.report_id.startswith("<dsn-1@mx.example.net>|")
 
 
 def test_complaint_suppresses_and_opt_out_unsubscribes(sessions: sessionmaker[Session], policy: Policy) -> None:
@@ -173,7 +184,8 @@ def test_soft_bounces_across_issues(sessions: sessionmaker[Session], settings: S
 
 
 def test_verp_token_names_the_subscriber_when_the_report_does_not(
-        sessions: sessionmaker[Session], policy: Policy, settings: Settings) -> None:
+    sessions: sessionmaker[Session], policy: Policy, settings: Settings
+) -> None:
     with sessions.begin() as s:
         issues = _issues(s, 2)
         sid = _mailed(s, "alias@example.org", issues)
@@ -182,8 +194,8 @@ def test_verp_token_names_the_subscriber_when_the_report_does_not(
     tally = _run(sessions, policy, raw)
     assert tally.applied == {"hard": 1}
     with sessions.begin() as s:
-        event = s.scalars(select(Event).where(Event.external_id.is_not(None))).one()
-        assert (event.subscriber_id, event.issue_id) == (sid, issues[0].id)
+        row = s.scalars(select(Bounce)).one()
+        assert (row.subscriber_id, row.issue_id) == (sid, issues[0].id)
 
 
 def test_bad_input_is_counted_and_skipped(sessions: sessionmaker[Session], settings: Settings) -> None:
@@ -204,8 +216,14 @@ def test_bad_input_is_counted_and_skipped(sessions: sessionmaker[Session], setti
     ]:
         _run(sessions, policy, raw, tally)
     assert tally.messages == 7
-    assert tally.skipped == {"address not on the list": 1, "address never mailed": 1, "unknown token": 1,
-                             "no recipient in report": 1, "oversized message": 1, "not a bounce or complaint": 2}
+    assert tally.skipped == {
+        "address not on the list": 1,
+        "address never mailed": 1,
+        "invalid token": 1,
+        "no recipient in report": 1,
+        "oversized message": 1,
+        "not a bounce or complaint": 2,
+    }
     assert tally.applied == {"hard": 1}
     assert _status(sessions, "known@example.org") == SubscriberStatus.BOUNCED
     assert _status(sessions, "never@example.org") == SubscriberStatus.ACTIVE
@@ -236,8 +254,7 @@ def test_maildir_and_mbox_import(sessions: sessionmaker[Session], policy: Policy
     assert _status(sessions, "b@example.org") == SubscriberStatus.COMPLAINED
     assert _status(sessions, "c@example.org") == SubscriberStatus.ACTIVE
     with sessions.begin() as s:
-        assert s.scalar(select(func.count()).select_from(Event).where(Event.external_id.is_not(None))) == (
-            4 if postfix.exists() else 3)
+        assert s.scalar(select(func.count()).select_from(Bounce)) == (4 if postfix.exists() else 3)
 
 
 def test_issue_bounce_stats_and_complaint_warning(sessions: sessionmaker[Session], policy: Policy) -> None:
@@ -260,3 +277,85 @@ def test_issue_bounce_stats_and_complaint_warning(sessions: sessionmaker[Session
     assert (second.delivered, second.complaints) == (1, 1)
     assert IssueBounces(delivered=1000, hard=0, soft=0, complaints=1).warning == ""
     assert IssueBounces(delivered=999, hard=0, soft=0, complaints=1).warning.startswith("complaint rate 0.10%")
+
+
+def test_replies_that_blame_the_message_or_us_never_bounce_a_reader(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Policy by reason, not by digit: 5xx 'mailbox full', spam and blocklist refusals stay soft, and
+    only the mailbox's own troubles count toward the soft window (here: one strike suppresses)."""
+    policy = Policy(settings.newsletter.secret_key, "bounces", soft_limit=1, soft_issues=1, max_bytes=10**6)
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        for email in ("full@example.org", "spam@example.org", "listed@example.org", "dmarc@example.org"):
+            _mailed(s, email, issues)
+    replies = {
+        "full@example.org": ("5.2.2", "552 5.2.2 <full@example.org>: Mailbox full"),
+        "spam@example.org": ("5.7.1", "550 5.7.1 Message rejected as spam by Content Filtering"),
+        "listed@example.org": (
+            "5.7.1",
+            "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+        ),
+        "dmarc@example.org": (
+            "5.7.26",
+            "550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC policy",
+        ),
+    }
+    for n, (email, (status, text)) in enumerate(replies.items()):
+        assert _run(sessions, policy, dsn(email, status, text, msgid=f"<{n}@x>")).applied == {"soft": 1}
+    with sessions.begin() as s:
+        blames = {row.diagnostic: row.blame for row in s.execute(select(Bounce.diagnostic, Bounce.blame))}
+    assert sorted(blames.values()) == ["content", "mailbox", "sender", "sender"]
+    # The full mailbox and the spam verdict are the reader's mailbox talking: they count (limit 1);
+    # a blocklist or DMARC refusal blames us and suppresses nobody.
+    assert _status(sessions, "full@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "spam@example.org") == SubscriberStatus.BOUNCED
+    assert _status(sessions, "listed@example.org") == SubscriberStatus.ACTIVE
+    assert _status(sessions, "dmarc@example.org") == SubscriberStatus.ACTIVE
+
+
+def test_with_verp_only_a_valid_token_changes_anything(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Issue 13 item 2: anyone can mail the bounce address. With VERP on, a hand-made report naming a
+    reader (no token, a forged token, or another reader's token) suppresses nobody."""
+    policy = Policy(settings.newsletter.secret_key, "bounces", 3, 5, 10**6, verp=True)
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        victim = _mailed(s, "victim@example.org", issues)
+        other = _mailed(s, "other@example.org", issues)
+        token = tokens.make(settings.newsletter.secret_key, tokens.BOUNCE, other, issues[0].id)
+    dead = "550 5.1.1 <victim@example.org>: User unknown"
+    no_token = _run(sessions, policy, dsn("victim@example.org", "5.1.1", dead, msgid="<1@x>"))
+    forged = _run(
+        sessions,
+        policy,
+        dsn(
+            "victim@example.org",
+            "5.1.1",
+            dead,
+            msgid="<2@x>",
+            delivered_to="bounces+WzEsMV0.forgedforgedforgedforged@b.example.com",
+        ),
+    )
+    assert no_token.skipped == {"no valid VERP token": 1} and forged.skipped["no valid VERP token"] == 1
+    # The other reader's token, with the victim's address in the report: only the token's reader is
+    # affected, and since the report names another address it is no evidence that theirs is dead.
+    misdirected = _run(
+        sessions,
+        policy,
+        dsn("victim@example.org", "5.1.1", dead, msgid="<3@x>", delivered_to=f"bounces+{token}@b.example.com"),
+    )
+    assert misdirected.applied == {"soft": 1}
+    assert _status(sessions, "victim@example.org") == SubscriberStatus.ACTIVE
+    assert _status(sessions, "other@example.org") == SubscriberStatus.ACTIVE
+    with sessions.begin() as s:
+        assert [tuple(r) for r in s.execute(select(Bounce.subscriber_id, Bounce.kind))] == [(other, BounceKind.SOFT)]
+    own = dsn(
+        "other@example.org",
+        "5.1.1",
+        "550 5.1.1 user unknown",
+        msgid="<4@x>",
+        delivered_to=f"bounces+{token}@b.example.com",
+    )
+    assert _run(sessions, policy, own).applied == {"hard": 1}
+    assert _status(sessions, "other@example.org") == SubscriberStatus.BOUNCED
+    assert victim != other

@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 from web_support import add_subscriber, make_issue, running_server, subscriber
 
 from newsletter import config as config_mod
-from newsletter import db, mailin, sender, tokens
+from newsletter import db, sender, tokens
 from newsletter.cli import app
 from newsletter.config import Settings
+from newsletter.inbound import mailin
 from newsletter.models import Event, EventKind, SubscriberStatus
 from newsletter.web import create_app
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import selfservice, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.errors import InvalidToken
-from newsletter.mailbox import read_path
+from newsletter.inbound.mailfiles import read_path
 from newsletter.models import SUPPRESSED, Event, EventKind, Subscriber
 
 SOURCE = "mailto"
@@ -40,14 +40,16 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_+-]+\.[A-Za-z0-9_-]{20,}")
 @dataclass
 class MailinReport:
     unsubscribed: int = 0
-    already: int = 0                                   # matched someone already unsubscribed/suppressed
-    duplicates: int = 0                                # handled by an earlier run
+    already: int = 0  # matched someone already unsubscribed/suppressed
+    duplicates: int = 0  # handled by an earlier run
     unmatched: list[str] = field(default_factory=list)  # "where: why" per message left alone
 
     @property
     def summary(self) -> str:
-        return (f"unsubscribed {self.unsubscribed}, already unsubscribed {self.already}, "
-                f"seen before {self.duplicates}, not matched {len(self.unmatched)}")
+        return (
+            f"unsubscribed {self.unsubscribed}, already unsubscribed {self.already}, "
+            f"seen before {self.duplicates}, not matched {len(self.unmatched)}"
+        )
 
 
 def _candidates(text: str) -> Iterator[str]:
@@ -57,7 +59,7 @@ def _candidates(text: str) -> Iterator[str]:
         dot = word.index(".")
         for i, ch in enumerate(word[:dot]):
             if ch in "-+":
-                yield word[i + 1:]
+                yield word[i + 1 :]
 
 
 def token_in(settings: Settings, msg: EmailMessage) -> tokens.TokenData | None:
@@ -117,8 +119,12 @@ def process_message(session: Session, settings: Settings, raw: bytes) -> tuple[s
         return "already", sub.email
     subscribers.unsubscribe(session, sub, source=SOURCE, issue_id=issue_id)
     session.flush()
-    event = session.scalars(select(Event).where(Event.subscriber_id == sub.id, Event.kind == EventKind.UNSUBSCRIBE)
-                            .order_by(Event.id.desc()).limit(1)).one()
+    event = session.scalars(
+        select(Event)
+        .where(Event.subscriber_id == sub.id, Event.kind == EventKind.UNSUBSCRIBE)
+        .order_by(Event.id.desc())
+        .limit(1)
+    ).one()
     event.external_id = key
     return "unsubscribed", sub.email
 

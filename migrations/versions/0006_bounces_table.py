@@ -26,6 +26,7 @@ depends_on = None
 # How 0001 worded a report: "<kind> <status or feedback type>: <diagnostic>".
 DETAIL = re.compile(r"^(hard|soft|complaint|opt-out)(?: ([^:\s]*))?:? ?(.*)$", re.S)
 NONCE_TTL = timedelta(seconds=900)
+EVENT_KINDS = ("subscribe", "confirm", "unsubscribe", "preferences", "bounce", "complaint", "reactivate", "import")
 
 
 def upgrade() -> None:
@@ -53,6 +54,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bounces")),
         sa.UniqueConstraint("report_id", name=op.f("uq_bounces_report_id")),
+        sa.CheckConstraint("kind IN ('hard', 'soft', 'complaint', 'opt-out')", name=op.f("ck_bounces_bouncekind")),
     )
     with op.batch_alter_table("bounces", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_bounces_created_at"), ["created_at"], unique=False)
@@ -67,6 +69,8 @@ def upgrade() -> None:
     with op.batch_alter_table("webhook_nonces", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_webhook_nonces_expires_at"), ["expires_at"], unique=False)
     _move_data(bounces, nonces)
+    # No event is of kind "webhook" any more: the events CHECK (0005) drops it.
+    _events_check(EVENT_KINDS)
 
 
 def _move_data(bounces: sa.Table, nonces: sa.Table) -> None:
@@ -120,7 +124,15 @@ def _move_data(bounces: sa.Table, nonces: sa.Table) -> None:
         conn.execute(sa.delete(events).where(events.c.kind == "webhook"))
 
 
+def _events_check(kinds: tuple[str, ...]) -> None:
+    allowed = ", ".join(f"'{k}'" for k in kinds)
+    with op.batch_alter_table("events") as batch_op:
+        batch_op.drop_constraint(op.f("ck_events_eventkind"), type_="check")
+        batch_op.create_check_constraint(op.f("ck_events_eventkind"), f"kind IN ({allowed})")
+
+
 def downgrade() -> None:
+    _events_check((*EVENT_KINDS, "webhook"))
     with op.batch_alter_table("webhook_nonces", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_webhook_nonces_expires_at"))
     op.drop_table("webhook_nonces")

@@ -8,7 +8,7 @@ from html import escape
 
 from markupsafe import Markup
 
-WIDTH, HEIGHT, PAD, LABEL = 640, 220, 24, 34
+WIDTH, HEIGHT, PAD, LABEL, BAR = 640, 220, 24, 34, 56
 COLORS = {"up": "#1d4ed8", "down": "#b91c1c", "plain": "#047857"}
 
 
@@ -29,13 +29,13 @@ def bars(title: str, items: Sequence[tuple[str, int]], *, color: str = "plain") 
     plot = HEIGHT - PAD - LABEL
     parts = []
     for n, (label, value) in enumerate(items):
-        h = plot * value / top
-        x = PAD + n * slot + slot * 0.15
-        y = PAD + plot - h
+        h, w = plot * value / top, min(slot * 0.7, BAR)
+        cx = PAD + (n + 0.5) * slot
+        x, y = cx - w / 2, PAD + plot - h
         parts.append(
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" fill="{COLORS[color]}"/>'
-            f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" text-anchor="middle">{value:,}</text>'
-            f'<text x="{x + slot * 0.35:.1f}" y="{HEIGHT - LABEL + 16}" text-anchor="middle">{escape(label)}</text>'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{COLORS[color]}"/>'
+            f'<text x="{cx:.1f}" y="{y - 4:.1f}" text-anchor="middle">{value:,}</text>'
+            f'<text x="{cx:.1f}" y="{HEIGHT - LABEL + 16}" text-anchor="middle">{escape(label)}</text>'
         )
     return _frame(title, "".join(parts))
 
@@ -48,9 +48,9 @@ def up_down(title: str, items: Sequence[tuple[str, int, int]]) -> Markup:
     middle = PAD + half
     parts = [f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{middle}" y2="{middle}" stroke="#9ca3af"/>']
     for n, (label, up, down) in enumerate(items):
-        x = PAD + n * slot + slot * 0.15
         hu, hd = half * up / top, half * down / top
-        cx, w = x + slot * 0.35, slot * 0.7
+        cx, w = PAD + (n + 0.5) * slot, min(slot * 0.7, BAR)
+        x = cx - w / 2
         parts.append(
             f'<rect x="{x:.1f}" y="{middle - hu:.1f}" width="{w:.1f}" height="{hu:.1f}" fill="{COLORS["up"]}"/>'
             f'<rect x="{x:.1f}" y="{middle:.1f}" width="{w:.1f}" height="{hd:.1f}" fill="{COLORS["down"]}"/>'

@@ -1,0 +1,158 @@
+"""The desk in Debian's chromium against a real `newsletter serve`, mail really sent to
+aiosmtpd: sign in, curate the week (leave one article out, choose the lead, edit the
+intro with its live preview), preview at both widths, send now, follow a tracked link
+from a captured message, and see the click on the results page. Screenshots of the
+desk and the results page are saved in the test's folder (and in $DESK_SCREENSHOTS,
+when set: that is how the README's images are made)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CHROMIUM, SmtpServer, free_port, needs_chromium
+from desk_support import EDITOR, PASSWORD, add_editor
+from sqlalchemy.orm import Session, sessionmaker
+from test_web_browser import CHROMIUM_ARGS, publisher_site
+from web_support import add_subscriber, link_in, running_server
+
+from newsletter import builder
+from newsletter import config as config_mod
+from newsletter.models import Article, utcnow
+
+pytestmark = needs_chromium
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def config_path(config_path: Path, port: int) -> Path:
+    text = config_path.read_text().replace(
+        'base_url = "http://127.0.0.1:8000"', f'base_url = "http://127.0.0.1:{port}"'
+    )
+    config_path.write_text(text)
+    return config_path
+
+
+@contextmanager
+def desk_page() -> Iterator[Any]:
+    """A desktop-sized page in Debian's chromium (started after the test's own setup)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
+def screenshot(page: Any, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    if os.environ.get("DESK_SCREENSHOTS"):
+        shutil.copy(path, Path(os.environ["DESK_SCREENSHOTS"]) / path.name)
+
+
+def test_sign_in_curate_preview_send_and_see_the_click(
+    config_path: Path,
+    engine: object,
+    port: int,
+    sessions: sessionmaker[Session],
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    settings = config_mod.load(config_path, environ={})
+    week = builder.current_week(settings)
+    start, _ = builder.week_bounds(settings, week)
+    add_editor(sessions)
+    for n in range(3):
+        add_subscriber(sessions, f"reader{n}@example.com")
+    with publisher_site("<h1>The story</h1>") as site:
+        titles = [
+            "Steel prices climb again",
+            "A new press line in Linz",
+            "Trade fair dates announced",
+            "Recycling rules explained",
+            "Interview: the new CEO",
+        ]
+        with sessions.begin() as s:
+            for n, title in enumerate(titles):
+                slug = "-".join(title.lower().replace(":", "").split())
+                s.add(
+                    Article(
+                        guid=slug,
+                        url=f"{site}{slug}",
+                        title=title,
+                        summary="<p>What happened.</p>",
+                        category=["news", "products", "events", "news", "news"][n],
+                        published_at=start + timedelta(hours=10 - n),
+                    )
+                )
+            issue = builder.build(s, settings, week)
+            issue.scheduled_at = utcnow()  # due now, whatever day the test runs
+
+        with running_server(config_path, port) as (base, _log), desk_page() as page:
+            page.goto(f"{base}/admin/issues")
+            assert page.url.startswith(f"{base}/admin/login?next=")
+            page.fill("#email", EDITOR)
+            page.fill("#password", PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"{base}/admin/issues")
+            page.get_by_role("link", name=week).click()
+            page.wait_for_url(f"{base}/admin/issues/{week}")
+
+            # Curate: leave one article out, choose the lead, edit the intro.
+            item = page.locator("li", has_text="Recycling rules explained")
+            item.get_by_role("button", name="Leave out").click()
+            page.wait_for_selector("text=Left out. The next article")
+            page.locator("li", has_text="Trade fair dates announced").get_by_role("button", name="Make lead").click()
+            page.wait_for_selector("text=That article now leads the issue.")
+            assert "Trade fair dates announced" in page.locator(".lead").inner_text()
+            page.fill("#intro", "A **busy** week for steel.")
+            page.locator("#intro-preview strong", has_text="busy").wait_for()  # the live preview (desk.js)
+            page.get_by_role("button", name="Save subject and intro").click()
+            page.wait_for_selector("text=Subject and intro saved.")
+
+            # Preview at both widths: the frames show the curated issue.
+            for title in ("Desktop preview", "Phone preview"):
+                frame = page.frame_locator(f'iframe[title="{title}"]')
+                frame.locator("text=A busy week for steel.").wait_for()
+                assert frame.locator("text=Recycling rules explained").count() == 0
+            phone = page.frame_locator('iframe[title="Phone preview"]').locator("body")
+            assert phone.evaluate("b => b.ownerDocument.documentElement.scrollWidth") <= 375
+            screenshot(page, tmp_path, "desk")
+
+            # Send now: the CLI engine in the background, progress from the ledger.
+            page.get_by_role("button", name="Send now to every subscriber").click()
+            page.wait_for_url(f"{base}/admin/issues/{week}/progress")
+            page.wait_for_selector("text=has finished", timeout=60_000)
+            assert page.locator("#sent").inner_text() == "3"
+            assert sorted(smtp_server.recipients()) == [f"reader{n}@example.com" for n in range(3)]
+
+            # A reader follows a tracked link from the mail they got.
+            mail = next(m for m in smtp_server.messages if m.rcpt_tos == ["reader0@example.com"]).message
+            tracked = link_in(mail, rf"{re.escape(base)}/c/\S+")
+            page.goto(tracked)
+            assert page.url.startswith(site) and page.locator("h1").inner_text() == "The story"
+
+            page.goto(f"{base}/admin/issues/{week}/stats")
+            deadline = time.monotonic() + 10
+            while page.locator("#clicks").inner_text() != "1" and time.monotonic() < deadline:
+                page.reload()
+            assert page.locator("#clicks").inner_text() == "1"
+            assert page.locator("#delivered").inner_text() == "3"
+            assert page.locator("#top-articles tbody tr").count() == 1
+            screenshot(page, tmp_path, "stats")
+    assert (tmp_path / "desk.png").stat().st_size > 10_000 and (tmp_path / "stats.png").stat().st_size > 10_000

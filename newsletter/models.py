@@ -327,3 +327,13 @@ class ClickCount(Base):
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True)
     clicks: Mapped[int] = mapped_column(Integer, default=0)
     scanner: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Erased(Base):
+    """An address erased at the person's request: only a one-way hash of it, so a later
+    import cannot add them back (they may still subscribe themselves and confirm)."""
+
+    __tablename__ = "erased"
+
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

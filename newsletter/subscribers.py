@@ -9,6 +9,7 @@ Service functions take the caller's session and never commit (STYLE.md #10).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import re
@@ -29,6 +30,7 @@ from newsletter.errors import Conflict, InvalidInput, NotFound
 from newsletter.models import (
     SUPPRESSED,
     Category,
+    Erased,
     Event,
     EventKind,
     Subscriber,
@@ -79,6 +81,19 @@ def _fast_normalize(raw: str) -> str | None:
 def email_key(email: str) -> str:
     """The uniqueness key: addresses differing only in case are the same subscriber."""
     return email.casefold()
+
+
+def erased_hash(key: str) -> str:
+    """The one-way hash kept of an erased address's email_key."""
+    return hashlib.sha256(b"newsletter.erased\0" + key.encode()).hexdigest()
+
+
+def erased(session: Session, keys: Iterable[str]) -> set[str]:
+    """Those of these email_keys that were erased at the person's request."""
+    hashes = {erased_hash(k): k for k in keys}
+    if not hashes:
+        return set()
+    return {hashes[h] for h in session.scalars(select(Erased.email_hash).where(Erased.email_hash.in_(list(hashes))))}
 
 
 def get_by_email(session: Session, email: str) -> Subscriber | None:
@@ -143,6 +158,9 @@ def add(session: Session, email: str, *, name: str = "", categories: Iterable[st
     normalized = normalize_email(email)
     if get_by_email(session, normalized) is not None:
         raise InvalidInput(f"{normalized} is already on the list")
+    if status != SubscriberStatus.PENDING and erased(session, [email_key(normalized)]):
+        raise InvalidInput(f"{normalized} was erased at their request; only they can subscribe again "
+                           f"(as pending, confirming from their mailbox)")
     now = utcnow()
     sub = Subscriber(email=normalized, email_key=email_key(normalized), name=clean_name(name), status=status,
                      consent_source=source, consent_at=now if status == SubscriberStatus.ACTIVE else None,
@@ -534,10 +552,15 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
     updates: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     cat_changes: dict[int, list[int]] = {}
+    gone = erased(session, [r.key for r in rows if r.key not in existing])
     for row in rows:
         old = existing.get(row.key)
         if old is None:
-            new_rows.append(row)
+            if row.key in gone:
+                report.invalid.append(RowError(row.line, row.email, "was erased at their request; only they "
+                                                                    "can subscribe again"))
+            else:
+                new_rows.append(row)
             continue
         name = old.name if row.name is None else row.name
         status = _next_status(old.status, row.status)

@@ -17,6 +17,7 @@ from newsletter.config import Settings
 from newsletter.desk.base import HEADERS, DeskState
 from newsletter.desk.issues import Issues
 from newsletter.desk.overview import Overview
+from newsletter.desk.people import People
 from newsletter.desk.results import Results
 from newsletter.desk.sending import Sending
 from newsletter.desk.signin import SignIn
@@ -33,6 +34,7 @@ def routes(settings: Settings, sessions: sessionmaker[Session]) -> list[BaseRout
     """The desk's routes, to be listed in the web app."""
     state = DeskState(settings, sessions)
     signin, overview, issues, sending = SignIn(state), Overview(state), Issues(state), Sending(state)
+    people = People(state)
     week = "/issues/{week}"
     return [
         Route("/c/{token}", Tracking(state).click, methods=["GET"]),
@@ -56,6 +58,10 @@ def routes(settings: Settings, sessions: sessionmaker[Session]) -> list[BaseRout
                 Route(week + "/schedule", sending.schedule, methods=["POST"]),
                 Route(week + "/progress", sending.progress, methods=["GET"]),
                 Route(week + "/stats", Results(state).issue, methods=["GET"]),
+                Route("/subscribers", people.index, methods=["GET"]),
+                Route("/subscribers/{id:int}", people.show, methods=["GET"]),
+                Route("/subscribers/{id:int}/export", people.export, methods=["GET"]),
+                Route("/subscribers/{id:int}/erase", people.erase, methods=["POST"]),
             ],
         ),
     ]

@@ -53,7 +53,7 @@ def test_migrated_check_constraints_match_the_models(engine: Engine) -> None:
     inspector = inspect(engine)
     migrated = {name: {c["name"]: _allowed(c["sqltext"]) for c in inspector.get_check_constraints(name)}
                 for name in expected}
-    assert migrated == expected
+    assert migrated == expected, "a migration changing a status enum must replace its CHECK (see 0005_status_checks)"
     assert expected["subscribers"] == {"ck_subscribers_subscriberstatus": {s.value for s in SubscriberStatus}}
 
 

@@ -369,7 +369,7 @@ class _Rows:
                                    f"(nothing imported)") from None
             if row is None:
                 return
-            yield start, [spreadsheets.restore(c) for c in row]
+            yield start, [spreadsheets.restore(c) if c[:1] == "'" else c for c in row]
             start = self.reader.line_num + 1
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:

@@ -650,7 +650,7 @@ def bounces_fetch(
     from newsletter.inbound import imap, policy
 
     c = get(ctx)
-    _print_tally(imap.fetch_imap(c.sessions, policy.Policy.from_settings(c.settings), c.settings.bounces, limit=limit))
+    _print_tally(imap.fetch_imap(c.sessions, policy.Policy.from_settings(c.settings), c.settings, limit=limit))
 
 
 @subscribers_app.command("reactivate")

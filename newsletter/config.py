@@ -166,6 +166,7 @@ class BouncesSettings:
     imap_host: str = ""
     imap_port: int = 993
     imap_ssl: bool = True
+    imap_ca_file: str = ""
     imap_username: str = ""
     imap_password: Secret = Secret("")
     imap_folder: str = "INBOX"

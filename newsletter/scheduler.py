@@ -54,7 +54,7 @@ def _read_bounces(sessions: sessionmaker[Session], settings: Settings, report: R
     """Read the bounce mailbox before sending, so the addresses it proves dead are not mailed again.
     A mailbox that cannot be read is reported and the run goes on: sending does not depend on it."""
     try:
-        tally = imap.fetch_imap(sessions, Policy.from_settings(settings), settings.bounces)
+        tally = imap.fetch_imap(sessions, Policy.from_settings(settings), settings)
     except ConfigError as exc:
         report.lines.append(f"bounces not read: {exc}")
     else:

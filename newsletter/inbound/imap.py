@@ -14,35 +14,56 @@ import ssl
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter.config import BouncesSettings
+from newsletter.config import BouncesSettings, Settings
 from newsletter.errors import ConfigError
 from newsletter.inbound.mailfiles import process_one
 from newsletter.inbound.policy import Policy, Tally
 
 
-def _connect(b: BouncesSettings) -> imaplib.IMAP4:
+def _tls(settings: Settings) -> ssl.SSLContext:
+    """Certificate and host name checked, against `imap_ca_file` when set, else the system's CAs."""
+    b = settings.bounces
+    if not b.imap_ca_file:
+        return ssl.create_default_context()
+    path = settings.resolve(b.imap_ca_file)
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"[bounces] imap_ca_file {str(path)!r} is not a readable PEM file ({exc}); "
+            f"point it at the CA certificate of the IMAP server"
+        ) from exc
+
+
+def _connect(settings: Settings) -> imaplib.IMAP4:
+    b = settings.bounces
     where = f"[bounces] imap_host {b.imap_host}:{b.imap_port}"
+    context = _tls(settings)
     try:
         if b.imap_ssl:
-            return imaplib.IMAP4_SSL(
-                b.imap_host, b.imap_port, timeout=b.imap_timeout, ssl_context=ssl.create_default_context()
-            )
+            return imaplib.IMAP4_SSL(b.imap_host, b.imap_port, timeout=b.imap_timeout, ssl_context=context)
         conn = imaplib.IMAP4(b.imap_host, b.imap_port, timeout=b.imap_timeout)
         if "STARTTLS" in conn.capabilities:
-            conn.starttls(ssl.create_default_context())
+            conn.starttls(context)
         return conn
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError(
+            f"{where}: its certificate is not trusted ({exc.verify_message}); set "
+            f"[bounces] imap_ca_file to its CA, or fix the host name"
+        ) from exc
     except (OSError, imaplib.IMAP4.error) as exc:
         raise ConfigError(f"{where}: cannot connect ({exc}); check the host, port and imap_ssl") from exc
 
 
-def fetch_imap(sessions: sessionmaker[Session], policy: Policy, b: BouncesSettings, *, limit: int = 0) -> Tally:
+def fetch_imap(sessions: sessionmaker[Session], policy: Policy, settings: Settings, *, limit: int = 0) -> Tally:
     """Process the messages of `imap_folder`, then move or delete each one after its commit.
 
     A message too large to process is flagged (\\Flagged) and left for a person; flagged
     messages are not read again."""
+    b = settings.bounces
     if not b.imap_host:
         raise ConfigError("[bounces] imap_host is not set; set it in config.toml to fetch bounces over IMAP")
-    conn = _connect(b)
+    conn = _connect(settings)
     tally = Tally()
     try:
         try:

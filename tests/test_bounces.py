@@ -129,3 +129,90 @@ def test_truncated_and_corrupted_corpus_messages_never_raise() -> None:
             for _ in range(8):
                 broken[rnd.randrange(len(broken))] = rnd.randrange(256)
             classify(bytes(broken))
+
+
+DSN_FIELDS = """Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; gone@example.org
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown
+"""
+
+
+def test_a_delivery_status_part_under_the_wrong_content_type_is_read() -> None:
+    raw = f"""From: MAILER-DAEMON@mx.example.net
+To: news@example.com
+Subject: Delivery Status Notification (Failure)
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Delivery failed.
+
+--B
+Content-Type: text/plain; name="details.txt"
+
+{DSN_FIELDS}
+--B--
+""".encode()
+    [finding] = classify(raw).findings
+    assert (finding.recipient, finding.kind, finding.status) == ("gone@example.org", Kind.HARD, "5.1.1")
+
+
+def test_a_dsn_quoted_in_a_forwarded_text_is_read() -> None:
+    quoted = "".join(f"> {line}\n" for line in DSN_FIELDS.splitlines())
+    raw = f"""From: postmaster@example.com
+To: news@example.com
+Subject: Fwd: Undelivered Mail Returned to Sender
+
+Forwarding the bounce below, it came to the wrong mailbox.
+
+{quoted}""".encode()
+    [finding] = classify(raw).findings
+    assert (finding.recipient, finding.kind) == ("gone@example.org", Kind.HARD)
+
+
+def test_an_arf_report_forwarded_inline_is_a_complaint() -> None:
+    raw = b"""From: abuse-desk@isp.example
+To: news@example.com
+Subject: FW: spam complaint
+
+Feedback-Type: abuse
+User-Agent: SomeFBL/1.0
+Version: 1
+Original-Rcpt-To: <angry@example.org>
+Arrival-Date: Thu, 26 Nov 2026 10:00:00 +0000
+"""
+    [finding] = classify(raw).findings
+    assert (finding.recipient, finding.kind, finding.feedback_type) == ("angry@example.org", Kind.COMPLAINT, "abuse")
+
+
+@pytest.mark.parametrize(
+    ("transcript", "kind"),
+    [
+        # RCPT accepted the address; a "user unknown" to the message is a filter talking: soft.
+        (">>> DATA\n<<< 550 5.1.1 <gone@example.org>... User unknown\n<<< 554 5.0.0 Service unavailable", Kind.SOFT),
+        # Pipelined: RCPT's refusal is read after DATA went out, which then gets "503 need RCPT": hard.
+        (">>> DATA\n<<< 550 5.1.1 <gone@example.org>... User unknown\n<<< 503 5.0.0 Need RCPT (recipient)", Kind.HARD),
+        (">>> RCPT To:<gone@example.org>\n<<< 550 5.1.1 <gone@example.org>... User unknown", Kind.HARD),
+        (">>> RCPT To:<gone@example.org>\n<<< 552 5.2.2 <gone@example.org>... Mailbox full", Kind.SOFT),
+        (">>> DATA\n<<< 554 5.7.1 Message rejected as spam by Content Filtering", Kind.SOFT),
+    ],
+)
+def test_a_transcript_decides_by_what_the_reply_blames_and_when(transcript: str, kind: Kind) -> None:
+    raw = f"""From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.net>
+To: news@example.com
+Subject: Returned mail: see transcript for details
+
+   ----- The following addresses had permanent fatal errors -----
+<gone@example.org>
+
+   ----- Transcript of session follows -----
+... while talking to mx.example.org.:
+{transcript}
+""".encode()
+    [finding] = classify(raw).findings
+    assert (finding.recipient, finding.kind) == ("gone@example.org", kind)

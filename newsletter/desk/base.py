@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from newsletter import editors, render
+from newsletter import editors, render, trends
 from newsletter.config import Settings
 from newsletter.desk import auth
 from newsletter.editors import EditorView
@@ -50,6 +50,7 @@ class DeskState:
         self.sessions = sessions
         self.templates = Jinja2Templates(env=render.environment(settings))
         desk = settings.desk
+        self.sent_counts = trends.SentCounts()
         self.signer = auth.Signer(settings.newsletter.secret_key, desk.session_hours * 3600)
         self.throttle = auth.LoginThrottle(
             free=desk.login_failures_before_delay,

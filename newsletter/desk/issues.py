@@ -11,28 +11,22 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from newsletter import builder, curation, render
+from newsletter import builder, curation, render, trends
 from newsletter.desk.base import HEADERS, DeskState, Signed, editor_only
 from newsletter.errors import InvalidInput
-from newsletter.models import Delivery, Issue, IssueArticle
+from newsletter.models import Issue, IssueArticle, IssueStatus
 
 # The issue preview shows the articles' images from wherever they are hosted, runs nothing
 # and, sandboxed, cannot navigate the desk; only the desk may frame it.
 PREVIEW_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src * data:; frame-ancestors 'self'; sandbox"
 
 
-def issue_rows(session: Session) -> list[dict[str, Any]]:
+def issue_rows(session: Session, counts: trends.SentCounts) -> list[dict[str, Any]]:
     """Every issue, newest week first, with its article count and deliveries per status."""
     articles = dict(session.execute(select(IssueArticle.issue_id, func.count()).group_by(IssueArticle.issue_id)).all())
-    deliveries: dict[int, dict[str, int]] = {}
-    for issue_id, status, n in session.execute(
-        select(Delivery.issue_id, Delivery.status, func.count()).group_by(Delivery.issue_id, Delivery.status)
-    ):
-        deliveries.setdefault(issue_id, {})[str(status)] = n
-    return [
-        {"issue": i, "articles": articles.get(i.id, 0), "deliveries": deliveries.get(i.id, {})}
-        for i in session.scalars(select(Issue).order_by(Issue.week.desc()))
-    ]
+    issues = list(session.scalars(select(Issue).order_by(Issue.week.desc())))
+    deliveries = counts.get(session, [i for i in issues if i.status != IssueStatus.DRAFT])
+    return [{"issue": i, "articles": articles.get(i.id, 0), "deliveries": deliveries.get(i.id, {})} for i in issues]
 
 
 def _build(session: Session, settings: Any, week: str) -> str:
@@ -45,7 +39,7 @@ class Issues:
 
     @editor_only
     async def index(self, request: Request, signed: Signed) -> Response:
-        rows = await self.state.db(issue_rows)
+        rows = await self.state.db(issue_rows, self.state.sent_counts)
         week = builder.current_week(self.state.settings)
         return self.state.page(request, "admin/issues.html", signed=signed, title="Issues", rows=rows, week=week)
 

@@ -14,9 +14,9 @@ from newsletter.desk import charts
 from newsletter.desk.base import DeskState, Signed, editor_only
 
 
-def _overview(session: Session, settings: Settings) -> dict[str, Any]:
+def _overview(session: Session, settings: Settings, counts: trends.SentCounts) -> dict[str, Any]:
     growth = trends.growth(session, settings)
-    issues = trends.last_issues(session)
+    issues = trends.last_issues(session, counts)
     return {
         "counts": subscribers.counts_by_status(session),
         "growth_chart": charts.up_down(
@@ -34,5 +34,5 @@ class Overview:
 
     @editor_only
     async def home(self, request: Request, signed: Signed) -> Response:
-        data = await self.state.db(_overview, self.state.settings)
+        data = await self.state.db(_overview, self.state.settings, self.state.sent_counts)
         return self.state.page(request, "admin/home.html", signed=signed, title="Desk", **data)

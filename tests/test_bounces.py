@@ -216,3 +216,36 @@ Subject: Returned mail: see transcript for details
 """.encode()
     [finding] = classify(raw).findings
     assert (finding.recipient, finding.kind) == ("gone@example.org", kind)
+
+
+def test_one_recipients_reason_never_speaks_for_another() -> None:
+    """A report about two readers, only one of them gone: the other (no reason of its own) is not hard."""
+    raw = b"""From: MAILER-DAEMON@mx.example.net
+To: news@example.com
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+<gone@example.org>: host mx.example.org said: 550 5.1.1 User unknown (in reply to RCPT TO command)
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; gone@example.org
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 User unknown
+
+Final-Recipient: rfc822; fine@example.org
+Action: failed
+Status: 5.0.0
+
+--B--
+"""
+    kinds = {f.recipient: f.kind for f in classify(raw).findings}
+    assert kinds == {"gone@example.org": Kind.HARD, "fine@example.org": Kind.SOFT}

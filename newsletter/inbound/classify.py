@@ -88,7 +88,7 @@ def _bounces(msg: Message) -> list[Finding]:
         # Nobody named: worth keeping (a VERP token may still tie it to a reader) only if it says why.
         anonymous = _judge_mention(plaintext.Mention("", text), text)
         return [anonymous] if anonymous.status or anonymous.blame is not Blame.UNKNOWN else []
-    return [_judge_mention(m, text) for m in mentions]
+    return [_judge_mention(m, text if len(mentions) == 1 else m.about) for m in mentions]
 
 
 def _from_dsn(msg: Message, entries: list[dsn.Entry]) -> list[Finding]:
@@ -102,7 +102,8 @@ def _from_dsn(msg: Message, entries: list[dsn.Entry]) -> list[Finding]:
     for entry in failed:
         recipient = entry.recipient or (spare.pop(0) if spare else "")
         about = mentions.get(recipient, "")
-        words = entry.diagnostic or about or text
+        # The whole text speaks for a recipient only when it is the only one: another's reason must not leak.
+        words = entry.diagnostic or about or (text if len(failed) == 1 else "")
         # The human part often names the stage ("in reply to end of DATA command") the DSN leaves out.
         finding = judged(
             recipient,

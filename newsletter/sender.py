@@ -96,8 +96,15 @@ class LedgerWriter:
     It runs in the event loop's thread: the ledger work is Python (SQLAlchemy), so a
     second thread would only fight the loop for the GIL and add latency to each round."""
 
-    def __init__(self, engine: Engine, issue_id: int, worker: str, lease: str,
-                 on_commit: Callable[[list[Outcome]], None], batch: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        issue_id: int,
+        worker: str,
+        lease: str,
+        on_commit: Callable[[list[Outcome]], None],
+        batch: int,
+    ) -> None:
         self.issue_id, self.worker, self.lease = issue_id, worker, lease
         self.on_commit = on_commit
         self.connection = engine.connect()
@@ -187,9 +194,20 @@ class LedgerWriter:
 class SendRun:
     """One run of the sending loop for one issue."""
 
-    def __init__(self, engine: Engine, settings: Settings, content: IssueContent,
-                 transport: Transport, tuning: Tuning, worker: str, lease: str,
-                 report: SendReport, progress: Progress | None, limit: int | None, total: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        content: IssueContent,
+        transport: Transport,
+        tuning: Tuning,
+        worker: str,
+        lease: str,
+        report: SendReport,
+        progress: Progress | None,
+        limit: int | None,
+        total: int,
+    ) -> None:
         self.settings, self.content, self.smtp = settings, content, settings.smtp
         self.transport, self.tuning, self.worker = transport, tuning, worker
         self.report, self.progress, self.limit, self.total = report, progress, limit, total
@@ -198,8 +216,9 @@ class SendRun:
         self.pace = Pace(self.smtp.rate_per_second)
         self.breaker = Breaker()
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=tuning.batch_size)
-        self.writer = LedgerWriter(engine, content.issue_id, worker, lease, self._committed,
-                                   max(1, self.smtp.concurrency // 2))
+        self.writer = LedgerWriter(
+            engine, content.issue_id, worker, lease, self._committed, max(1, self.smtp.concurrency // 2)
+        )
         self.in_flight = 0
         self.unavailable = 0  # consecutive connection failures, over all workers
         self.fatal: TransportUnavailable | RefusedByServer | None = None
@@ -234,8 +253,9 @@ class SendRun:
         attempts = job.attempts + 1
         if attempts >= self.smtp.max_attempts and may_fail:
             return self._failed(job, f"{reply} (gave up after {attempts} attempts)")
-        when = (ledger.retry_at(attempts, self.smtp.retry_delay) if delay is None
-                else utcnow() + timedelta(seconds=delay))
+        when = (
+            ledger.retry_at(attempts, self.smtp.retry_delay) if delay is None else utcnow() + timedelta(seconds=delay)
+        )
         return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, reply, next_attempt_at=when)
 
     def _slow_down(self, reply: str) -> None:
@@ -243,8 +263,10 @@ class SendRun:
         if rate is not None and not self.slowed:  # one note per run, not one per reply
             self.slowed = True
             ceiling = f"{self.pace.ceiling:g} messages/s" if self.pace.ceiling else "full speed"
-            self.report.notes.append(f"the server asked to slow down ({reply}): {rate:.1f} messages/s, "
-                                     f"climbing back to {ceiling} while replies are clean")
+            self.report.notes.append(
+                f"the server asked to slow down ({reply}): {rate:.1f} messages/s, "
+                f"climbing back to {ceiling} while replies are clean"
+            )
 
     def _judged(self, job: Job, exc: DeliveryError) -> Outcome:
         """The row's fate for a reply about this recipient, as `replies.judge` reads it; also
@@ -289,8 +311,12 @@ class SendRun:
                 raise Skipped
 
         try:
-            reply = await self.transport.send(return_path(self.settings, job.subscriber_id, self.content.issue_id),
-                                              job.email, data, before_data=before_data)
+            reply = await self.transport.send(
+                return_path(self.settings, job.subscriber_id, self.content.issue_id),
+                job.email,
+                data,
+                before_data=before_data,
+            )
         except Skipped:
             self.report.skipped += 1
             return
@@ -335,8 +361,9 @@ class SendRun:
         left = self.limit
         while self.fatal is None and (left is None or left > 0):
             size = self.tuning.batch_size if left is None else min(left, self.tuning.batch_size)
-            jobs = self.writer.db(partial(ledger.claim_batch, issue_id=self.content.issue_id, worker=self.worker,
-                                          limit=size))
+            jobs = self.writer.db(
+                partial(ledger.claim_batch, issue_id=self.content.issue_id, worker=self.worker, limit=size)
+            )
             for job in jobs:
                 await self.queue.put(job)
             if left is not None:
@@ -351,8 +378,9 @@ class SendRun:
                 return
             wait = (due - utcnow()).total_seconds()
             if wait > self.tuning.max_wait:
-                self.report.notes.append(f"retries are due from {due:%Y-%m-%d %H:%M} UTC; run send again then "
-                                         f"(cron's `newsletter run` does)")
+                self.report.notes.append(
+                    f"retries are due from {due:%Y-%m-%d %H:%M} UTC; run send again then (cron's `newsletter run` does)"
+                )
                 return
             await asyncio.sleep(min(max(wait, 0.01), 1.0))
 
@@ -376,16 +404,22 @@ class SendRun:
         if isinstance(self.fatal, RefusedByServer):
             raise self.fatal
         if self.refused_us:
-            self.report.notes.append(f"{self.refused_us} recipients were refused with replies that blame us, not them "
-                                     f"(see `newsletter deliveries export`); nobody was bounced, they are tried again "
-                                     f"at the next `newsletter send` or `run`")
+            self.report.notes.append(
+                f"{self.refused_us} recipients were refused with replies that blame us, not them "
+                f"(see `newsletter deliveries export`); nobody was bounced, they are tried again "
+                f"at the next `newsletter send` or `run`"
+            )
         if self.fatal is not None:
-            raise TransportUnavailable(f"{self.fatal}; stopped sending. The issue stays resumable: fix the server "
-                                       f"or [smtp] settings and run `newsletter send` again",
-                                       code=self.fatal.code, reply=self.fatal.reply)
+            raise TransportUnavailable(
+                f"{self.fatal}; stopped sending. The issue stays resumable: fix the server "
+                f"or [smtp] settings and run `newsletter send` again",
+                code=self.fatal.code,
+                reply=self.fatal.reply,
+            )
 
 
 # --- entry points ----------------------------------------------------------------------
+
 
 def check_age(settings: Settings, issue: Issue, max_age_hours: float, force: bool) -> None:
     """A restored backup must not mail last week's news: refuse stale issues unless forced."""
@@ -394,9 +428,11 @@ def check_age(settings: Settings, issue: Issue, max_age_hours: float, force: boo
         return
     age = (utcnow() - when).total_seconds() / 3600
     if age > max_age_hours:
-        raise Conflict(f"issue {issue.week} was scheduled for {when.astimezone(settings.tz):%Y-%m-%d %H:%M}, "
-                       f"{age:.0f} hours ago (more than [delivery] max_age_hours = {max_age_hours:g}); "
-                       f"pass --force to send it anyway")
+        raise Conflict(
+            f"issue {issue.week} was scheduled for {when.astimezone(settings.tz):%Y-%m-%d %H:%M}, "
+            f"{age:.0f} hours ago (more than [delivery] max_age_hours = {max_age_hours:g}); "
+            f"pass --force to send it anyway"
+        )
 
 
 def _acquire_sender(sessions: sessionmaker[Session], worker: str) -> str:
@@ -411,8 +447,10 @@ def _acquire_sender(sessions: sessionmaker[Session], worker: str) -> str:
     if holder is not None:
         pid = locks.pid_of(holder)
         who = f"process {pid}" if pid else holder
-        raise Conflict(f"another `newsletter send` ({who}) is sending from this SQLite database; wait for it to "
-                       f"finish (several senders at once need PostgreSQL)")
+        raise Conflict(
+            f"another `newsletter send` ({who}) is sending from this SQLite database; wait for it to "
+            f"finish (several senders at once need PostgreSQL)"
+        )
     return SQLITE_LEASE
 
 
@@ -426,10 +464,18 @@ def _finish(session: Session, issue_id: int, report: SendReport) -> None:
     report.issue_status = str(issue.status)
 
 
-def send(sessions: sessionmaker[Session], settings: Settings, week: str | None = None, *,
-         limit: int | None = None, force: bool = False, resend_ambiguous: bool = False,
-         transport: Transport | None = None, tuning: Tuning | None = None,
-         progress: Progress | None = None) -> SendReport:
+def send(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    week: str | None = None,
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    resend_ambiguous: bool = False,
+    transport: Transport | None = None,
+    tuning: Tuning | None = None,
+    progress: Progress | None = None,
+) -> SendReport:
     """Send the built issue of `week` (default: this week) to everyone planned for it.
 
     Safe to rerun at any time: it continues where an earlier run stopped. Raises
@@ -461,8 +507,19 @@ def send(sessions: sessionmaker[Session], settings: Settings, week: str | None =
                 current.status, current.send_started_at = IssueStatus.SENDING, current.send_started_at or utcnow()
             total = ledger.open_count(session, current.id)
         engine = sessions.kw["bind"]  # the ledger writer holds one connection of its own
-        run = SendRun(engine, settings, content, transport or open_transport(settings), tuning or Tuning(), worker,
-                      lease, report, progress, limit, min(total, limit) if limit is not None else total)
+        run = SendRun(
+            engine,
+            settings,
+            content,
+            transport or open_transport(settings),
+            tuning or Tuning(),
+            worker,
+            lease,
+            report,
+            progress,
+            limit,
+            min(total, limit) if limit is not None else total,
+        )
         asyncio.run(run.run())
         with sessions.begin() as session:
             _finish(session, content.issue_id, report)
@@ -490,20 +547,28 @@ def cancel(session: Session, settings: Settings, week: str | None) -> str:
         raise Conflict(f"issue {issue.week} was already sent; there is nothing left to cancel")
     if locks.live_holders(session, ledger.SENDER_LEASE):
         raise Conflict(f"a 'newsletter send' is running; stop it (Ctrl-C) before cancelling issue {issue.week}")
-    counts = dict(session.execute(select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id)
-                                  .group_by(Delivery.status)).tuples().all())
+    counts = dict(
+        session.execute(
+            select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status)
+        )
+        .tuples()
+        .all()
+    )
     if not counts.get(DeliveryStatus.SENT) and not counts.get(DeliveryStatus.SENDING):
         builder.reopen(session, issue)
-        return (f"issue {issue.week} is a draft again: nobody had received it; edit or rebuild it and send it "
-                f"when ready")
-    skipped = session.execute(update(Delivery).where(Delivery.issue_id == issue.id,
-                                                     Delivery.status == DeliveryStatus.PENDING)
-                              .values(status=DeliveryStatus.SKIPPED, last_reply=CANCELLED, claimed_by=""))
+        return f"issue {issue.week} is a draft again: nobody had received it; edit or rebuild it and send it when ready"
+    skipped = session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.SKIPPED, last_reply=CANCELLED, claimed_by="")
+    )
     issue.status, issue.sent_at = IssueStatus.SENT, utcnow()
     ambiguous = counts.get(DeliveryStatus.SENDING, 0)
-    return (f"issue {issue.week} cancelled: {counts.get(DeliveryStatus.SENT, 0)} readers had it, "
-            f"{cast(CursorResult[Any], skipped).rowcount or 0} pending deliveries will not be sent (recorded as "
-            f"skipped), {ambiguous} ambiguous stay listed in 'newsletter stats'; the issue counts as finished")
+    return (
+        f"issue {issue.week} cancelled: {counts.get(DeliveryStatus.SENT, 0)} readers had it, "
+        f"{cast(CursorResult[Any], skipped).rowcount or 0} pending deliveries will not be sent (recorded as "
+        f"skipped), {ambiguous} ambiguous stay listed in 'newsletter stats'; the issue counts as finished"
+    )
 
 
 @dataclass(frozen=True)
@@ -518,28 +583,35 @@ def dry_run(session: Session, settings: Settings, week: str | None = None) -> li
     yet planned); changes nothing."""
     issue = builder.get_issue(session, settings, week)
     content = builder.load_content(session, settings, issue.week)
-    counts: dict[str, list[object]] = {}
+    counts: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
 
     def add(key: str, n: int, emails: list[str]) -> None:
-        entry = counts.setdefault(key, [0, []])
-        entry[0] = int(entry[0]) + n  # type: ignore[call-overload]
-        entry[1] = [*entry[1], *emails][:3]  # type: ignore[misc]
+        counts[key] = counts.get(key, 0) + n
+        examples[key] = [*examples.get(key, []), *emails][:3]
 
-    open_rows = session.execute(select(Delivery.variant, Subscriber.email)
-                                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                                .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.PENDING,
-                                       Subscriber.status == SubscriberStatus.ACTIVE)
-                                .execution_options(yield_per=1000))
+    open_rows = session.execute(
+        select(Delivery.variant, Subscriber.email)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(
+            Delivery.issue_id == issue.id,
+            Delivery.status == DeliveryStatus.PENDING,
+            Subscriber.status == SubscriberStatus.ACTIVE,
+        )
+        .execution_options(yield_per=1000)
+    )
     for key, email in open_rows:
         add(key, 1, [email])
     for chunk in ledger.plan_chunks(session, content):
-        emails = dict(session.execute(select(Subscriber.id, Subscriber.email)
-                                      .where(Subscriber.id.in_([sid for sid, _ in chunk]))).all())
+        emails = dict(
+            session.execute(
+                select(Subscriber.id, Subscriber.email).where(Subscriber.id.in_([sid for sid, _ in chunk]))
+            ).all()
+        )
         for sid, sections in chunk:
             if sections:
                 add(ledger.variant_key(sections), 1, [emails[sid]])
-    return [VariantPlan(ledger.variant_sections(k), int(v[0]), tuple(v[1]))  # type: ignore[call-overload,arg-type]
-            for k, v in sorted(counts.items())]
+    return [VariantPlan(ledger.variant_sections(k), n, tuple(examples[k])) for k, n in sorted(counts.items())]
 
 
 def send_test(session: Session, settings: Settings, week: str | None, address: str) -> str:

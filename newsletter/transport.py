@@ -51,8 +51,9 @@ STAGES = {b"MAIL": Stage.MAIL, b"RCPT": Stage.RCPT, b"DATA": Stage.DATA, b"RSET"
 
 
 class Transport(Protocol):
-    async def send(self, envelope_from: str, recipient: str, data: bytes, *,
-                   before_data: BeforeData | None = None) -> str:
+    async def send(
+        self, envelope_from: str, recipient: str, data: bytes, *, before_data: BeforeData | None = None
+    ) -> str:
         """Hand one message over; return the server's reply text.
 
         `before_data` runs once the server has accepted the recipient and waits for
@@ -80,22 +81,29 @@ def _map_errors(where: str, stage: Stage = Stage.UNKNOWN) -> Iterator[None]:
     try:
         yield
     except aiosmtplib.SMTPAuthenticationError as exc:
-        raise TransportUnavailable(f"{where}: login refused ({exc.code} {exc.message}); check [smtp] username "
-                                   f"and password", code=exc.code, reply=f"{exc.code} {exc.message}",
-                                   stage=stage) from exc
+        raise TransportUnavailable(
+            f"{where}: login refused ({exc.code} {exc.message}); check [smtp] username and password",
+            code=exc.code,
+            reply=f"{exc.code} {exc.message}",
+            stage=stage,
+        ) from exc
     except aiosmtplib.SMTPResponseException as exc:
         # Replies raised here come from the greeting, EHLO or STARTTLS: they are about us or
         # the server, never about a recipient, so no 5xx here may bounce a subscriber.
-        raise TransportUnavailable(f"{where}: {exc.code} {exc.message}", code=exc.code,
-                                   reply=f"{exc.code} {exc.message}", stage=stage) from exc
+        raise TransportUnavailable(
+            f"{where}: {exc.code} {exc.message}", code=exc.code, reply=f"{exc.code} {exc.message}", stage=stage
+        ) from exc
     except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ssl.SSLError, OSError) as exc:
         cert = _cert_failure(exc)
         if cert is None:
             text = str(exc) or type(exc).__name__
             raise TransportUnavailable(f"{where}: {text}", reply=text, stage=stage) from exc
-        raise TransportUnavailable(f"{where}: its TLS certificate failed verification ({cert}); fix the server's "
-                                   f"certificate or set [smtp] ca_file to the CA that signed it",
-                                   reply=f"TLS certificate failed verification: {cert}", stage=stage) from exc
+        raise TransportUnavailable(
+            f"{where}: its TLS certificate failed verification ({cert}); fix the server's "
+            f"certificate or set [smtp] ca_file to the CA that signed it",
+            reply=f"TLS certificate failed verification: {cert}",
+            stage=stage,
+        ) from exc
     except (TimeoutError, aiosmtplib.SMTPException) as exc:
         text = str(exc) or type(exc).__name__
         raise TransportUnavailable(f"{where}: {text}", reply=text, stage=stage) from exc
@@ -175,9 +183,17 @@ class SmtpTransport:
 
     def _new_connection(self) -> aiosmtplib.SMTP:
         s = self.smtp
-        return aiosmtplib.SMTP(hostname=s.host, port=s.port, username=s.username or None,
-                               password=s.password.reveal() or None, timeout=s.timeout, use_tls=s.ssl,
-                               start_tls=s.starttls, tls_context=self._tls, local_hostname=self._local_hostname)
+        return aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username or None,
+            password=s.password.reveal() or None,
+            timeout=s.timeout,
+            use_tls=s.ssl,
+            start_tls=s.starttls,
+            tls_context=self._tls,
+            local_hostname=self._local_hostname,
+        )
 
     async def _connect(self, conn: aiosmtplib.SMTP) -> None:
         with _map_errors(f"cannot connect to SMTP server {self.address}", Stage.CONNECT):
@@ -185,8 +201,9 @@ class SmtpTransport:
             if conn.is_ehlo_or_helo_needed:
                 await conn.ehlo()
 
-    async def _command(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, stage: str, *args: bytes,
-                       ok: tuple[int, ...] = (250,)) -> str:
+    async def _command(
+        self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, stage: str, *args: bytes, ok: tuple[int, ...] = (250,)
+    ) -> str:
         deadline.reschedule(asyncio.get_running_loop().time() + self.smtp.timeout)
         step = STAGES[args[0]]
         with _map_errors(f"{stage} at {self.address}", step):
@@ -195,13 +212,15 @@ class SmtpTransport:
             # 421: the server is closing this connection; a 5xx to MAIL FROM refuses our sender.
             # Neither is the recipient's fault: the run stops or reconnects, nobody bounces.
             if code == 421 or (step is Stage.MAIL and code >= 500):
-                raise TransportUnavailable(f"{stage}: {code} {message}", code=code, reply=f"{code} {message}",
-                                           stage=step)
+                raise TransportUnavailable(
+                    f"{stage}: {code} {message}", code=code, reply=f"{code} {message}", stage=step
+                )
             raise _reply_error(code, message, stage, step)
         return message
 
-    async def _data(self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, body: bytes,
-                    before: BeforeData | None) -> str:
+    async def _data(
+        self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, body: bytes, before: BeforeData | None
+    ) -> str:
         """DATA with a body already in wire form: written as is, no second normalisation pass.
 
         `before` runs once the server waits for the body (354). If it raises, the
@@ -223,9 +242,11 @@ class SmtpTransport:
             if isinstance(exc.__cause__, aiosmtplib.SMTPTimeoutError):
                 # The message is out and the server is silent: it may be queued already.
                 # A dropped connection, by contrast, means the server discards the transaction.
-                raise AmbiguousDelivery(f"no reply from SMTP server {self.address} within "
-                                        f"{self.smtp.data_timeout:g} s after the whole message",
-                                        reply="ambiguous: no reply to the end of the message") from exc
+                raise AmbiguousDelivery(
+                    f"no reply from SMTP server {self.address} within "
+                    f"{self.smtp.data_timeout:g} s after the whole message",
+                    reply="ambiguous: no reply to the end of the message",
+                ) from exc
             raise
         if code != 250:
             if code == 421:
@@ -233,14 +254,22 @@ class SmtpTransport:
             raise _reply_error(code, message, "end of DATA", Stage.DATA)
         return f"{code} {message}"
 
-    async def _transaction(self, conn: aiosmtplib.SMTP, mail_from: bytes, rcpt_to: bytes, options: tuple[bytes, ...],
-                           body: bytes, before: BeforeData | None) -> str:
+    async def _transaction(
+        self,
+        conn: aiosmtplib.SMTP,
+        mail_from: bytes,
+        rcpt_to: bytes,
+        options: tuple[bytes, ...],
+        body: bytes,
+        before: BeforeData | None,
+    ) -> str:
         """MAIL, RCPT, DATA and the body. One deadline, moved forward at each command, bounds
         each wait for the server (cheaper than a wait_for around every reply)."""
         async with asyncio.timeout(None) as deadline:
             await self._command(conn, deadline, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">", *options)
-            await self._command(conn, deadline, f"RCPT TO {rcpt_to.decode()}", b"RCPT", b"TO:<" + rcpt_to + b">",
-                                ok=(250, 251))
+            await self._command(
+                conn, deadline, f"RCPT TO {rcpt_to.decode()}", b"RCPT", b"TO:<" + rcpt_to + b">", ok=(250, 251)
+            )
             return await self._data(conn, deadline, body, before)
 
     async def _reset(self, conn: aiosmtplib.SMTP) -> None:
@@ -252,8 +281,9 @@ class SmtpTransport:
         except TransportUnavailable:
             conn.close()
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes, *,
-                   before_data: BeforeData | None = None) -> str:
+    async def send(
+        self, envelope_from: str, recipient: str, data: bytes, *, before_data: BeforeData | None = None
+    ) -> str:
         if ADDRESS_FORBIDDEN.search(envelope_from + recipient):
             raise PermanentDeliveryError(f"{recipient!r} is not a usable address", reply="not sent: bad address")
         body = wire_form(data)
@@ -266,15 +296,18 @@ class SmtpTransport:
                 options: tuple[bytes, ...] = ()
                 if not (envelope_from + recipient).isascii():
                     if not conn.supports_extension("smtputf8"):
-                        raise PermanentDeliveryError(f"{recipient}: the server does not offer SMTPUTF8, needed for "
-                                                     f"a non-ASCII address", reply="not sent: server lacks SMTPUTF8")
+                        raise PermanentDeliveryError(
+                            f"{recipient}: the server does not offer SMTPUTF8, needed for a non-ASCII address",
+                            reply="not sent: server lacks SMTPUTF8",
+                        )
                     options = (b"SMTPUTF8",)
                 try:
                     return await self._transaction(conn, mail_from, rcpt_to, options, body, before_data)
                 except TimeoutError as exc:
                     conn.close()  # a late reply must never be paired with a later command
-                    raise TransportUnavailable(f"no reply from SMTP server {self.address} within "
-                                               f"{self.smtp.timeout:g} s", reply="timeout") from exc
+                    raise TransportUnavailable(
+                        f"no reply from SMTP server {self.address} within {self.smtp.timeout:g} s", reply="timeout"
+                    ) from exc
                 except BaseException:
                     if conn.is_connected:
                         await self._reset(conn)
@@ -302,8 +335,9 @@ class OutboxTransport:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes, *,
-                   before_data: BeforeData | None = None) -> str:
+    async def send(
+        self, envelope_from: str, recipient: str, data: bytes, *, before_data: BeforeData | None = None
+    ) -> str:
         if before_data is not None:
             await before_data()
         match = MESSAGE_ID_RE.search(data, 0, data.find(b"\r\n\r\n") + 2 if b"\r\n\r\n" in data else len(data))
@@ -315,8 +349,9 @@ class OutboxTransport:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError as exc:
-            raise TransportUnavailable(f"cannot write to the outbox {self.folder}: {exc.strerror}; check "
-                                       f"[delivery] outbox_dir", reply=str(exc)) from exc
+            raise TransportUnavailable(
+                f"cannot write to the outbox {self.folder}: {exc.strerror}; check [delivery] outbox_dir", reply=str(exc)
+            ) from exc
         return f"250 written to {path}"
 
     async def close(self) -> None:

@@ -50,7 +50,7 @@ FORMAT_PENDING := \
     tests/test_web_subscribe.py tests/web_support.py
 TYPES_PENDING := \
     newsletter/cli.py newsletter/config.py \
-    newsletter/subscribers.py newsletter/transport.py
+    newsletter/subscribers.py
 TYPED := $(filter-out $(TYPES_PENDING),$(shell find newsletter -name '*.py'))
 
 lint: install-dev

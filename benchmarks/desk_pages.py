@@ -70,42 +70,100 @@ def populate(engine: Engine, settings: config.Settings, n_subscribers: int, n_is
         for i in range(n_subscribers):
             status = SubscriberStatus.UNSUBSCRIBED if i % 50 == 0 else SubscriberStatus.ACTIVE
             created = now - timedelta(days=(i * 400) // n_subscribers)
-            rows.append({"email": f"reader{i}@example.com", "email_key": f"reader{i}@example.com",
-                         "name": f"Reader {i}", "status": status, "consent_source": "bench", "consent_at": created,
-                         "status_changed_at": created + timedelta(days=3), "created_at": created, "attributes": {},
-                         "soft_bounces": 0})
+            rows.append(
+                {
+                    "email": f"reader{i}@example.com",
+                    "email_key": f"reader{i}@example.com",
+                    "name": f"Reader {i}",
+                    "status": status,
+                    "consent_source": "bench",
+                    "consent_at": created,
+                    "status_changed_at": created + timedelta(days=3),
+                    "created_at": created,
+                    "attributes": {},
+                    "soft_bounces": 0,
+                }
+            )
             if len(rows) == 10_000:
                 conn.execute(insert(Subscriber), rows)
                 rows = []
         if rows:
             conn.execute(insert(Subscriber), rows)
         ids = [r[0] for r in conn.execute(text("SELECT id FROM subscribers ORDER BY id"))]
-        conn.execute(insert(Event), [{"kind": EventKind.UNSUBSCRIBE, "subscriber_id": sid, "source": "page",
-                                      "detail": "", "created_at": now} for sid in ids[::50]])
+        conn.execute(
+            insert(Event),
+            [
+                {"kind": EventKind.UNSUBSCRIBE, "subscriber_id": sid, "source": "page", "detail": "", "created_at": now}
+                for sid in ids[::50]
+            ],
+        )
     for back in range(n_issues, 0, -1):
         week = builder.current_week(settings, now - timedelta(weeks=back))
         start, _ = builder.week_bounds(settings, week)
         with engine.begin() as conn:
-            issue_id = conn.execute(insert(Issue).returning(Issue.id), {
-                "week": week, "status": IssueStatus.SENT, "subject": f"Issue {week}", "intro": "",
-                "scheduled_at": start, "built_at": start, "send_started_at": start, "sent_at": start,
-                "created_at": start, "scheduled_by": ""}).scalar_one()
+            issue_id = conn.execute(
+                insert(Issue).returning(Issue.id),
+                {
+                    "week": week,
+                    "status": IssueStatus.SENT,
+                    "subject": f"Issue {week}",
+                    "intro": "",
+                    "scheduled_at": start,
+                    "built_at": start,
+                    "send_started_at": start,
+                    "sent_at": start,
+                    "created_at": start,
+                    "scheduled_by": "",
+                },
+            ).scalar_one()
             for position in range(12):
-                article_id = conn.execute(insert(Article).returning(Article.id), {
-                    "guid": f"{week}-{position}", "url": f"https://example.com/{week}/{position}",
-                    "title": f"Story {position} of {week}", "category": SLUGS[position % 3], "author": "",
-                    "summary": "<p>Summary.</p>", "image_url": "", "source": "bench",
-                    "published_at": start + timedelta(hours=position), "created_at": start,
-                    "updated_at": start}).scalar_one()
-                conn.execute(insert(IssueArticle), {"issue_id": issue_id, "article_id": article_id,
-                                                    "category": SLUGS[position % 3], "position": position})
-                conn.execute(insert(ClickCount), {"issue_id": issue_id, "article_id": article_id,
-                                                  "clicks": 100 + position, "scanner": 7})
+                article_id = conn.execute(
+                    insert(Article).returning(Article.id),
+                    {
+                        "guid": f"{week}-{position}",
+                        "url": f"https://example.com/{week}/{position}",
+                        "title": f"Story {position} of {week}",
+                        "category": SLUGS[position % 3],
+                        "author": "",
+                        "summary": "<p>Summary.</p>",
+                        "image_url": "",
+                        "source": "bench",
+                        "published_at": start + timedelta(hours=position),
+                        "created_at": start,
+                        "updated_at": start,
+                    },
+                ).scalar_one()
+                conn.execute(
+                    insert(IssueArticle),
+                    {
+                        "issue_id": issue_id,
+                        "article_id": article_id,
+                        "category": SLUGS[position % 3],
+                        "position": position,
+                    },
+                )
+                conn.execute(
+                    insert(ClickCount),
+                    {"issue_id": issue_id, "article_id": article_id, "clicks": 100 + position, "scanner": 7},
+                )
             for chunk in range(0, len(ids), 20_000):
-                conn.execute(insert(Delivery), [
-                    {"issue_id": issue_id, "subscriber_id": sid, "status": DeliveryStatus.SENT, "attempts": 1,
-                     "last_reply": "250 OK", "variant": "news,products,events", "claimed_by": "", "sent_at": start,
-                     "created_at": start} for sid in ids[chunk:chunk + 20_000]])
+                conn.execute(
+                    insert(Delivery),
+                    [
+                        {
+                            "issue_id": issue_id,
+                            "subscriber_id": sid,
+                            "status": DeliveryStatus.SENT,
+                            "attempts": 1,
+                            "last_reply": "250 OK",
+                            "variant": "news,products,events",
+                            "claimed_by": "",
+                            "sent_at": start,
+                            "created_at": start,
+                        }
+                        for sid in ids[chunk : chunk + 20_000]
+                    ],
+                )
         print(f"  issue {week}: {len(ids):,} deliveries", file=sys.stderr, flush=True)
     with engine.begin() as conn:
         conn.execute(text("ANALYZE"))
@@ -114,8 +172,16 @@ def populate(engine: Engine, settings: config.Settings, n_subscribers: int, n_is
     start, _ = builder.week_bounds(settings, week)
     with session_factory(engine).begin() as s:
         for n in range(15):
-            s.add(Article(guid=f"draft-{n}", url=f"https://example.com/draft/{n}", title=f"Draft story {n}",
-                          category=SLUGS[n % 3], summary="<p>Summary.</p>", published_at=start + timedelta(minutes=n)))
+            s.add(
+                Article(
+                    guid=f"draft-{n}",
+                    url=f"https://example.com/draft/{n}",
+                    title=f"Draft story {n}",
+                    category=SLUGS[n % 3],
+                    summary="<p>Summary.</p>",
+                    published_at=start + timedelta(minutes=n),
+                )
+            )
         s.flush()
         builder.build(s, settings, week)
         editors.add(s, "editor@example.com", PASSWORD)
@@ -147,8 +213,11 @@ def main() -> None:
             schema = "bench_" + uuid.uuid4().hex[:8]
             with create_engine(args.pg, isolation_level="AUTOCOMMIT").connect() as conn:
                 conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-            url = make_url(args.pg).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False)
+            url = (
+                make_url(args.pg)
+                .update_query_dict({"options": f"-csearch_path={schema}"})
+                .render_as_string(hide_password=False)
+            )
         else:
             url = f"sqlite:///{Path(folder) / 'bench.db'}"
         path = Path(folder) / "config.toml"
@@ -164,16 +233,27 @@ def main() -> None:
             week = builder.current_week(settings)
             with sessions.begin() as s:
                 sent_week = s.scalar(text("SELECT week FROM issues WHERE status = 'sent' ORDER BY week DESC LIMIT 1"))
-                some_id = s.scalar(text(f"SELECT id FROM subscribers ORDER BY id LIMIT 1 OFFSET {args.subscribers // 2}"))
+                some_id = s.scalar(
+                    text(f"SELECT id FROM subscribers ORDER BY id LIMIT 1 OFFSET {args.subscribers // 2}")
+                )
             with TestClient(create_app(settings, sessions), base_url="http://127.0.0.1:8000") as client:
                 form = client.get("/admin/login")
                 token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]  # the form has one
-                client.post("/admin/login", data={"email": "editor@example.com", "password": PASSWORD,
-                                                  "csrf_token": token, "next": "/admin/"})
-                pages = ["/admin/", "/admin/issues", f"/admin/issues/{week}", f"/admin/issues/{week}/preview",
-                         f"/admin/issues/{sent_week}/stats", "/admin/subscribers",
-                         "/admin/subscribers?q=reader4242", "/admin/subscribers?status=unsubscribed&category=news",
-                         f"/admin/subscribers/{some_id}"]
+                client.post(
+                    "/admin/login",
+                    data={"email": "editor@example.com", "password": PASSWORD, "csrf_token": token, "next": "/admin/"},
+                )
+                pages = [
+                    "/admin/",
+                    "/admin/issues",
+                    f"/admin/issues/{week}",
+                    f"/admin/issues/{week}/preview",
+                    f"/admin/issues/{sent_week}/stats",
+                    "/admin/subscribers",
+                    "/admin/subscribers?q=reader4242",
+                    "/admin/subscribers?status=unsubscribed&category=news",
+                    f"/admin/subscribers/{some_id}",
+                ]
                 kind = "PostgreSQL" if args.pg else "SQLite"
                 print(f"{args.subscribers:,} subscribers, {args.issues} sent issues, {kind}; ms per request")
                 print(f"{'page':58} {'cold':>7} {'median':>7} {'p95':>7}")

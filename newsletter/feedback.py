@@ -50,14 +50,13 @@ class Pace:
         self.raised_at = 0.0
         self.target = ceiling  # what additive increase climbs back to
         self.started = clock()
-        self.count = 0
         self.attempts: deque[float] = deque()
         self.temporary: deque[tuple[float, str]] = deque()
 
     async def wait(self) -> None:
         now = self.clock()
-        self.count += 1
         self.attempts.append(now)
+        self._forget(now)  # keeps the deques to WINDOW seconds however long the send
         if self.rate <= 0:
             return
         self.next_at = max(self.next_at + 1.0 / self.rate, now)

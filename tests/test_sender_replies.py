@@ -179,7 +179,6 @@ def test_unlimited_pace_slows_from_the_achieved_rate_and_returns_to_unlimited() 
     pace = Pace(0.0, clock=clock, sleep=lambda _: _never())
     for _ in range(400):  # 400 messages in 2 s
         clock.now += 0.005
-        pace.count += 1
         pace.attempts.append(clock.now)
     assert pace.slow_down() == pytest.approx(100.0)
     clock.now += 20

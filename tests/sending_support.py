@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import builder, subscribers
 from newsletter.config import Settings
 from newsletter.models import Article, Delivery, Issue, Subscriber, utcnow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,8 +25,16 @@ def add_articles(sessions: sessionmaker[Session]) -> None:
     now = utcnow()
     with sessions.begin() as s:
         for i, slug in enumerate(("news", "products", "events")):
-            s.add(Article(guid=f"g{i}", url=f"https://example.com/{slug}/{i}", title=f"{slug.title()} headline {i}",
-                          category=slug, summary=f"<p>About {slug}.</p>", published_at=now - timedelta(minutes=i)))
+            s.add(
+                Article(
+                    guid=f"g{i}",
+                    url=f"https://example.com/{slug}/{i}",
+                    title=f"{slug.title()} headline {i}",
+                    category=slug,
+                    summary=f"<p>About {slug}.</p>",
+                    published_at=now - timedelta(minutes=i),
+                )
+            )
 
 
 def build_issue(sessions: sessionmaker[Session], settings: Settings) -> str:
@@ -38,8 +47,9 @@ def build_issue(sessions: sessionmaker[Session], settings: Settings) -> str:
         return issue.week
 
 
-def add_subscribers(sessions: sessionmaker[Session], n: int, *, prefix: str = "reader",
-                    categories: tuple[str, ...] = ()) -> list[str]:
+def add_subscribers(
+    sessions: sessionmaker[Session], n: int, *, prefix: str = "reader", categories: tuple[str, ...] = ()
+) -> list[str]:
     emails = [f"{prefix}{i}@example.org" for i in range(n)]
     with sessions.begin() as s:
         for i, email in enumerate(emails):
@@ -49,9 +59,13 @@ def add_subscribers(sessions: sessionmaker[Session], n: int, *, prefix: str = "r
 
 def deliveries(sessions: sessionmaker[Session], week: str) -> dict[str, Delivery]:
     with sessions.begin() as s:
-        rows = s.execute(select(Subscriber.email, Delivery).join(Delivery, Delivery.subscriber_id == Subscriber.id)
-                         .join(Issue, Issue.id == Delivery.issue_id).where(Issue.week == week)).all()
-        return {email: d for email, d in rows}
+        rows = s.execute(
+            select(Subscriber.email, Delivery)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .join(Issue, Issue.id == Delivery.issue_id)
+            .where(Issue.week == week)
+        ).all()
+        return {row.email: row.Delivery for row in rows}
 
 
 def issue_status(sessions: sessionmaker[Session], week: str) -> str:
@@ -76,11 +90,23 @@ def with_smtp(settings: Settings, **changes: object) -> Settings:
 def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`python -m newsletter --config CONFIG ARGS…` as a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    return subprocess.run([sys.executable, "-m", "newsletter", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def start_cli(config: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    return subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )

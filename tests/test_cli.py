@@ -39,7 +39,9 @@ def test_init_writes_config_with_fresh_secret_and_creates_db(tmp_path: Path) -> 
 def test_missing_config_is_one_line(tmp_path: Path) -> None:
     code, _, err = run(tmp_path / "nope.toml", "subscribers", "list")
     assert code == 1
-    assert err == f"Error: {tmp_path / 'nope.toml'}: config file not found; run 'newsletter init' or pass --config PATH\n"
+    assert (
+        err == f"Error: {tmp_path / 'nope.toml'}: config file not found; run 'newsletter init' or pass --config PATH\n"
+    )
 
 
 @pytest.fixture
@@ -63,8 +65,9 @@ def test_add_list_unsubscribe(cli_db: Path, sessions: sessionmaker[Session]) -> 
     assert code == 1 and err.startswith("Error: --status 'gone' must be one of pending, active")
 
 
-def test_import_reports_bad_rows_with_file_and_line(cli_db: Path, tmp_path: Path,
-                                                    sessions: sessionmaker[Session]) -> None:
+def test_import_reports_bad_rows_with_file_and_line(
+    cli_db: Path, tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
     csv_path = tmp_path / "members.csv"
     csv_path.write_text("email,name\nann@example.com,Ann\nbob@,Bob\n")
     code, out, err = run(cli_db, "subscribers", "import", str(csv_path), "--dry-run")
@@ -78,14 +81,17 @@ def test_import_reports_bad_rows_with_file_and_line(cli_db: Path, tmp_path: Path
     assert err.rstrip().endswith("(row skipped)") and err.count("\n") == 1
 
 
-def test_an_unconfigured_category_is_kept_and_given_once_configured(cli_db: Path, tmp_path: Path,
-                                                                    sessions: sessionmaker[Session]) -> None:
+def test_an_unconfigured_category_is_kept_and_given_once_configured(
+    cli_db: Path, tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
     csv_path = tmp_path / "members.csv"
     csv_path.write_text("email,categories\nann@example.com,webinars\n")
     code, out, err = run(cli_db, "subscribers", "import", str(csv_path))
     assert (code, out) == (0, "added 1, updated 0, unchanged 0, invalid 0, warnings 1\n")
-    assert err == (f"warning: {csv_path}:2: 'ann@example.com' asks for 'webinars', not in [[categories]]: kept in the "
-                   f"attribute 'unknown_categories' until configured (row imported)\n")
+    assert err == (
+        f"warning: {csv_path}:2: 'ann@example.com' asks for 'webinars', not in [[categories]]: kept in the "
+        f"attribute 'unknown_categories' until configured (row imported)\n"
+    )
     cli_db.write_text(cli_db.read_text() + '\n[[categories]]\nslug = "webinars"\nname = "Webinars"\n')
     code, out, _ = run(cli_db, "db", "upgrade")
     assert code == 0 and out.endswith("category 'webinars' given to 1 subscriber who asked for it on import\n")
@@ -98,7 +104,7 @@ def test_export_roundtrip_through_cli(cli_db: Path, tmp_path: Path) -> None:
     run(cli_db, "subscribers", "add", "a@example.com", "--categories", "news,events")
     out_file = tmp_path / "out.csv"
     assert run(cli_db, "subscribers", "export", str(out_file))[0] == 0
-    assert out_file.read_text().splitlines()[1].startswith("a@example.com,,active,\"news,events\"")
+    assert out_file.read_text().splitlines()[1].startswith('a@example.com,,active,"news,events"')
     code, out, _ = run(cli_db, "subscribers", "import", str(out_file))
     assert out == "added 0, updated 0, unchanged 1, invalid 0, warnings 0\n"
 

@@ -39,10 +39,14 @@ def parse(data: bytes):  # type: ignore[no-untyped-def]
 def test_filled_template_decodes_to_personalize_output(variant: render.Variant, settings: Settings) -> None:
     factory = MessageFactory(settings, 7)
     template = factory.prepare(variant)
-    name = "Zoë <Ünïcode> & \"Co\"\nnext line"
+    name = 'Zoë <Ünïcode> & "Co"\nnext line'
     msg = parse(factory.build(template, 42, "zoe@example.org", name))
-    html, text = render.personalize(variant, unsubscribe_url=tokens.unsubscribe_url(settings, 42, 7),
-                                    preferences_url=tokens.preferences_url(settings, 42), name=name)
+    html, text = render.personalize(
+        variant,
+        unsubscribe_url=tokens.unsubscribe_url(settings, 42, 7),
+        preferences_url=tokens.preferences_url(settings, 42),
+        name=name,
+    )
     assert body(msg, "html").replace("\r\n", "\n") == html.replace("\r\n", "\n")
     assert body(msg, "plain").replace("\r\n", "\n") == text.replace("\r\n", "\n")
     assert msg["To"].addresses[0].display_name == 'Zoë <Ünïcode> & "Co" next line'
@@ -50,14 +54,18 @@ def test_filled_template_decodes_to_personalize_output(variant: render.Variant, 
 
 
 def test_the_text_part_opens_with_one_title_line_and_a_greeting_with_or_without_a_name(
-        variant: render.Variant, settings: Settings) -> None:
+    variant: render.Variant, settings: Settings
+) -> None:
     factory = MessageFactory(settings, 7)
     template = factory.prepare(variant)
     for name, greeting in (("Ada", "Hello Ada — here"), ("", "Hello — here"), (" \n ", "Hello — here")):
         msg = parse(factory.build(template, 42, "a@example.org", name))
         text, html = body(msg, "plain"), body(msg, "html")
-        assert text.splitlines()[:3] == ["Test Weekly — Week 48 · 27 November 2026", "", f"{greeting} is this week's "
-                                         "selection from Test Weekly."]
+        assert text.splitlines()[:3] == [
+            "Test Weekly — Week 48 · 27 November 2026",
+            "",
+            f"{greeting} is this week's selection from Test Weekly.",
+        ]
         assert f">{greeting} is this week" in html
 
 
@@ -87,8 +95,9 @@ def test_headers_subject_and_ids(variant: render.Variant, settings: Settings) ->
     assert first["Message-ID"] != other["Message-ID"]
     assert first["List-Id"] == "Test Weekly <test-weekly.example.com>"
     token = tokens.unsubscribe_url(settings, 42, 7).rpartition("/")[2]
-    assert first["List-Unsubscribe"] == (f"<{tokens.unsubscribe_url(settings, 42, 7)}>, "
-                                         f"<mailto:unsubscribe@example.com?subject=unsubscribe-{token}>")
+    assert first["List-Unsubscribe"] == (
+        f"<{tokens.unsubscribe_url(settings, 42, 7)}>, <mailto:unsubscribe@example.com?subject=unsubscribe-{token}>"
+    )
     assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert first["Date"].datetime is not None and first["MIME-Version"] == "1.0"
     assert [p.get_content_type() for p in first.iter_parts()] == ["text/plain", "text/html"]
@@ -120,11 +129,13 @@ def test_unsubscribe_mailto_can_be_configured(variant: render.Variant, settings:
     assert "<mailto:leave@lists.example.com?subject=unsubscribe-" in msg["List-Unsubscribe"]
 
 
-def test_dkim_signature_covers_list_unsubscribe_and_verifies(variant: render.Variant, settings: Settings,
-                                                             tmp_path: Path) -> None:
+def test_dkim_signature_covers_list_unsubscribe_and_verifies(
+    variant: render.Variant, settings: Settings, tmp_path: Path
+) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
     (tmp_path / "dkim.pem").write_bytes(pem)
     public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     settings = dataclasses.replace(settings, dkim=DkimSettings("news2026", "example.com", str(tmp_path / "dkim.pem")))
@@ -142,8 +153,10 @@ def test_dkim_signature_covers_list_unsubscribe_and_verifies(variant: render.Var
     h_tag = signed.split("h=")[1].split(";")[0].split(":")
     assert {"from", "subject", "list-unsubscribe", "list-unsubscribe-post"} <= set(h_tag)
     # Tampering with the unsubscribe header breaks the signature.
-    assert not dkim.verify(data.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
-                                        b"List-Unsubscribe-Post: nothing"), dnsfunc=dns)
+    assert not dkim.verify(
+        data.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: nothing"),
+        dnsfunc=dns,
+    )
 
 
 def test_date_is_the_hand_over_time_not_the_start_of_the_send(variant: render.Variant, settings: Settings) -> None:
@@ -160,12 +173,11 @@ def test_date_is_the_hand_over_time_not_the_start_of_the_send(variant: render.Va
 
 
 @pytest.mark.parametrize("name", ["A" * 3000, "Bob " * 700, "Jörg " * 500, "x" * 90])
-def test_a_long_name_is_folded_within_the_line_limits(variant: render.Variant, settings: Settings,
-                                                      name: str) -> None:
+def test_a_long_name_is_folded_within_the_line_limits(variant: render.Variant, settings: Settings, name: str) -> None:
     factory = MessageFactory(settings, 7)
     data = factory.build(factory.prepare(variant), 1, "long@example.org", name)
-    header = data[:data.index(b"\r\n\r\n")].decode()
-    to_lines = header[header.index("\r\nTo: ") + 2:].split("\r\n")
+    header = data[: data.index(b"\r\n\r\n")].decode()
+    to_lines = header[header.index("\r\nTo: ") + 2 :].split("\r\n")
     to_lines = to_lines[:1] + list(itertools.takewhile(lambda x: x.startswith(" "), to_lines[1:]))
     assert max(len(line) for line in to_lines) <= 78  # RFC 5322's SHOULD (links in List-Unsubscribe cannot)
     assert max(len(line) for line in header.split("\r\n")) <= 998

@@ -13,8 +13,14 @@ from typer.testing import CliRunner
 
 from newsletter.cli import app
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 pytestmark = needs_chromium
 LONG_WORD = "Polyethylenterephthalat-Mehrwegflaschenrücknahmesystemverordnungsänderung" * 2
 
@@ -43,11 +49,17 @@ def previews(config_path: Path, tmp_path: Path) -> tuple[list[str], dict[str, Pa
     for n, category in enumerate(["news", "news", "products", "events", "events", "news", "products"]):
         url = f"https://www.example.com/{category}/story-{n}?utm_source=nl&id={n}"
         urls.append(url)
-        items.append({"title": f"Story {n}: {LONG_WORD if n == 1 else 'converters invest in new lines'}",
-                      "url": url, "category": category, "author": "Reporter",
-                      "summary": f"<p>Long words like {LONG_WORD} and https://www.example.com/{'x' * 150} must wrap.</p>",
-                      "image_url": f"https://img.example.com/{n}.jpg" if n % 2 else "",
-                      "published_at": f"2026-11-{23 + n % 5}T10:00:00+01:00"})
+        items.append(
+            {
+                "title": f"Story {n}: {LONG_WORD if n == 1 else 'converters invest in new lines'}",
+                "url": url,
+                "category": category,
+                "author": "Reporter",
+                "summary": f"<p>Long words like {LONG_WORD} and https://www.example.com/{'x' * 150} must wrap.</p>",
+                "image_url": f"https://img.example.com/{n}.jpg" if n % 2 else "",
+                "published_at": f"2026-11-{23 + n % 5}T10:00:00+01:00",
+            }
+        )
     (tmp_path / "articles.json").write_text(json.dumps(items), encoding="utf-8")
     run(config_path, "init")
     run(config_path, "articles", "import", str(tmp_path / "articles.json"))
@@ -55,14 +67,24 @@ def previews(config_path: Path, tmp_path: Path) -> tuple[list[str], dict[str, Pa
     run(config_path, "issue", "build", "--week", "2026-W48", "--lead", urls[2], "--intro", "Hello *readers*.")
     files = {"whole": tmp_path / "preview.html", "ada": tmp_path / "ada.html", "text": tmp_path / "preview.txt"}
     run(config_path, "issue", "preview", "--week", "2026-W48", "--out", str(files["whole"]))
-    run(config_path, "issue", "preview", "--week", "2026-W48", "--out", str(files["ada"]), "--subscriber",
-        "ada@example.com")
+    run(
+        config_path,
+        "issue",
+        "preview",
+        "--week",
+        "2026-W48",
+        "--out",
+        str(files["ada"]),
+        "--subscriber",
+        "ada@example.com",
+    )
     run(config_path, "issue", "preview", "--week", "2026-W48", "--out", str(files["text"]), "--text")
     return urls, files
 
 
-def test_preview_fits_phone_and_desktop_with_every_link_visible(browser: Browser,
-                                                                previews: tuple[list[str], dict[str, Path]]) -> None:
+def test_preview_fits_phone_and_desktop_with_every_link_visible(
+    browser: Browser, previews: tuple[list[str], dict[str, Path]]
+) -> None:
     urls, files = previews
     events = [u for u in urls if "/events/" in u]
     expected = {"whole": urls, "ada": [urls[2], *events]}  # Ada gets the lead and her section

@@ -24,8 +24,12 @@ def all_slugs(content: builder.IssueContent) -> list[str]:
 def test_full_issue_stays_under_gmail_clipping(settings: Settings) -> None:
     content = full_issue(8, 6)
     variant = render.render_variant(settings, content, all_slugs(content))
-    html, text = render.personalize(variant, unsubscribe_url=tokens.unsubscribe_url(settings, 123456, 789),
-                                    preferences_url=tokens.preferences_url(settings, 123456), name="Maria Keller")
+    html, text = render.personalize(
+        variant,
+        unsubscribe_url=tokens.unsubscribe_url(settings, 123456, 789),
+        preferences_url=tokens.preferences_url(settings, 123456),
+        name="Maria Keller",
+    )
     assert len(html.encode()) < GMAIL_CLIP, len(html.encode())
     articles = [content.lead, *(a for s in content.sections for a in s.articles)]
     assert len(articles) == 49
@@ -37,8 +41,9 @@ def test_full_issue_stays_under_gmail_clipping(settings: Settings) -> None:
     assert len(re.findall(r"the full report\s+\(https://example\.com/report\?id=42\)", text)) == 49
 
 
-def test_premailer_runs_once_per_variant_never_per_subscriber(settings: Settings,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_premailer_runs_once_per_variant_never_per_subscriber(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
 
     class CountingPremailer(render.Premailer):  # type: ignore[misc, name-defined]
@@ -48,12 +53,15 @@ def test_premailer_runs_once_per_variant_never_per_subscriber(settings: Settings
 
     monkeypatch.setattr(render, "Premailer", CountingPremailer)
     content = full_issue(3, 2)
-    variants = {key: render.render_variant(settings, content, key)
-                for key in [("news",), ("news", "products"), ("news", "case-studies", "products")]}
+    variants = {
+        key: render.render_variant(settings, content, key)
+        for key in [("news",), ("news", "products"), ("news", "case-studies", "products")]
+    }
     for i in range(200):
         variant = variants[list(variants)[i % 3]]
-        render.personalize(variant, unsubscribe_url=f"https://u.example/{i}", preferences_url="https://p.example",
-                           name=f"Reader {i}")
+        render.personalize(
+            variant, unsubscribe_url=f"https://u.example/{i}", preferences_url="https://p.example", name=f"Reader {i}"
+        )
     assert len(calls) == 3
 
 
@@ -65,8 +73,12 @@ def test_placeholders_are_verbatim_and_personalize_fills_them(settings: Settings
         for marker in (slots.unsubscribe_url, slots.preferences_url, slots.subscriber_name):
             assert marker in part
     assert f'href="{slots.unsubscribe_url}"' in variant.html and f'href="{slots.preferences_url}"' in variant.html
-    html, text = render.personalize(variant, unsubscribe_url="https://x.example/u/t.o-k_en?a=1&b=2",
-                                    preferences_url="https://x.example/p/tok", name="Bob <Boss> & Co\r\nBcc: x")
+    html, text = render.personalize(
+        variant,
+        unsubscribe_url="https://x.example/u/t.o-k_en?a=1&b=2",
+        preferences_url="https://x.example/p/tok",
+        name="Bob <Boss> & Co\r\nBcc: x",
+    )
     assert "@@" not in html and "@@" not in text
     assert 'href="https://x.example/u/t.o-k_en?a=1&amp;b=2"' in html
     assert "Hello Bob &lt;Boss&gt; &amp; Co Bcc: x — here is" in html
@@ -107,12 +119,14 @@ def test_layout_keeps_media_queries_preheader_and_inline_styles(settings: Settin
     assert 'name="color-scheme" content="light dark"' in head
     # The preheader is the first thing in the body, hidden, and the inbox snippet.
     assert re.match(r'[^>]*>\s*<div style="display:none;[^"]*">' + re.escape(variant.preheader), body)
-    assert variant.preheader.startswith(content.lead.title[:40]) and "This week: News, Case studies" in variant.preheader
+    assert (
+        variant.preheader.startswith(content.lead.title[:40]) and "This week: News, Case studies" in variant.preheader
+    )
     assert len(variant.preheader) <= render.PREHEADER_LENGTH
     # premailer inlined the classes' styles (clients that drop <style> still get the layout).
     assert re.search(r'class="container"[^>]*style="[^"]*width:600px', body)
     assert re.search(r'class="title"[^>]*style="[^"]*display:block; padding:10px 0', body)
-    assert "<table role=\"presentation\"" in body
+    assert '<table role="presentation"' in body
 
 
 def test_web_page_has_every_article_and_no_personal_links(settings: Settings) -> None:
@@ -128,7 +142,9 @@ def test_templates_dir_overrides_builtin_files(config_path: Path, tmp_path: Path
     own = tmp_path / "mytemplates" / "email"
     own.mkdir(parents=True)
     (own / "issue.txt").write_text("{{ subject }} / {{ unsubscribe_url }}\n", encoding="utf-8")
-    config_path.write_text(config_path.read_text().replace('[newsletter]\n', '[newsletter]\ntemplates_dir = "mytemplates"\n'))
+    config_path.write_text(
+        config_path.read_text().replace("[newsletter]\n", '[newsletter]\ntemplates_dir = "mytemplates"\n')
+    )
     settings = config_mod.load(config_path, environ={})
     variant = render.render_variant(settings, full_issue(1, 1), ["news"])
     assert variant.text == f"Trade Weekly — week 48, 27 November 2026 / {variant.slots.unsubscribe_url}\n"

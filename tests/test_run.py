@@ -23,8 +23,9 @@ RSS = """<?xml version="1.0"?>
 """
 
 
-def test_run_builds_then_sends_once_the_send_time_has_passed(sessions: sessionmaker[Session], settings: Settings,
-                                                              smtp_server: SmtpServer) -> None:
+def test_run_builds_then_sends_once_the_send_time_has_passed(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     add_articles(sessions)
     emails = add_subscribers(sessions, 3)
     week = builder.current_week(settings)
@@ -43,8 +44,9 @@ def test_run_builds_then_sends_once_the_send_time_has_passed(sessions: sessionma
     assert later.lines == [f"issue {week} was already sent"] and len(smtp_server.messages) == 3
 
 
-def test_overlapping_runs_never_double_send(sessions: sessionmaker[Session], settings: Settings,
-                                           smtp_server: SmtpServer) -> None:
+def test_overlapping_runs_never_double_send(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     add_articles(sessions)
     add_subscribers(sessions, 2)
     due = builder.scheduled_at(settings, builder.current_week(settings))
@@ -60,8 +62,9 @@ def test_overlapping_runs_never_double_send(sessions: sessionmaker[Session], set
     assert done.send is not None and done.send.sent == 2
 
 
-def test_a_crashed_run_does_not_block_the_next(sessions: sessionmaker[Session], settings: Settings,
-                                              smtp_server: SmtpServer) -> None:
+def test_a_crashed_run_does_not_block_the_next(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     add_articles(sessions)
     add_subscribers(sessions, 1)
     due = builder.scheduled_at(settings, builder.current_week(settings))
@@ -71,23 +74,26 @@ def test_a_crashed_run_does_not_block_the_next(sessions: sessionmaker[Session], 
     assert report.send is not None and report.send.sent == 1
 
 
-def test_run_without_articles_says_so(sessions: sessionmaker[Session], settings: Settings,
-                                      smtp_server: SmtpServer) -> None:
+def test_run_without_articles_says_so(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     report = scheduler.run(sessions, settings, fetch=False)
     assert report.send is None and report.lines[0].startswith("not built: no articles were published in ")
     with sessions.begin() as s:
         assert s.scalar(select(Issue)) is None
 
 
-def test_cli_run_fetches_the_feed_and_sends(config_path: Path, sessions: sessionmaker[Session], settings: Settings,
-                                            smtp_server: SmtpServer, tmp_path: Path) -> None:
+def test_cli_run_fetches_the_feed_and_sends(
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
     (tmp_path / "feed.xml").write_text(RSS.format(date=utcnow().strftime("%a, %d %b %Y %H:%M:%S +0000")))
     text = config_path.read_text().replace('send_day = "friday"', "")
     day = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
     today = utcnow().astimezone(settings.tz)
-    config_path.write_text(text.replace('[newsletter]\n', f'[newsletter]\nsend_day = "{day[today.weekday()]}"\n'
-                                        f'send_time = "00:00"\n', 1)
-                           + '\n[[feeds]]\nname = "Trade site"\nurl = "feed.xml"\ncategory = "news"\n')
+    config_path.write_text(
+        text.replace("[newsletter]\n", f'[newsletter]\nsend_day = "{day[today.weekday()]}"\nsend_time = "00:00"\n', 1)
+        + '\n[[feeds]]\nname = "Trade site"\nurl = "feed.xml"\ncategory = "news"\n'
+    )
     emails = add_subscribers(sessions, 2)
     result = cli(config_path, "run")
     assert result.returncode == 0, result.stderr
@@ -112,10 +118,12 @@ def test_a_long_run_on_this_host_keeps_its_lease_past_expiry(sessions: sessionma
         assert locks.acquire(s, "test-lease", "otherhost:1:abc", 60) is None
 
 
-def test_run_finishes_last_weeks_issue_after_the_week_turned(sessions: sessionmaker[Session], settings: Settings,
-                                                            smtp_server: SmtpServer) -> None:
+def test_run_finishes_last_weeks_issue_after_the_week_turned(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     """Retries of a late send must not be stranded when the ISO week rolls over."""
     from newsletter import sender
+
     add_articles(sessions)
     emails = add_subscribers(sessions, 3)
     week = builder.current_week(settings)

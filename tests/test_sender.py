@@ -16,11 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import sender, subscribers, tokens
-from newsletter.config import Settings
+from newsletter.config import Password, Settings, SmtpSettings
 from newsletter.db import make_engine, session_factory
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
 from newsletter.models import Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
-from newsletter.config import Password, SmtpSettings
 from newsletter.transport import SmtpTransport
 from tests.conftest import Received, RecordingHandler, SmtpServer, free_port
 from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, with_smtp
@@ -32,7 +31,8 @@ def smtp_at(port: int, **changes: object) -> SmtpTransport:
 
 
 def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     everyone = add_subscribers(sessions, 3)
     events_only = add_subscribers(sessions, 1, prefix="events", categories=("events",))
@@ -46,7 +46,7 @@ def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
     assert (report.sent, report.failed, report.remaining) == (4, 0, 0)
     assert issue_status(sessions, week) == "sent"
     rows = deliveries(sessions, week)
-    assert {e: (d.status, d.attempts) for e, d in rows.items()} == {e: ("sent", 1) for e in everyone + events_only}
+    assert {e: (d.status, d.attempts) for e, d in rows.items()} == dict.fromkeys(everyone + events_only, ("sent", 1))
     assert all(d.last_reply.startswith("250") and d.sent_at for d in rows.values())
     by_rcpt = {m.rcpt_tos[0]: m for m in smtp_server.messages}
     msg = by_rcpt["reader1@example.org"].message
@@ -70,8 +70,9 @@ def test_each_active_subscriber_gets_one_message_with_their_sections_and_links(
     assert again.sent == 0 and len(smtp_server.messages) == 4
 
 
-def test_4xx_is_retried_with_backoff_until_accepted(sessions: sessionmaker[Session], settings: Settings,
-                                                    smtp_server: SmtpServer) -> None:
+def test_4xx_is_retried_with_backoff_until_accepted(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 3)
     smtp_server.faults.data["reader0@example.org"] = ["451 4.3.0 try again later"]
@@ -89,8 +90,9 @@ def test_4xx_is_retried_with_backoff_until_accepted(sessions: sessionmaker[Sessi
     assert "452 4.2.2 mailbox busy" in rows["reader1@example.org"].last_reply
 
 
-def test_retry_due_later_waits_for_the_next_run(sessions: sessionmaker[Session], settings: Settings,
-                                                smtp_server: SmtpServer) -> None:
+def test_retry_due_later_waits_for_the_next_run(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 2)
     smtp_server.faults.data["reader0@example.org"] = ["421 4.7.0 slow down"]
@@ -109,8 +111,9 @@ def test_retry_due_later_waits_for_the_next_run(sessions: sessionmaker[Session],
 
 
 @pytest.mark.parametrize("where", ["rcpt", "data"])
-def test_5xx_fails_the_delivery_and_bounces_only_an_unknown_address(where: str, sessions: sessionmaker[Session],
-                                                           settings: Settings, smtp_server: SmtpServer) -> None:
+def test_5xx_fails_the_delivery_and_bounces_only_an_unknown_address(
+    where: str, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 3)
     if where == "rcpt":
@@ -138,7 +141,8 @@ def test_5xx_fails_the_delivery_and_bounces_only_an_unknown_address(where: str, 
 
 
 def test_dropped_connection_mid_data_reconnects_and_delivers_once(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 6)
     smtp_server.faults.drop_on_data.add("reader3@example.org")
@@ -148,7 +152,8 @@ def test_dropped_connection_mid_data_reconnects_and_delivers_once(
 
 
 def test_server_down_is_one_clear_error_and_the_issue_stays_resumable(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 5)
     port = free_port()
@@ -185,21 +190,24 @@ class UnsubscribeAfterFirst:
         await self.inner.close()
 
 
-def test_unsubscribe_during_a_send_is_honoured(sessions: sessionmaker[Session], settings: Settings,
-                                              smtp_server: SmtpServer) -> None:
+def test_unsubscribe_during_a_send_is_honoured(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 4)
     transport = UnsubscribeAfterFirst(SmtpTransport(settings.smtp), sessions, emails[-1])
-    report = sender.send(sessions, with_smtp(settings, concurrency=1), week, tuning=sender.Tuning(batch_size=2),
-                         transport=transport)
+    report = sender.send(
+        sessions, with_smtp(settings, concurrency=1), week, tuning=sender.Tuning(batch_size=2), transport=transport
+    )
     assert sorted(smtp_server.recipients()) == emails[:-1]
     row = deliveries(sessions, week)[emails[-1]]
     assert row.status == "skipped" and "unsubscribed" in row.last_reply
     assert report.remaining == 0 and issue_status(sessions, week) == "sent"
 
 
-def test_stale_issue_is_refused_unless_forced(sessions: sessionmaker[Session], settings: Settings,
-                                              smtp_server: SmtpServer) -> None:
+def test_stale_issue_is_refused_unless_forced(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 1)
     with sessions.begin() as s:
@@ -211,8 +219,9 @@ def test_stale_issue_is_refused_unless_forced(sessions: sessionmaker[Session], s
     assert smtp_server.recipients() == ["reader0@example.org"]
 
 
-def test_unbuilt_week_and_header_injection_are_refused(sessions: sessionmaker[Session], settings: Settings,
-                                                       smtp_server: SmtpServer) -> None:
+def test_unbuilt_week_and_header_injection_are_refused(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     with pytest.raises(NotFound, match=r"no issue for 2020-W01; run 'newsletter issue build --week 2020-W01' first"):
         sender.send(sessions, settings, "2020-W01")
     week = build_issue(sessions, settings)
@@ -224,8 +233,9 @@ def test_unbuilt_week_and_header_injection_are_refused(sessions: sessionmaker[Se
     assert smtp_server.messages == []
 
 
-def test_limit_sends_only_n_and_a_rerun_continues(sessions: sessionmaker[Session], settings: Settings,
-                                                  smtp_server: SmtpServer) -> None:
+def test_limit_sends_only_n_and_a_rerun_continues(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 7)
     first = sender.send(sessions, settings, week, limit=3)
@@ -234,8 +244,9 @@ def test_limit_sends_only_n_and_a_rerun_continues(sessions: sessionmaker[Session
     assert Counter(smtp_server.recipients()) == Counter(emails)
 
 
-def test_rate_limit_paces_the_sending(sessions: sessionmaker[Session], settings: Settings,
-                                      smtp_server: SmtpServer) -> None:
+def test_rate_limit_paces_the_sending(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 6)
     report = sender.send(sessions, with_smtp(settings, rate_per_second=10), week)
@@ -243,7 +254,8 @@ def test_rate_limit_paces_the_sending(sessions: sessionmaker[Session], settings:
 
 
 def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 2)
     with sessions.begin() as s:
@@ -253,8 +265,7 @@ def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
     controller = Controller(strict, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
     controller.start()
     try:
-        report = sender.send(sessions, settings, week,
-                             transport=smtp_at(port, timeout=5, concurrency=2))
+        report = sender.send(sessions, settings, week, transport=smtp_at(port, timeout=5, concurrency=2))
     finally:
         controller.stop()
     assert sorted(r for m in strict.messages for r in m.rcpt_tos) == emails
@@ -271,13 +282,21 @@ def test_non_ascii_address_goes_out_with_smtputf8_and_fails_cleanly_without_it(
     assert str(received["To"]) == "Jörg <jörg@bücher.example>"
 
 
-def test_an_address_that_cannot_go_in_a_header_fails_alone(sessions: sessionmaker[Session], settings: Settings,
-                                                          smtp_server: SmtpServer) -> None:
+def test_an_address_that_cannot_go_in_a_header_fails_alone(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 2)
     with sessions.begin() as s:  # written around the API, as an old import might have
-        s.add(Subscriber(email="evil@example.org\r\nBcc: all@example.net", email_key="evil", name="",
-                         status=SubscriberStatus.ACTIVE, attributes={}))
+        s.add(
+            Subscriber(
+                email="evil@example.org\r\nBcc: all@example.net",
+                email_key="evil",
+                name="",
+                status=SubscriberStatus.ACTIVE,
+                attributes={},
+            )
+        )
     report = sender.send(sessions, settings, week)
     assert sorted(smtp_server.recipients()) == emails and report.failed == 1
     row = deliveries(sessions, week)["evil@example.org\r\nBcc: all@example.net"]
@@ -297,7 +316,8 @@ class QueueThenStallHandler(RecordingHandler):
 
 
 def test_no_reply_to_the_end_of_a_message_leaves_it_ambiguous_never_resent(
-        sessions: sessionmaker[Session], settings: Settings) -> None:
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """The server queued the message but answers after the client gave up: resending it
     would mail the reader twice, so it stays ambiguous until --resend-ambiguous."""
     week = build_issue(sessions, settings)
@@ -309,20 +329,23 @@ def test_no_reply_to_the_end_of_a_message_leaves_it_ambiguous_never_resent(
     controller.start()
     try:
         slow = smtp_at(port, timeout=5, concurrency=1, data_timeout=0.2)
-        with pytest.raises(TransportUnavailable, match=rf"no reply from SMTP server 127.0.0.1:{port} "
-                                                       r"within 0.2 s after the whole message; stopped sending"):
+        with pytest.raises(
+            TransportUnavailable,
+            match=rf"no reply from SMTP server 127.0.0.1:{port} "
+            r"within 0.2 s after the whole message; stopped sending",
+        ):
             sender.send(sessions, with_smtp(settings, concurrency=1), week, transport=slow)
         rows = deliveries(sessions, week)
         assert sorted(d.status for d in rows.values()) == ["pending", "pending", "sending"]
         handler.stall = 0
-        report = sender.send(sessions, settings, week,
-                             transport=smtp_at(port, timeout=5, concurrency=2))
+        report = sender.send(sessions, settings, week, transport=smtp_at(port, timeout=5, concurrency=2))
         assert report.sent == 2 and report.ambiguous == 1
         recipients = [r for m in handler.messages for r in m.rcpt_tos]
         assert sorted(recipients) == emails  # everyone once, nobody twice
         assert issue_status(sessions, week) == "sending"  # one delivery is still unresolved
-        report = sender.send(sessions, settings, week, resend_ambiguous=True,
-                             transport=smtp_at(port, timeout=5, concurrency=2))
+        report = sender.send(
+            sessions, settings, week, resend_ambiguous=True, transport=smtp_at(port, timeout=5, concurrency=2)
+        )
         assert report.sent == 1 and issue_status(sessions, week) == "sent"  # only on explicit request
     finally:
         controller.stop()
@@ -346,13 +369,17 @@ class RefusingHandler(RecordingHandler):
         return [self.ehlo] if self.ehlo else responses
 
 
-@pytest.mark.parametrize("refusal", [
-    {"mail": "550 5.7.1 sender not authorised"},
-    {"mail": "530 5.7.0 Authentication required"},
-    {"ehlo": "554 5.7.1 client host blocked"},
-])
-def test_a_server_refusing_us_bounces_nobody_and_stops(sessions: sessionmaker[Session], settings: Settings,
-                                                       refusal: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"mail": "550 5.7.1 sender not authorised"},
+        {"mail": "530 5.7.0 Authentication required"},
+        {"ehlo": "554 5.7.1 client host blocked"},
+    ],
+)
+def test_a_server_refusing_us_bounces_nobody_and_stops(
+    sessions: sessionmaker[Session], settings: Settings, refusal: dict[str, str]
+) -> None:
     """One wrong setting or a blocklisted IP must not mark the whole list bounced."""
     week = build_issue(sessions, settings)
     add_subscribers(sessions, 4)
@@ -361,8 +388,9 @@ def test_a_server_refusing_us_bounces_nobody_and_stops(sessions: sessionmaker[Se
     controller.start()
     try:
         with pytest.raises(TransportUnavailable, match="stopped sending"):
-            sender.send(sessions, with_smtp(settings, concurrency=2), week,
-                        transport=smtp_at(port, timeout=5, concurrency=2))
+            sender.send(
+                sessions, with_smtp(settings, concurrency=2), week, transport=smtp_at(port, timeout=5, concurrency=2)
+            )
     finally:
         controller.stop()
     rows = deliveries(sessions, week)
@@ -372,8 +400,9 @@ def test_a_server_refusing_us_bounces_nobody_and_stops(sessions: sessionmaker[Se
     assert issue_status(sessions, week) == "sending"
 
 
-def test_smtp_auth_login_and_a_refused_login(sessions: sessionmaker[Session], settings: Settings,
-                                             smtp_server: SmtpServer) -> None:
+def test_smtp_auth_login_and_a_refused_login(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
     def check(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
@@ -387,20 +416,36 @@ def test_smtp_auth_login_and_a_refused_login(sessions: sessionmaker[Session], se
     controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=False, authenticator=check)
     controller.start()
     try:
-        with pytest.raises(TransportUnavailable, match=r"login refused \(535 .*\); check \[smtp\] username and "
-                                                       r"password; stopped sending"):
-            sender.send(sessions, settings, week, transport=smtp_at(
-                port, username="mailer", password=Password("wrong"), auth_without_tls=True, timeout=5, concurrency=2))
+        with pytest.raises(
+            TransportUnavailable,
+            match=r"login refused \(535 .*\); check \[smtp\] username and "
+            r"password; stopped sending",
+        ):
+            sender.send(
+                sessions,
+                settings,
+                week,
+                transport=smtp_at(
+                    port, username="mailer", password=Password("wrong"), auth_without_tls=True, timeout=5, concurrency=2
+                ),
+            )
         assert handler.messages == []
-        sender.send(sessions, settings, week, transport=smtp_at(
-            port, username="mailer", password=Password("s3cret"), auth_without_tls=True, timeout=5, concurrency=2))
+        sender.send(
+            sessions,
+            settings,
+            week,
+            transport=smtp_at(
+                port, username="mailer", password=Password("s3cret"), auth_without_tls=True, timeout=5, concurrency=2
+            ),
+        )
     finally:
         controller.stop()
     assert sorted(r for m in handler.messages for r in m.rcpt_tos) == emails
 
 
 def test_unsubscribes_from_another_connection_succeed_while_a_send_commits(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer, db_url: str) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer, db_url: str
+) -> None:
     """The web app writes while the sender commits its ledger every few milliseconds:
     neither may fail with 'database is locked' (SQLite) and every unsubscribe counts."""
     week = build_issue(sessions, settings)
@@ -437,18 +482,28 @@ def test_unsubscribes_from_another_connection_succeed_while_a_send_commits(
 
 
 def test_a_3000_character_name_is_folded_and_capped_and_the_reader_gets_the_issue(
-        sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     """aiosmtpd, like real servers, answers "500 Line too long" past 1,000 octets: the To
     line must be folded, and names are capped when they come in."""
     week = build_issue(sessions, settings)
     with sessions.begin() as s:  # written around the API, as an old import might have (SQLite does not check widths)
         length = 3000 if s.get_bind().dialect.name == "sqlite" else 200
-        s.add(Subscriber(email="long@example.org", email_key="long@example.org", name="N" * length,
-                         status=SubscriberStatus.ACTIVE, attributes={}))
+        s.add(
+            Subscriber(
+                email="long@example.org",
+                email_key="long@example.org",
+                name="N" * length,
+                status=SubscriberStatus.ACTIVE,
+                attributes={},
+            )
+        )
         capped = subscribers.add(s, "capped@example.org", name="Ada " * 750)
         assert capped.name == ("Ada " * 50).strip()  # 200 characters at most, on a word
     report = sender.send(sessions, settings, week)
     assert (report.sent, report.failed, report.bounced) == (2, 0, 0)
     by_rcpt = {m.rcpt_tos[0]: m for m in smtp_server.messages}
-    assert str(make_header(decode_header(by_rcpt["long@example.org"].message["To"]))) == \
-        f"{'N' * length} <long@example.org>"
+    assert (
+        str(make_header(decode_header(by_rcpt["long@example.org"].message["To"])))
+        == f"{'N' * length} <long@example.org>"
+    )

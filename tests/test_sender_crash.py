@@ -29,7 +29,8 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def test_kill_9_mid_send_then_resume_mails_nobody_twice_and_skips_nobody(
-        config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer) -> None:
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 150)
     gate = smtp_server.faults.gate = Gate(free=20)
@@ -72,8 +73,9 @@ def test_kill_9_mid_send_then_resume_mails_nobody_twice_and_skips_nobody(
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: see the next test
-def test_two_senders_on_postgresql_share_the_work(config_path: Path, sessions: sessionmaker[Session],
-                                                 settings: Settings, smtp_server: SmtpServer) -> None:
+def test_two_senders_on_postgresql_share_the_work(
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 300)
     gate = smtp_server.faults.gate = Gate()
@@ -95,8 +97,9 @@ def test_two_senders_on_postgresql_share_the_work(config_path: Path, sessions: s
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_a_second_sender_on_sqlite_is_told_to_wait(config_path: Path, sessions: sessionmaker[Session],
-                                                  settings: Settings, smtp_server: SmtpServer) -> None:
+def test_a_second_sender_on_sqlite_is_told_to_wait(
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
     week = build_issue(sessions, settings)
     emails = add_subscribers(sessions, 40)
     gate = smtp_server.faults.gate = Gate(free=4)
@@ -106,9 +109,11 @@ def test_a_second_sender_on_sqlite_is_told_to_wait(config_path: Path, sessions: 
         second = cli(config_path, "send", "--week", week)
         gate.open()
         assert second.returncode == 1
-        assert second.stderr == (f"Error: another `newsletter send` (process {first.pid}) is sending from this "
-                                 f"SQLite database; wait for it to finish (several senders at once need "
-                                 f"PostgreSQL)\n")
+        assert second.stderr == (
+            f"Error: another `newsletter send` (process {first.pid}) is sending from this "
+            f"SQLite database; wait for it to finish (several senders at once need "
+            f"PostgreSQL)\n"
+        )
         assert first.wait(timeout=120) == 0
     finally:
         stop(first)

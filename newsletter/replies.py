@@ -231,6 +231,8 @@ def judge(code: int | None, status: str, text: str, *, stage: Stage = Stage.UNKN
     blame = _blame(code, status, text, permanent)
     if blame is Blame.ADDRESS and stage is Stage.DATA:
         blame = Blame.CONTENT
+    if blame is Blame.ADDRESS and stage is Stage.MAIL:  # MAIL FROM names our sender, never the reader
+        blame = Blame.SENDER
     return Verdict(blame, permanent, status, permanent and blame is Blame.ADDRESS)
 
 
@@ -251,7 +253,9 @@ def _blame(code: int | None, status: str, text: str, permanent: bool) -> Blame:
     if _MAILBOX.search(text):  # before ADDRESS: "unknown address error ... mailbox full" is ambiguous, so soft
         return Blame.MAILBOX
     if _ADDRESS.search(text):
-        return Blame.ADDRESS
+        # "User unknown" under a security or policy code (550 5.7.1): evidence that disagrees with
+        # itself never names the address.
+        return Blame.UNKNOWN if detail.startswith("7.") else Blame.ADDRESS
     if _CONTENT.search(text):
         return Blame.CONTENT
     by_status = _BY_STATUS.get(detail)

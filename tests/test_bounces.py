@@ -16,7 +16,7 @@ CORPUS = CORPORA / "bounces"
 
 # The target is 97% (see README, "Bounce corpus score"); the floor below is what the
 # classifier reaches today, so any regression fails.
-FLOOR = 0.90
+FLOOR = 0.91
 
 
 def _expected() -> list[dict[str, str]]:

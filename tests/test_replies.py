@@ -131,3 +131,26 @@ def test_ambiguous_wording_stays_soft_and_our_sender_is_never_the_reader() -> No
 def test_the_stage_is_read_from_a_transcript() -> None:
     assert judge(None, "5.0.0", "RCPT TO:<bob@example.org>: 550 bob@example.org... No such user").hard
     assert not judge(None, "", "550 5.1.1 bob@example.org... No such user (in reply to end of DATA command)").hard
+
+
+def test_an_address_refused_in_reply_to_mail_from_is_ours() -> None:
+    """Exim: '... after MAIL FROM:<…>: 553 5.1.0 <domain> does not exist' is about our sender domain."""
+    text = (
+        "SMTP error from remote mail server after MAIL FROM:<news@example.com> SIZE=1022: "
+        "553 5.1.0 example.com does not exist"
+    )
+    verdict = judge(None, "", text)
+    assert (verdict.blame, verdict.hard) == (Blame.SENDER, False)
+    assert judge(553, "5.1.0", "example.com does not exist", stage=Stage.MAIL).blame is Blame.SENDER
+
+
+def test_user_unknown_under_a_code_of_another_subject_is_not_hard() -> None:
+    """The words say 'no such user', the code says security or policy (5.7.x): ambiguous, never hard."""
+    for status, text in [
+        ("5.7.1", "550 5.7.1 <bob@example.org>: Recipient address rejected: User unknown"),
+        ("5.7.1", "550 5.7.1 550 User Unknown: bob@example.org"),
+    ]:
+        verdict = judge(550, status, text, stage=Stage.RCPT)
+        assert (verdict.blame, verdict.hard) == (Blame.UNKNOWN, False), status
+    for status in ("5.1.1", "5.0.0", "5.5.0", ""):
+        assert judge(550, status, "550 <bob@example.org>: User unknown", stage=Stage.RCPT).hard, status

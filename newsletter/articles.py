@@ -24,12 +24,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
-import httpx
 import nh3
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter.config import FeedSettings, Settings
+from newsletter.db import Sessions
+from newsletter.download import Download, fetch_url, read_file
 from newsletter.errors import ConfigError, InvalidInput
 from newsletter.models import Article, Feed, utcnow
 
@@ -103,7 +104,6 @@ def default_category(settings: Settings) -> str:
 
 # Column sizes of the articles table (models.Article).
 MAX_URL, MAX_TITLE, MAX_AUTHOR, MAX_SOURCE = 2000, 1000, 300, 300
-MAX_FEED_BYTES = 20 * 1024 * 1024
 FIELDS = ("title", "url", "category", "author", "summary", "image_url", "published_at", "guid")
 ALIASES = {"link": "url", "published": "published_at", "date": "published_at", "id": "guid",
            "image": "image_url", "excerpt": "summary", "description": "summary", "byline": "author"}
@@ -419,84 +419,70 @@ def import_file(session: Session, settings: Settings, name: str, data: bytes) ->
 
 
 @dataclass(frozen=True)
-class _Download:
-    data: bytes | None  # None: 304 not modified
-    headers: dict[str, str]
-    url: str
+class _Fetched:
+    """What the network (or disk) gave for one feed, before it meets the database."""
+
+    key: str  # Feed.url: the URL, or a local file's resolved path
+    download: Download | None = None  # None: failed, see `error`
+    parsed: Parsed | None = None
+    error: str = ""
 
 
-def _download(settings: Settings, feed: FeedSettings, state: Feed, client: httpx.Client) -> _Download:
-    """The one place that touches the network or a feed path. Raises InvalidInput with
-    the reason (HTTP status, timeout, missing file) for the caller to report."""
-    if not feed.url.startswith(("http://", "https://")):
-        path = settings.resolve(feed.url)
-        try:
-            return _Download(path.read_bytes(), {}, "")
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {path} ({exc.strerror}); fix [[feeds]] url") from None
-    headers = {"If-None-Match": state.etag} if state.etag else {}
-    if state.last_modified:
-        headers["If-Modified-Since"] = state.last_modified
-    try:
-        with client.stream("GET", feed.url, headers=headers) as response:
-            if response.status_code == 304:
-                return _Download(None, dict(response.headers), str(response.url))
-            if response.status_code >= 400:
-                raise InvalidInput(f"HTTP {response.status_code} from {feed.url}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_FEED_BYTES:
-                    raise InvalidInput(f"{feed.url} is larger than {MAX_FEED_BYTES // 2**20} MB")
-                chunks.append(chunk)
-    except httpx.TimeoutException:
-        raise InvalidInput(f"{feed.url} did not answer within {settings.articles.fetch_timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        raise InvalidInput(f"cannot fetch {feed.url} ({type(exc).__name__}: {exc})") from None
-    state.etag = response.headers.get("etag", "")[:500]
-    state.last_modified = response.headers.get("last-modified", "")[:100]
-    return _Download(b"".join(chunks), dict(response.headers), str(response.url))
-
-
-def _fetch_one(session: Session, settings: Settings, feed: FeedSettings, client: httpx.Client,
-               report: ImportReport) -> None:
+def _fetch(settings: Settings, feed: FeedSettings, key: str, etag: str, last_modified: str) -> _Fetched:
+    """Download and parse one feed; a failure becomes `error` (the message for its report)."""
     label = f"feed {feed.name!r}"
-    key = feed.url if "://" in feed.url else str(settings.resolve(feed.url))
-    state = session.scalar(select(Feed).where(Feed.url == key))
-    if state is None:
-        state = Feed(url=key, etag="", last_modified="", last_error="")
-        session.add(state)
-    state.fetched_at = utcnow()
-    etag, modified = state.etag, state.last_modified
     try:
-        got = _download(settings, feed, state, client)
+        if "://" not in feed.url:
+            got = Download(read_file(Path(key), fix="fix [[feeds]] url"), {}, "")
+        else:
+            got = fetch_url(feed.url, etag=etag, last_modified=last_modified, timeout=settings.articles.fetch_timeout,
+                            allow_hosts=settings.articles.allow_hosts,
+                            user_agent=f"newsletter/0.1 (+{settings.newsletter.base_url})")
         if got.data is None:
-            report.not_modified = True
-            return
+            return _Fetched(key, got)
         parsed = parse_feed(got.data, settings, source=label, category=feed.category, url=got.url,
                             headers=got.headers)
     except InvalidInput as exc:
-        state.etag, state.last_modified = etag, modified  # read it in full next time
-        message = str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
-        state.last_error = message
-        report.warnings.append(f"{message}; the other feeds still import")
+        return _Fetched(key, error=str(exc) if str(exc).startswith(label) else f"{label}: {exc}")
+    return _Fetched(key, got, parsed)
+
+
+def _record(session: Session, feed: FeedSettings, fetched: _Fetched, report: ImportReport) -> None:
+    """Store one feed's outcome: its state (ETag, error) and its entries, in the caller's transaction."""
+    state = session.scalar(select(Feed).where(Feed.url == fetched.key))
+    if state is None:
+        state = Feed(url=fetched.key, etag="", last_modified="", last_error="")
+        session.add(state)
+    state.fetched_at = utcnow()
+    if fetched.download is None:  # keep the old validators: read it in full next time
+        state.last_error = fetched.error
+        report.warnings.append(f"{fetched.error}; the other feeds still import")
         return
+    if fetched.parsed is None:
+        report.not_modified = True
+        return
+    state.etag = fetched.download.headers.get("etag", "")[:500]
+    state.last_modified = fetched.download.headers.get("last-modified", "")[:100]
     state.last_error = ""
-    report.skipped += parsed.skipped
-    report.warnings += parsed.warnings
-    store(session, parsed.entries, report, source=feed.name)
+    report.skipped += fetched.parsed.skipped
+    report.warnings += fetched.parsed.warnings
+    store(session, fetched.parsed.entries, report, source=feed.name)
 
 
-def fetch_all(session: Session, settings: Settings) -> list[ImportReport]:
+def fetch_all(sessions: Sessions, settings: Settings) -> list[ImportReport]:
     """Pull every [[feeds]] entry (conditional GET for URLs); a broken feed becomes a
-    warning in its report and the others still import."""
+    warning in its report and the others still import.
+
+    No transaction is open while a feed downloads (a slow feed must not hold other
+    writers up): the ETags are read first, then each feed is stored in one short write."""
+    keys = [feed.url if "://" in feed.url else str(settings.resolve(feed.url)) for feed in settings.feeds]
+    with sessions.reading() as session:
+        known = {f.url: (f.etag, f.last_modified) for f in session.scalars(select(Feed).where(Feed.url.in_(keys)))}
     reports = []
-    user_agent = f"newsletter/0.1 (+{settings.newsletter.base_url})"
-    with httpx.Client(timeout=settings.articles.fetch_timeout, follow_redirects=True,
-                      headers={"User-Agent": user_agent}) as client:
-        for feed in settings.feeds:
-            report = ImportReport(source=feed.name)
-            _fetch_one(session, settings, feed, client, report)
-            reports.append(report)
-    session.flush()
+    for feed, key in zip(settings.feeds, keys, strict=True):
+        fetched = _fetch(settings, feed, key, *known.get(key, ("", "")))
+        report = ImportReport(source=feed.name)
+        with sessions.begin() as session:
+            _record(session, feed, fetched, report)
+        reports.append(report)
     return reports

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from functools import cached_property
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +27,8 @@ from newsletter.errors import InvalidInput, NewsletterError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-    from sqlalchemy.orm import Session, sessionmaker
 
-    from newsletter import articles
+    from newsletter import articles, db
     from newsletter.config import Settings
     from newsletter.inbound.policy import Tally
     from newsletter.models import SubscriberStatus
@@ -82,7 +83,7 @@ class Context:
         return db.make_engine(self.settings.database_url)
 
     @cached_property
-    def sessions(self) -> sessionmaker[Session]:
+    def sessions(self) -> db.Sessions:
         """Sessions on a database at the newest schema (else one line: run init / db upgrade)."""
         from newsletter import db
 
@@ -124,20 +125,26 @@ def signing(ctx: typer.Context) -> Context:
     return c
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A rich table on a terminal; tab-separated lines when piped (easy to grep/cut)."""
-    if console.is_terminal:
+TABLE_ROWS = 1000  # longer output is streamed as lines: a rich table holds every row in memory
+
+
+def print_table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> None:
+    """A rich table on a terminal; tab-separated lines when piped (easy to grep/cut) or
+    longer than TABLE_ROWS, written as `rows` yields them."""
+    rows = iter(rows)
+    head = list(islice(rows, TABLE_ROWS + 1)) if console.is_terminal else []
+    if console.is_terminal and len(head) <= TABLE_ROWS:
         from rich.table import Table
 
         table = Table(title=title)
         for col in columns:
             table.add_column(col)
-        for row in rows:
+        for row in head:
             table.add_row(*[str(v) for v in row])
         console.print(table)
-    else:
-        for row in rows:
-            print("\t".join(str(v) for v in row))
+        return
+    for row in chain(head, rows):
+        sys.stdout.write("\t".join(str(v) for v in row) + "\n")
 
 
 @app.command()
@@ -267,7 +274,7 @@ def subscribers_export(
     from newsletter import subscribers
 
     c = get(ctx)
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         if file is None:
             subscribers.export_csv(s, sys.stdout, status=_status(status))
             return
@@ -288,11 +295,11 @@ def subscribers_list(
     from newsletter import subscribers
 
     c = get(ctx)
-    with c.sessions.begin() as s:
-        rows = [[sub.email, sub.name, sub.status, ",".join(subscribers.category_slugs(s, sub)) or "all"]
-                for sub in subscribers.list_subscribers(s, _status(status))]
+    with c.sessions.reading() as s:  # a snapshot: writers go on meanwhile, however slow the output
         counts = subscribers.counts_by_status(s)
-    print_table("Subscribers", ["email", "name", "status", "categories"], rows)
+        print_table("Subscribers", ["email", "name", "status", "categories"],
+                    ([sub.email, sub.name, sub.status, ",".join(sub.categories) or "all"]
+                     for sub in subscribers.iter_listed(s, _status(status))))
     err_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no subscribers")
 
 
@@ -337,8 +344,7 @@ def articles_fetch(ctx: typer.Context) -> None:
     c = get(ctx)
     if not c.settings.feeds:
         raise InvalidInput("no [[feeds]] in the config; add one or use 'newsletter articles import FILE'")
-    with c.sessions.begin() as s:
-        reports = articles.fetch_all(s, c.settings)
+    reports = articles.fetch_all(c.sessions, c.settings)
     for report in reports:
         _print_import(report)
 
@@ -374,7 +380,7 @@ def articles_list(
 
     c = get(ctx)
     week = week or builder.current_week(c.settings)
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         rows = [[a.published_at.astimezone(c.settings.tz).strftime("%Y-%m-%d %H:%M"), a.category, a.title, a.url]
                 for a in builder.week_articles(s, c.settings, week)]
     print_table(f"Articles {week}", ["published", "category", "title", "url"], rows)
@@ -429,7 +435,7 @@ def issue_preview(
     from newsletter import render
 
     c = get(ctx)
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         html_part, text_part = render.preview(s, c.settings, week, email=subscriber)
     document = text_part if text else html_part
     if out is None:
@@ -470,7 +476,7 @@ def issue_list(ctx: typer.Context) -> None:
 
     c = get(ctx)
     tz = c.settings.tz
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         rows = [[i.week, i.status, i.scheduled_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.scheduled_at else "-",
                  i.sent_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.sent_at else "-", i.subject]
                 for i in builder.list_issues(s)]
@@ -487,7 +493,7 @@ def _print_draft(ctx: typer.Context, week: str) -> None:
     from newsletter import builder
 
     c = get(ctx)
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         content = builder.load_content(s, c.settings, week)
     lines = [f"lead: {content.lead.title}"] if content.lead else []
     for sec in content.sections:
@@ -602,7 +608,7 @@ def issue_weblink(
 
     c = signing(ctx)
     week = week or builder.current_week(c.settings)
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         content = builder.load_content(s, c.settings, week)
     base = c.settings.newsletter.base_url.rstrip("/")
     shown = "" if content.status == "sent" else "  (public once sent)"
@@ -740,7 +746,7 @@ def send_cmd(
 
     c = get(ctx)
     if dry_run:
-        with c.sessions.begin() as s:
+        with c.sessions.reading() as s:
             plans = sender.dry_run(s, c.settings, week)
         print_table("Recipients per variant", ["sections", "recipients", "for example"],
                     [[" ".join(p.sections), p.recipients, ", ".join(p.examples)] for p in plans])
@@ -748,8 +754,7 @@ def send_cmd(
         return
     if test_to:
         address = subscribers.normalize_email(test_to)
-        with c.sessions.begin() as s:
-            reply = sender.send_test(s, c.settings, week, address)
+        reply = sender.send_test(c.sessions, c.settings, week, address)
         console.print(f"test copy sent to {address}: {reply}", highlight=False)
         return
     with _SendProgress() as progress:
@@ -789,7 +794,7 @@ def stats_cmd(
     """
     from newsletter import builder, clicks, stats
 
-    with get(ctx).sessions.begin() as s:
+    with get(ctx).sessions.reading() as s:
         result = stats.issue_stats(s, get(ctx).settings, week)
         clicked = clicks.click_stats(s, get(ctx).settings, builder.get_issue(s, get(ctx).settings, result.week).id)
     rows = [*result.rows, ("clicks", clicked.clicks), ("link scanner fetches (not counted)", clicked.scanner)]
@@ -818,7 +823,7 @@ def deliveries_export(
     from newsletter import stats
 
     c = get(ctx)
-    with c.sessions.begin() as s:
+    with c.sessions.reading() as s:
         if file is None:
             stats.export_deliveries(s, c.settings, week, sys.stdout)
             return
@@ -863,7 +868,7 @@ def admin_list(ctx: typer.Context) -> None:
     """
     from newsletter import editors
 
-    with get(ctx).sessions.begin() as s:
+    with get(ctx).sessions.reading() as s:
         rows = [[e.email, e.last_login_at.isoformat(timespec="minutes") if e.last_login_at else "never"]
                 for e in editors.list_editors(s)]
     print_table("Editors", ["email", "last sign-in"], rows)

@@ -93,6 +93,7 @@ class ArticlesSettings:
     excerpt_length: int = 300
     default_category: str = ""
     fetch_timeout: float = 20.0
+    allow_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,11 @@ def _coerce(value: object, kind: type, where: str, source: str, *, from_env: boo
             except ValueError:
                 pass
         raise fail("a number")
+    if typing.get_origin(kind) is tuple:  # a TOML list of strings; in the environment, comma-separated
+        items = value.split(",") if from_env and isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(item, str) for item in items):
+            return tuple(item.strip() for item in items if item.strip())
+        raise fail("a list of strings")
     if isinstance(value, str):
         if kind is Password:
             return Password(value)

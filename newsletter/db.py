@@ -1,14 +1,27 @@
-"""Engine and session factory, and `upgrade()` running Alembic in-process.
+"""Engine and sessions, and `upgrade()` running Alembic in-process.
 
-SQLite gets WAL (readers never block the sender), foreign keys on, and a busy
-timeout so a second process waits instead of failing at once.
+Two kinds of transaction (`Sessions`): `sessions.begin()` may write; `sessions.reading()`
+only reads. On SQLite (WAL) a writing transaction starts with BEGIN IMMEDIATE: it takes the
+write lock first and waits up to `busy_timeout` for it, because a deferred one that reads
+and then writes fails at once with "database is locked" when another process committed in
+between (its snapshot cannot be upgraded; measured during a send: 96 of 400 one-click
+unsubscribes failed). A reading transaction is a plain BEGIN: a snapshot that never takes
+the write lock, so web pages, `list`, `export`, `stats` and previews never block a writer,
+and writers never block them. It is also read-only (SQLite `query_only`, PostgreSQL `READ
+ONLY`), so a write that slipped into one fails loudly instead of racing for the lock.
+Keep write transactions short and free of network I/O: every other writer waits for them.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +29,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,20 +37,22 @@ from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.models import Category
 
+BUSY_TIMEOUT_MS = 30_000  # a SQLite writer waits this long for the write lock, then fails
+_READ_ONLY = "newsletter_read_only"  # execution option of the engine behind `Sessions.reading()`
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; a malformed URL is a ConfigError naming [database] url."""
     try:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, **kwargs)
             event.listen(engine, "connect", _sqlite_pragmas)
             # pysqlite's own BEGIN handling defers locks badly; issue BEGIN ourselves
             # (SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional DDL").
-            # IMMEDIATE: take the write lock at the start. A deferred transaction that reads
-            # and then writes fails at once ("database is locked", no busy wait) when another
-            # process wrote in between, e.g. a one-click unsubscribe while a send commits
-            # its ledger every few milliseconds (measured: 96 of 400 failed).
-            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            writers = _SqliteWriters()
+            event.listen(engine, "begin", writers.begin)
+            event.listen(engine, "commit", writers.end)
+            event.listen(engine, "rollback", writers.end)
         else:
             engine = create_engine(url, pool_pre_ping=True, **kwargs)
     except (ArgumentError, ModuleNotFoundError) as exc:
@@ -52,12 +67,67 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.close()
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+class _SqliteWriters:
+    """Readers get a deferred snapshot (no lock); writers take the write lock up front.
+
+    Within one process the writers also queue on a mutex first: SQLite's busy handler polls
+    (sleeping up to 100 ms between tries), so threads of one process racing each other for
+    the file lock starve some of them for seconds, while a mutex hands the lock on at once.
+    Reentrant, so a nested write in the same thread waits for SQLite as before; a writer
+    that waits longer than busy_timeout fails as SQLite's would."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.RLock()
+
+    def begin(self, conn: Connection) -> None:
+        read_only = bool(conn.get_execution_options().get(_READ_ONLY))
+        if conn.info.get("query_only") != read_only:  # the pooled connection remembers its last mode
+            conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+            conn.info["query_only"] = read_only
+        if read_only:
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not self.mutex.acquire(timeout=BUSY_TIMEOUT_MS / 1000):  # as SQLite would fail after busy_timeout
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        conn.info["writing"] = True
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self.end(conn)
+            raise
+
+    def end(self, conn: Connection) -> None:
+        if conn.info.pop("writing", False):
+            self.mutex.release()
+
+
+class Sessions(sessionmaker[Session]):
+    """`begin()`: a transaction that may write. `reading()`: a read-only one that never
+    blocks (nor waits for) a writer. Use `reading()` for everything that only looks."""
+
+    @cached_property
+    def _reader(self) -> sessionmaker[Session]:
+        engine: Engine = self.kw["bind"]
+        options: dict[str, Any] = {_READ_ONLY: True}
+        if engine.dialect.name == "postgresql":
+            # One snapshot for the whole transaction, as SQLite's; read-only, so it never
+            # meets a serialization failure.
+            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        return sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction for the block (a snapshot: it sees no commit made after its first read)."""
+        with self._reader() as session, session.begin():
+            yield session
+
+
+def session_factory(engine: Engine) -> Sessions:
+    return Sessions(engine, expire_on_commit=False)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

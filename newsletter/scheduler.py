@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from newsletter import articles, builder, locks, sender
 from newsletter.config import Settings
+from newsletter.db import Sessions
 from newsletter.errors import ConfigError, Conflict, InvalidInput
 from newsletter.inbound import imap
 from newsletter.inbound.policy import Policy
@@ -50,7 +51,7 @@ def _build(session: Session, settings: Settings, week: str, report: RunReport) -
     return issue
 
 
-def _read_bounces(sessions: sessionmaker[Session], settings: Settings, report: RunReport) -> None:
+def _read_bounces(sessions: Sessions, settings: Settings, report: RunReport) -> None:
     """Read the bounce mailbox before sending, so the addresses it proves dead are not mailed again.
     A mailbox that cannot be read is reported and the run goes on: sending does not depend on it."""
     try:
@@ -62,7 +63,7 @@ def _read_bounces(sessions: sessionmaker[Session], settings: Settings, report: R
 
 
 def _resume_earlier(
-    sessions: sessionmaker[Session],
+    sessions: Sessions,
     settings: Settings,
     week: str,
     report: RunReport,
@@ -72,7 +73,7 @@ def _resume_earlier(
     progress: Progress | None,
 ) -> None:
     """Finish an issue whose send (or its retries) ran past the end of its own week."""
-    with sessions.begin() as session:
+    with sessions.reading() as session:
         unfinished = list(
             session.scalars(
                 select(Issue.week).where(Issue.status == IssueStatus.SENDING, Issue.week != week).order_by(Issue.week)
@@ -90,7 +91,7 @@ def _resume_earlier(
 
 
 def run(
-    sessions: sessionmaker[Session],
+    sessions: Sessions,
     settings: Settings,
     *,
     now: datetime | None = None,
@@ -111,8 +112,7 @@ def run(
         return report
     try:
         if fetch and settings.feeds:
-            with sessions.begin() as session:
-                report.lines += [r.summary_line for r in articles.fetch_all(session, settings)]
+            report.lines += [r.summary_line for r in articles.fetch_all(sessions, settings)]
         if settings.bounces.imap_host:
             _read_bounces(sessions, settings, report)
         _resume_earlier(sessions, settings, week, report, transport=transport, tuning=tuning, progress=progress)

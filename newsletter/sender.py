@@ -24,11 +24,12 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from newsletter import builder, ledger, locks, render, replies
 from newsletter.builder import IssueContent
 from newsletter.config import Settings, check_ready_to_send
+from newsletter.db import Sessions
 from newsletter.errors import (
     AmbiguousDelivery,
     Conflict,
@@ -435,7 +436,7 @@ def check_age(settings: Settings, issue: Issue, max_age_hours: float, force: boo
         )
 
 
-def _acquire_sender(sessions: sessionmaker[Session], worker: str) -> str:
+def _acquire_sender(sessions: Sessions, worker: str) -> str:
     """Register this sender. SQLite: one sender at a time (a second one is told so);
     PostgreSQL: any number, sharing the work through SKIP LOCKED claims."""
     with sessions.begin() as session:
@@ -465,7 +466,7 @@ def _finish(session: Session, issue_id: int, report: SendReport) -> None:
 
 
 def send(
-    sessions: sessionmaker[Session],
+    sessions: Sessions,
     settings: Settings,
     week: str | None = None,
     *,
@@ -483,7 +484,7 @@ def send(
     TransportUnavailable (the server cannot be reached; nothing is lost)."""
     check_ready_to_send(settings)
     started = time.monotonic()
-    with sessions.begin() as session:
+    with sessions.reading() as session:
         issue = builder.get_issue(session, settings, week)
         report = SendReport(issue.week)
         if issue.status == IssueStatus.SENT and not resend_ambiguous:
@@ -614,12 +615,13 @@ def dry_run(session: Session, settings: Settings, week: str | None = None) -> li
     return [VariantPlan(ledger.variant_sections(k), n, tuple(examples[k])) for k, n in sorted(counts.items())]
 
 
-def send_test(session: Session, settings: Settings, week: str | None, address: str) -> str:
+def send_test(sessions: Sessions, settings: Settings, week: str | None, address: str) -> str:
     """One copy of the whole issue to `address`, outside the ledger (links are inert
-    for a subscriber id 0); returns the server's reply."""
+    for a subscriber id 0); returns the server's reply. SMTP runs after the transaction."""
     check_ready_to_send(settings)
-    issue = builder.get_issue(session, settings, week)
-    content = builder.load_content(session, settings, issue.week)
+    with sessions.reading() as session:
+        issue = builder.get_issue(session, settings, week)
+        content = builder.load_content(session, settings, issue.week)
     factory = MessageFactory(settings, content.issue_id)
     template = factory.prepare(render.render_variant(settings, content, render.sections_for(content, ())))
     data = factory.build(template, 0, address, "")

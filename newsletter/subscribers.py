@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
 from typing import IO, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -228,6 +230,52 @@ def list_subscribers(session: Session, status: SubscriberStatus | None = None) -
     if status is not None:
         query = query.where(Subscriber.status == status)
     yield from session.scalars(query.execution_options(yield_per=1000))
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One subscriber as `list` and `export` show it: plain values, categories in issue order."""
+
+    email: str
+    name: str
+    status: str
+    categories: tuple[str, ...]  # empty: all
+    consent_source: str
+    consent_at: datetime | None
+    created_at: datetime
+    attributes: dict[str, Any]
+
+
+LIST_BATCH = 2000  # rows fetched per round trip while streaming the list
+
+
+def iter_listed(session: Session, status: SubscriberStatus | None = None) -> Iterator[Listed]:
+    """Every subscriber (of `status`) in id order with its categories, streamed: one query,
+    fetched LIST_BATCH rows at a time, so memory stays flat however long the list (a query
+    per subscriber took ~30 s for 20,000)."""
+    query = (select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status, Subscriber.consent_source,
+                    Subscriber.consent_at, Subscriber.created_at, Subscriber.attributes, Category.slug)
+             .outerjoin(SubscriberCategory, SubscriberCategory.subscriber_id == Subscriber.id)
+             .outerjoin(Category, Category.id == SubscriberCategory.category_id)
+             .order_by(Subscriber.id, Category.position))
+    if status is not None:
+        query = query.where(Subscriber.status == status)
+    rows = session.execute(query.execution_options(yield_per=LIST_BATCH))
+    for _, group in groupby(rows, key=itemgetter(0)):
+        first, *rest = group
+        slugs = tuple(row[8] for row in (first, *rest) if row[8] is not None)
+        yield Listed(first[1], first[2], str(first[3]), slugs, first[4], first[5], first[6], first[7] or {})
+
+
+def attribute_names(session: Session, status: SubscriberStatus | None = None) -> list[str]:
+    """The sorted keys of every subscriber's extra attributes (imported CSV columns), streamed."""
+    query = select(Subscriber.attributes)
+    if status is not None:
+        query = query.where(Subscriber.status == status)
+    names: set[str] = set()
+    for (attributes,) in session.execute(query.execution_options(yield_per=LIST_BATCH)):
+        names.update(attributes or ())
+    return sorted(names)
 
 
 def counts_by_status(session: Session) -> dict[str, int]:
@@ -686,18 +734,15 @@ EXPORT_COLUMNS = ["email", "name", "status", "categories", "consent_source", "co
 
 
 def export_csv(session: Session, fp: IO[str], *, status: SubscriberStatus | None = None) -> int:
-    """Write every subscriber as CSV that `import_csv` reads back to the same state."""
-    cats: dict[int, list[str]] = {}
-    for sid, slug in session.execute(
-            select(SubscriberCategory.subscriber_id, Category.slug)
-            .join(Category, Category.id == SubscriberCategory.category_id).order_by(Category.position)):
-        cats.setdefault(sid, []).append(slug)
-    subs = list(list_subscribers(session, status))
-    extra = sorted({k for s in subs for k in (s.attributes or {})} - set(EXPORT_COLUMNS))
+    """Write every subscriber as CSV that `import_csv` reads back to the same state; streamed
+    (memory stays flat), so call it in one read transaction for a consistent snapshot."""
+    extra = [k for k in attribute_names(session, status) if k not in EXPORT_COLUMNS]
     writer = spreadsheets.writer(fp)
     writer.writerow(EXPORT_COLUMNS + extra)
-    for s in subs:
-        writer.writerow([s.email, s.name, s.status, ",".join(cats.get(s.id, [])) or ALL, s.consent_source,
+    count = 0
+    for s in iter_listed(session, status):
+        writer.writerow([s.email, s.name, s.status, ",".join(s.categories) or ALL, s.consent_source,
                          s.consent_at.isoformat() if s.consent_at else "", s.created_at.isoformat()]
-                        + [(s.attributes or {}).get(k, "") for k in extra])
-    return len(subs)
+                        + [s.attributes.get(k, "") for k in extra])
+        count += 1
+    return count

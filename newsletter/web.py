@@ -21,11 +21,12 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import inspect, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import builder, desk, message, render, selfservice, subscribers, tokens, transport
 from newsletter.config import EXAMPLE_SECRET, MIN_KEY_BITS, Settings, check_secret_key, key_bits
+from newsletter.db import Sessions
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
 from newsletter.inbound import webhooks
 from newsletter.models import IssueStatus, SubscriberStatus
@@ -66,7 +68,7 @@ DATA_CSP = "default-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 @dataclass
 class AppState:
     settings: Settings
-    sessions: sessionmaker[Session]
+    sessions: Sessions
     templates: Jinja2Templates
     per_address: RateLimiter
     per_client: RateLimiter
@@ -83,7 +85,7 @@ async def random_hold() -> None:
     await asyncio.sleep(0.5 + secrets.randbelow(2500) / 1000)
 
 
-def create_app(settings: Settings, session_factory: sessionmaker[Session], *, hold: Hold = random_hold) -> Starlette:
+def create_app(settings: Settings, session_factory: Sessions, *, hold: Hold = random_hold) -> Starlette:
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient).
     `hold` is awaited before the work a subscribe post causes (tests pass a gate or no wait)."""
     app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory),
@@ -109,13 +111,19 @@ def _state(request: Request) -> AppState:
 
 
 async def _db(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run `fn(session, …)` in one transaction in a worker thread."""
-    return await _transaction(_state(request).sessions, fn, *args, **kwargs)
+    """Run `fn(session, …)` in one writing transaction in a worker thread."""
+    return await _transaction(_state(request).sessions.begin, fn, *args, **kwargs)
 
 
-async def _transaction(sessions: sessionmaker[Session], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _read(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn(session, …)` in a read-only transaction, which never waits for a writer."""
+    return await _transaction(_state(request).sessions.reading, fn, *args, **kwargs)
+
+
+async def _transaction(transaction: Callable[[], AbstractContextManager[Session]], fn: Callable[..., T],
+                       *args: Any, **kwargs: Any) -> T:
     def work() -> T:
-        with sessions.begin() as session:
+        with transaction() as session:
             return fn(session, *args, **kwargs)
 
     return await run_in_threadpool(work)
@@ -163,7 +171,7 @@ async def unsubscribe(request: Request) -> Response:
     """GET: a page with one button. POST: unsubscribe now (RFC 8058 one-click or the button)."""
     data = _token(request, tokens.UNSUBSCRIBE)
     if request.method != "POST":  # GET and HEAD (scanners) only show the page
-        sub = await _db(request, selfservice.view, data.subscriber_id)
+        sub = await _read(request, selfservice.view, data.subscriber_id)
         return _page(request, "web/unsubscribe.html", title="Unsubscribe", sub=sub)
     form = await request.form()
     source = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "page"
@@ -192,7 +200,7 @@ async def preferences(request: Request) -> Response:
             notice = "You are unsubscribed from everything."
         elif action == "resubscribe":
             # Links get forwarded: coming back takes a confirmation from the mailbox, like a new sign-up.
-            sub = await _db(request, selfservice.view, sid)
+            sub = await _read(request, selfservice.view, sid)
             if sub.status == SubscriberStatus.UNSUBSCRIBED:
                 background = BackgroundTask(_mail_confirmation, _state(request), sid, sub.email)
             notice = "We have sent you an email: open the link in it to subscribe again."
@@ -203,7 +211,7 @@ async def preferences(request: Request) -> Response:
                 notice = "Your preferences are saved."
             except InvalidInput as exc:
                 error, status_code = str(exc), 400
-    sub = await _db(request, selfservice.view, sid)
+    sub = await _read(request, selfservice.view, sid)
     csrf = tokens.make(_state(request).settings.newsletter.secret_key, tokens.CSRF, sid)
     return _page(request, "web/preferences.html", title="Your subscription", sub=sub, csrf=csrf,
                  notice=notice, error=error, status_code=status_code, background=background)
@@ -220,7 +228,7 @@ async def subscribe(request: Request) -> Response:
     answer's timing nor that of the next request can tell a listed address either."""
     embed = request.query_params.get("embed") == "1"
     csp = EMBED_CSP if embed else PAGE_CSP
-    topics = await _db(request, selfservice.categories)
+    topics = await _read(request, selfservice.categories)
     if request.method != "POST":
         return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
                      error="", values={}, public=True)
@@ -249,7 +257,7 @@ async def subscribe(request: Request) -> Response:
 async def _subscribe_later(st: AppState, address: str, name: str, slugs: list[str]) -> None:
     """After the answer and the hold: list a new address as pending and mail it a confirmation link."""
     await st.hold()
-    sid = await _transaction(st.sessions, selfservice.request_subscription, address, name=name, slugs=slugs)
+    sid = await _transaction(st.sessions.begin, selfservice.request_subscription, address, name=name, slugs=slugs)
     if sid is not None:
         await _mail_confirmation(st, sid, address)
 
@@ -281,7 +289,7 @@ async def confirm(request: Request) -> Response:
     """GET: a page with a confirm button (scanners prefetch links). POST: activate."""
     data = _token(request, tokens.CONFIRM)
     if request.method != "POST":  # GET and HEAD (scanners) only show the page
-        sub = await _db(request, selfservice.view, data.subscriber_id)
+        sub = await _read(request, selfservice.view, data.subscriber_id)
         return _page(request, "web/confirm.html", title="Confirm your subscription", sub=sub)
     sub = await _db(request, selfservice.confirm, data)
     if sub.status != SubscriberStatus.ACTIVE:
@@ -304,7 +312,7 @@ def _sent_issues(session: Session) -> list[tuple[str, str, str]]:
 
 async def archive(request: Request) -> Response:
     """Every sent issue, newest first."""
-    issues = await _db(request, _sent_issues)
+    issues = await _read(request, _sent_issues)
     return _page(request, "web/archive.html", title="Archive", issues=issues, public=True)
 
 
@@ -314,7 +322,7 @@ async def _issue_response(request: Request, week: str, issue_id: int | None) -> 
     editor whose preview token names it (`issue_id`)."""
     st = _state(request)
     try:
-        content = await _db(request, builder.load_content, st.settings, week)
+        content = await _read(request, builder.load_content, st.settings, week)
     except InvalidInput as exc:  # not a week key such as 2026-W48
         raise NotFound(week) from exc
     if issue_id is None:
@@ -344,7 +352,7 @@ async def preview(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     """For monitoring: 200 when the database answers, else 503."""
     try:
-        await _db(request, lambda s: s.execute(text("SELECT 1")))
+        await _read(request, lambda s: s.execute(text("SELECT 1")))
     except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
         log.warning("health check failed: %s", exc)
         return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
@@ -358,7 +366,7 @@ async def home(request: Request) -> Response:
 # -- serving ---------------------------------------------------------------------------
 
 
-def serve(settings: Settings, session_factory: sessionmaker[Session], *, host: str, port: int,
+def serve(settings: Settings, session_factory: Sessions, *, host: str, port: int,
           insecure_dev: bool = False) -> None:
     """Run the app with uvicorn until interrupted.
 

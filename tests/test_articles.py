@@ -7,13 +7,12 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import CORPORA, needs_corpus
+from feed_support import FeedServer, running_feed_server
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -22,7 +21,7 @@ from newsletter import articles, builder, render
 from newsletter import config as config_mod
 from newsletter.cli import app
 from newsletter.config import Settings
-from newsletter.db import make_engine, session_factory, upgrade
+from newsletter.db import Sessions, make_engine, session_factory, upgrade
 from newsletter.errors import InvalidInput
 from newsletter.models import Article, Feed
 
@@ -192,60 +191,20 @@ def test_entry_tags_map_to_configured_categories(settings: Settings) -> None:
     assert cats.match(["Webinar", ""]) is None and cats.default == "news"
 
 
-class FeedServer:
-    """A real HTTP server on 127.0.0.1 serving feeds with ETags, counting conditional GETs."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.not_modified = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                etag = f'"{hash(body) & 0xFFFFFFFF:x}"'
-                if self.headers.get("If-None-Match") == etag:
-                    server.not_modified += 1
-                    self.send_response(304)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/rss+xml")
-                self.send_header("ETag", etag)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
 @pytest.fixture
 def feed_server() -> Iterator[FeedServer]:
-    server = FeedServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_feed_server() as server:
         yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        thread.join(timeout=5)
 
 
 @needs_corpus("feeds", "miniflux-v2__small_atom.xml")
-def test_fetch_uses_etags_and_a_broken_feed_is_a_warning(session: Session, config_path: Path,
+def test_fetch_uses_etags_and_a_broken_feed_is_a_warning(sessions: Sessions, config_path: Path,
                                                          feed_server: FeedServer, tmp_path: Path) -> None:
     feed_server.files["/good.xml"] = (FEEDS / "miniflux-v2__small_atom.xml").read_bytes()
     feed_server.files["/page.xml"] = b"<html><body>Moved</body></html>"
     (tmp_path / "local.xml").write_bytes((FEEDS / "laminas-feed__wordpress-atom10.xml").read_bytes())
-    config_path.write_text(config_path.read_text() + f"""
+    allow = '[articles]\nallow_hosts = ["127.0.0.1"]  # the test server\n\n[database]'
+    config_path.write_text(config_path.read_text().replace("[database]", allow) + f"""
 [[feeds]]
 name = "Good"
 url = "{feed_server.url}/good.xml"
@@ -268,7 +227,7 @@ name = "Missing file"
 url = "missing.xml"
 """)
     settings = config_mod.load(config_path, environ={})
-    reports = {r.source: r for r in articles.fetch_all(session, settings)}
+    reports = {r.source: r for r in articles.fetch_all(sessions, settings)}
     assert [len(r.added) for r in reports.values()] == [20, 0, 0, 10, 0]
     assert reports["Gone"].warnings == [f"feed 'Gone': HTTP 404 from {feed_server.url}/gone.xml; "
                                         f"the other feeds still import"]
@@ -276,16 +235,18 @@ url = "missing.xml"
     assert reports["Missing file"].warnings == [
         f"feed 'Missing file': cannot read {tmp_path / 'missing.xml'} (No such file or directory); "
         f"fix [[feeds]] url; the other feeds still import"]
-    assert {a.category for a in session.scalars(select(Article).where(Article.source == "Good"))} == {"products"}
-    good = session.scalar(select(Feed).where(Feed.url == f"{feed_server.url}/good.xml"))
-    assert good is not None and good.etag and good.last_error == ""
-    gone = session.scalar(select(Feed).where(Feed.url == f"{feed_server.url}/gone.xml"))
-    assert gone is not None and "HTTP 404" in gone.last_error
+    with sessions.reading() as session:
+        assert {a.category for a in session.scalars(select(Article).where(Article.source == "Good"))} == {"products"}
+        good = session.scalar(select(Feed).where(Feed.url == f"{feed_server.url}/good.xml"))
+        assert good is not None and good.etag and good.last_error == ""
+        gone = session.scalar(select(Feed).where(Feed.url == f"{feed_server.url}/gone.xml"))
+        assert gone is not None and "HTTP 404" in gone.last_error
 
-    again = {r.source: r for r in articles.fetch_all(session, settings)}
+    again = {r.source: r for r in articles.fetch_all(sessions, settings)}
     assert again["Good"].not_modified and feed_server.not_modified == 1
     assert again["Good"].summary_line == "Good: not modified since the last fetch"
-    assert again["Local"].unchanged == 10 and count(session) == 30
+    with sessions.reading() as session:
+        assert again["Local"].unchanged == 10 and count(session) == 30
 
 
 def test_cli_import_list_and_fetch_lines(config_path: Path, engine: object, tmp_path: Path) -> None:

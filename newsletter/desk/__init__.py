@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from newsletter.config import Settings
+from newsletter.db import Sessions
 from newsletter.desk.base import HEADERS, DeskState
 from newsletter.desk.issues import Issues
 from newsletter.desk.overview import Overview
@@ -30,7 +30,7 @@ async def script(request: Request) -> Response:
     return Response(SCRIPT, media_type="text/javascript", headers={**HEADERS, "Cache-Control": "no-cache"})
 
 
-def routes(settings: Settings, sessions: sessionmaker[Session]) -> list[BaseRoute]:
+def routes(settings: Settings, sessions: Sessions) -> list[BaseRoute]:
     """The desk's routes, to be listed in the web app."""
     state = DeskState(settings, sessions)
     signin, overview, issues, sending = SignIn(state), Overview(state), Issues(state), Sending(state)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -17,6 +16,7 @@ from starlette.templating import Jinja2Templates
 
 from newsletter import editors, render, trends
 from newsletter.config import Settings
+from newsletter.db import Sessions
 from newsletter.desk import auth
 from newsletter.editors import EditorView
 
@@ -45,7 +45,7 @@ class Signed:
 
 
 class DeskState:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, settings: Settings, sessions: Sessions) -> None:
         self.settings = settings
         self.sessions = sessions
         self.templates = Jinja2Templates(env=render.environment(settings))

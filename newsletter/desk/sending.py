@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -76,7 +77,8 @@ class Sending:
         week = request.path_params["week"]
         form = await request.form()
         address = subscribers.normalize_email(str(form.get("address", "")).strip() or signed.editor.email)
-        await self.state.db(sender.send_test, self.state.settings, week, address)
+        # Its own read transaction, then SMTP with none open.
+        await run_in_threadpool(sender.send_test, self.state.sessions, self.state.settings, week, address)
         return self._back(week, "test")
 
     @editor_only

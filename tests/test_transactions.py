@@ -1,0 +1,128 @@
+"""Reading and writing transactions (db.Sessions) and the streamed subscriber list, on SQLite
+and PostgreSQL: a reader never holds up a writer, a write inside a reader fails loudly, and
+`list` / `export` cost the same few queries however long the list is."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import Engine, event, insert, text
+from sqlalchemy.exc import DBAPIError
+
+from newsletter import subscribers
+from newsletter.db import Sessions, make_engine, session_factory
+from newsletter.models import Subscriber, SubscriberStatus, utcnow
+
+
+def add_many(sessions: Sessions, n: int, start: int = 0) -> None:
+    with sessions.begin() as s:
+        for i in range(start, start + n):
+            categories = ["events", "news"] if i % 3 == 0 else []
+            subscribers.add(s, f"s{i:04d}@example.com", name=f"S {i}", categories=categories, source="test")
+
+
+@contextmanager
+def counting(engine: Engine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        if str(args[2]).lstrip().upper().startswith("SELECT"):
+            statements.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_reader_never_holds_up_a_writer(sessions: Sessions, db_url: str) -> None:
+    """Another process writes and commits while a read transaction stays open; the reader
+    keeps its snapshot. (Before: every transaction took SQLite's write lock, so the writer
+    waited for the reader and failed after 30 s.)"""
+    add_many(sessions, 1)
+    other = make_engine(db_url)
+    done = threading.Event()
+
+    def write() -> None:
+        with session_factory(other).begin() as s:
+            subscribers.add(s, "writer@example.com", source="test")
+        done.set()
+
+    try:
+        with sessions.reading() as reader:
+            before = reader.scalar(text("SELECT count(*) FROM subscribers"))
+            writer = threading.Thread(target=write)
+            writer.start()
+            writer.join(timeout=20)
+            assert done.is_set(), "the writer waited for a reading transaction"
+            assert reader.scalar(text("SELECT count(*) FROM subscribers")) == before == 1
+    finally:
+        other.dispose()
+    with sessions.reading() as s:
+        assert s.scalar(text("SELECT count(*) FROM subscribers")) == 2
+
+
+def test_a_write_inside_a_reading_transaction_fails_and_changes_nothing(sessions: Sessions) -> None:
+    with pytest.raises(DBAPIError, match="read-only|readonly"), sessions.reading() as s:
+        subscribers.add(s, "sneaky@example.com", source="test")
+        s.flush()
+    with sessions.begin() as s:  # the same pooled connection writes again afterwards
+        subscribers.add(s, "fine@example.com", source="test")
+    with sessions.reading() as s:
+        assert [sub.email for sub in subscribers.list_subscribers(s)] == ["fine@example.com"]
+
+
+def test_list_and_export_cost_the_same_queries_for_any_length(sessions: Sessions, engine: Engine) -> None:
+    add_many(sessions, 10)
+    with sessions.reading() as s, counting(engine) as small:
+        listed = list(subscribers.iter_listed(s))
+        subscribers.export_csv(s, io.StringIO())
+    add_many(sessions, 290, start=10)
+    with sessions.reading() as s, counting(engine) as large:
+        listed = list(subscribers.iter_listed(s))
+        subscribers.export_csv(s, io.StringIO())
+    assert len(large) == len(small) == 3, large  # the list; the export's attribute names and list
+    assert len(listed) == 300
+    assert (listed[0].email, listed[0].categories, listed[1].categories) == (
+        "s0000@example.com",
+        ("news", "events"),
+        (),
+    )
+
+
+def test_export_streams_every_subscriber_with_attributes_and_status_filter(sessions: Sessions, engine: Engine) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"a{i}@example.com",
+                    "email_key": f"a{i}@example.com",
+                    "name": "",
+                    "consent_source": "test",
+                    "status": SubscriberStatus.BOUNCED if i % 2 else SubscriberStatus.ACTIVE,
+                    "consent_at": None,
+                    "status_changed_at": now,
+                    "created_at": now,
+                    "soft_bounces": 0,
+                    "attributes": {"company": f"C{i}"} if i == 4 else {},
+                }
+                for i in range(5)
+            ],
+        )
+    out = io.StringIO()
+    with sessions.reading() as s:
+        assert subscribers.export_csv(s, out, status=SubscriberStatus.ACTIVE) == 3
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [(r["email"], r["categories"], r["company"]) for r in rows] == [
+        ("a0@example.com", "all", ""),
+        ("a2@example.com", "all", ""),
+        ("a4@example.com", "all", "C4"),
+    ]

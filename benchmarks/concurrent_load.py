@@ -139,6 +139,7 @@ class Result:
     export_lines: int = 0
     received: Counter[str] = field(default_factory=Counter)
     posts_elapsed: float = 0.0
+    sent_meanwhile: int = 0  # messages the sink accepted while the POSTs ran
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -230,8 +231,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-def run(url: str, folder: Path, *, subscribers: int, posts: int, clients: int, feed_delay: float | None) -> Result:
-    """The scenario; `feed_delay` None: the feed answers once the POSTs are done."""
+def run(
+    url: str,
+    folder: Path,
+    *,
+    subscribers: int,
+    posts: int,
+    clients: int,
+    feed_delay: float | None,
+    send_limit: int | None = None,
+) -> Result:
+    """The scenario; `feed_delay` None: the feed answers once the POSTs are done; `send_limit`:
+    the send stops after that many messages (`send --limit`), so a long list need not be mailed."""
     port, smtp_port = free_port(), free_port()
     feed = SlowFeed()
     cfg = prepare(url, folder, subscribers, port, smtp_port, feed.port)
@@ -251,7 +262,8 @@ def run(url: str, folder: Path, *, subscribers: int, posts: int, clients: int, f
         _wait(feed.arrived, "articles fetch", procs["fetch"], logs["fetch"])
         if feed_delay is not None:
             threading.Timer(feed_delay, feed.release.set).start()
-        procs["send"] = _start(cfg, logs["send"], "send", "--force")
+        limit = ["--limit", str(send_limit)] if send_limit else []
+        procs["send"] = _start(cfg, logs["send"], "send", "--force", *limit)
         _wait(sink.first, "send", procs["send"], logs["send"])
         procs["export"] = _start(cfg, logs["export"], "subscribers", "export", stdout=subprocess.PIPE)
         export_out = procs["export"].stdout
@@ -261,7 +273,9 @@ def run(url: str, folder: Path, *, subscribers: int, posts: int, clients: int, f
 
         step = max(1, subscribers // posts)
         targets = [1 + i * step for i in range(min(posts, subscribers))]
+        before = sink.count
         result.posts_elapsed = _post_all(base, settings, targets, clients, result)
+        result.sent_meanwhile = sink.count - before
 
         feed.release.set()
         sink.release.set()
@@ -335,7 +349,8 @@ def report(label: str, result: Result, posts: int, clients: int) -> None:
         print(f"  {line}")
     dupes = sum(1 for n in result.received.values() if n > 1)
     print(
-        f"  send: {sum(result.received.values())} messages, {dupes} addresses twice; "
+        f"  send: {result.sent_meanwhile} messages while the POSTs ran, {sum(result.received.values())} in all, "
+        f"{dupes} addresses twice; "
         f"export: {result.export_lines - 1} rows; exit codes "
         + ", ".join(f"{name} {code}" for name, (code, _) in result.outputs.items())
     )
@@ -360,6 +375,7 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--feed-delay", type=float, default=10.0)
+    parser.add_argument("--send-limit", type=int, default=20_000, help="messages the send mails (0: everyone)")
     parser.add_argument("--pg", default="")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,6 +386,7 @@ def main() -> None:
             posts=args.posts,
             clients=args.clients,
             feed_delay=args.feed_delay,
+            send_limit=args.send_limit,
         )
         report(f"SQLite, {args.subscribers} subscribers", result, args.posts, args.clients)
         print(f"  subscribers list of {args.subscribers}: {time_list(Path(tmp) / 'config.toml'):.2f} s")
@@ -388,6 +405,7 @@ def main() -> None:
                     posts=args.posts,
                     clients=args.clients,
                     feed_delay=args.feed_delay,
+                    send_limit=args.send_limit,
                 )
                 report(f"PostgreSQL, {args.subscribers} subscribers", result, args.posts, args.clients)
                 print(f"  subscribers list of {args.subscribers}: {time_list(Path(tmp) / 'config.toml'):.2f} s")

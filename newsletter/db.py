@@ -105,19 +105,22 @@ class _SqliteWriters:
             self.mutex.release()
 
 
+def read_only(engine: Engine) -> Engine:
+    """`engine` for read-only transactions: SQLite's deferred BEGIN with query_only on;
+    on PostgreSQL REPEATABLE READ READ ONLY (one snapshot for the whole transaction, as
+    SQLite's; read-only, so it never meets a serialization failure)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return engine.execution_options(**{_READ_ONLY: True})
+
+
 class Sessions(sessionmaker[Session]):
     """`begin()`: a transaction that may write. `reading()`: a read-only one that never
     blocks (nor waits for) a writer. Use `reading()` for everything that only looks."""
 
     @cached_property
     def _reader(self) -> sessionmaker[Session]:
-        engine: Engine = self.kw["bind"]
-        options: dict[str, Any] = {_READ_ONLY: True}
-        if engine.dialect.name == "postgresql":
-            # One snapshot for the whole transaction, as SQLite's; read-only, so it never
-            # meets a serialization failure.
-            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-        return sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+        return sessionmaker(read_only(self.kw["bind"]), expire_on_commit=False)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -166,7 +169,7 @@ def _sqlite_file(engine: Engine) -> Path | None:
 
 def _revision(engine: Engine) -> str | None:
     try:
-        with engine.connect() as conn:
+        with read_only(engine).connect() as conn:  # a check before every command must not wait for writers
             return MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
         raise _unreachable(engine, exc) from exc

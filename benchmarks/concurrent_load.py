@@ -342,7 +342,8 @@ def report(label: str, result: Result, posts: int, clients: int) -> None:
     ms = {p: result.percentile(p) * 1000 for p in (0.5, 0.95, 0.99)}
     print(
         f"{label}: {posts} one-click POSTs from {clients} clients in {result.posts_elapsed:.1f} s: "
-        f"{len(result.failures)} failed, {result.unsubscribed} unsubscribed; p50 {ms[0.5]:.0f} ms, p95 {ms[0.95]:.0f} ms, p99 {ms[0.99]:.0f} ms, "
+        f"{len(result.failures)} failed, {result.unsubscribed} unsubscribed; "
+        f"p50 {ms[0.5]:.0f} ms, p95 {ms[0.95]:.0f} ms, p99 {ms[0.99]:.0f} ms, "
         f"max {max(result.latencies, default=0) * 1000:.0f} ms"
     )
     for line in result.failures[:5]:

@@ -21,7 +21,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, insert, make_url, text
+from sqlalchemy import Engine, bindparam, create_engine, insert, make_url, text
 from starlette.testclient import TestClient
 
 from newsletter import builder, config, editors
@@ -29,8 +29,6 @@ from newsletter.db import make_engine, session_factory, upgrade
 from newsletter.models import (
     Article,
     ClickCount,
-    Delivery,
-    DeliveryStatus,
     Event,
     EventKind,
     Issue,
@@ -38,6 +36,7 @@ from newsletter.models import (
     IssueStatus,
     Subscriber,
     SubscriberStatus,
+    UTCDateTime,
     utcnow,
 )
 from newsletter.web import create_app
@@ -146,24 +145,15 @@ def populate(engine: Engine, settings: config.Settings, n_subscribers: int, n_is
                     insert(ClickCount),
                     {"issue_id": issue_id, "article_id": article_id, "clicks": 100 + position, "scanner": 7},
                 )
-            for chunk in range(0, len(ids), 20_000):
-                conn.execute(
-                    insert(Delivery),
-                    [
-                        {
-                            "issue_id": issue_id,
-                            "subscriber_id": sid,
-                            "status": DeliveryStatus.SENT,
-                            "attempts": 1,
-                            "last_reply": "250 OK",
-                            "variant": "news,products,events",
-                            "claimed_by": "",
-                            "sent_at": start,
-                            "created_at": start,
-                        }
-                        for sid in ids[chunk : chunk + 20_000]
-                    ],
-                )
+            # One INSERT … SELECT per issue: the ledger rows of every subscriber, written by the database.
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (issue_id, subscriber_id, status, attempts, last_reply, variant, "
+                    "claimed_by, sent_at, created_at) SELECT :issue, id, 'sent', 1, '250 OK', "
+                    "'news,products,events', '', :at, :at FROM subscribers"
+                ).bindparams(bindparam("at", type_=UTCDateTime())),
+                {"issue": issue_id, "at": start},
+            )
         print(f"  issue {week}: {len(ids):,} deliveries", file=sys.stderr, flush=True)
     with engine.begin() as conn:
         conn.execute(text("ANALYZE"))

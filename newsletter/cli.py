@@ -563,7 +563,8 @@ def serve(
     insecure_dev: bool = typer.Option(False, "--insecure-dev",
                                       help="Allow the example secret_key (never on a public server)."),
 ) -> None:
-    """Run the subscriber web app: unsubscribe, preferences, subscribe, archive (until Ctrl-C).
+    """Run the subscriber web app (unsubscribe, preferences, subscribe, archive, tracked links) and
+    the editor's desk under /admin/ (until Ctrl-C).
 
     Example: newsletter serve --host 127.0.0.1 --port 8000
     """
@@ -572,6 +573,8 @@ def serve(
     c = get(ctx)
     err_console.print(f"subscriber pages on http://{host}:{port}/ ; links in mails start with "
                       f"{c.settings.newsletter.base_url}", highlight=False, soft_wrap=True)
+    err_console.print(f"the editor's desk on http://{host}:{port}/admin/ (editors: 'newsletter admin add EMAIL')",
+                      highlight=False, soft_wrap=True)
     web.serve(c.settings, c.sessions, host=host, port=port, insecure_dev=insecure_dev)
 
 

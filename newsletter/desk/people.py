@@ -18,6 +18,7 @@ from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import Category, Event, Subscriber, SubscriberCategory, SubscriberStatus
 
 PAGE = 50
+SEARCH_CAP = 1000  # a search finding more shows the first 1,000 matches: narrow it down
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,16 @@ def _search(session: Session, q: Query) -> dict[str, Any]:
             .where(Category.slug == q.category)
         )
         query = query.where(Subscriber.id.in_(chose))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = list(session.scalars(query.order_by(Subscriber.email_key).offset((q.page - 1) * PAGE).limit(PAGE)))
-    return {"rows": rows, "total": total}
+    if not q.text:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = list(session.scalars(query.order_by(Subscriber.email_key).offset((q.page - 1) * PAGE).limit(PAGE)))
+        return {"rows": rows, "total": total, "capped": False}
+    # A text search reads the table once: the matching ids (up to SEARCH_CAP), then one page of them.
+    ids = list(session.scalars(query.with_only_columns(Subscriber.id).limit(SEARCH_CAP + 1)))
+    found = list(session.scalars(select(Subscriber).where(Subscriber.id.in_(ids)))) if ids else []
+    found.sort(key=lambda sub: sub.email_key)
+    start = (q.page - 1) * PAGE
+    return {"rows": found[start : start + PAGE], "total": min(len(ids), SEARCH_CAP), "capped": len(ids) > SEARCH_CAP}
 
 
 def _person(session: Session, subscriber_id: int) -> dict[str, Any]:

@@ -714,7 +714,9 @@ class _SendProgress:
         detail = f"failed {report.failed}, {report.sent / elapsed:.0f} msg/s"
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, total=total, completed=report.sent + report.failed, detail=detail)
-        elif self.clock() - self.last >= 5:
+        elif report.sent + report.failed and self.clock() - self.last >= 5:
+            # Only once something was handed over: a slow start (a loaded machine) or a server
+            # that is down prints no "sent 0 of N" line before the one-line error.
             self.last = self.clock()
             typer.echo(f"sent {report.sent} of {total}, {detail}", err=True)
 

@@ -82,7 +82,12 @@ async def random_hold() -> None:
     and loads the server while it runs. Run at once, it slowed the poster's next request on
     the same connection enough to tell a listed address from a new one (measured: 72 % right,
     `benchmarks/subscribe_next_request.py`); held, it lands at a time the poster cannot know."""
-    await asyncio.sleep(0.5 + secrets.randbelow(2500) / 1000)
+    await asyncio.sleep(hold_seconds())
+
+
+def hold_seconds() -> float:
+    """0.5-3 s in steps of 1 ms, from the OS's random source (the poster cannot predict it)."""
+    return 0.5 + secrets.randbelow(2500) / 1000
 
 
 def create_app(settings: Settings, session_factory: Sessions, *, hold: Hold = random_hold) -> Starlette:

@@ -87,7 +87,7 @@ def with_smtp(settings: Settings, **changes: object) -> Settings:
     return dataclasses.replace(settings, smtp=dataclasses.replace(settings.smtp, **changes))  # type: ignore[arg-type]
 
 
-def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python -m newsletter --config CONFIG ARGS…` as a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     return subprocess.run(

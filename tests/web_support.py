@@ -99,7 +99,7 @@ def running_server(config_path: Path, port: int, *extra: str) -> Iterator[tuple[
                                  "--host", "127.0.0.1", "--port", str(port), *extra],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = clock.monotonic() + 30
+        deadline = clock.monotonic() + 180  # a bound, not a wait: the loop ends as soon as it answers
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"newsletter serve exited with {proc.returncode}:\n{log.read_text()}")
@@ -109,7 +109,7 @@ def running_server(config_path: Path, port: int, *extra: str) -> Iterator[tuple[
             except httpx.TransportError:
                 pass
             if clock.monotonic() > deadline:
-                raise AssertionError(f"newsletter serve did not answer /healthz within 30 s:\n{log.read_text()}")
+                raise AssertionError(f"newsletter serve did not answer /healthz within 180 s:\n{log.read_text()}")
             clock.sleep(0.1)
         yield base, log
     finally:

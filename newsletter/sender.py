@@ -548,13 +548,10 @@ def cancel(session: Session, settings: Settings, week: str | None) -> str:
         raise Conflict(f"issue {issue.week} was already sent; there is nothing left to cancel")
     if locks.live_holders(session, ledger.SENDER_LEASE):
         raise Conflict(f"a 'newsletter send' is running; stop it (Ctrl-C) before cancelling issue {issue.week}")
-    counts = dict(
-        session.execute(
-            select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status)
-        )
-        .tuples()
-        .all()
+    rows = session.execute(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue.id).group_by(Delivery.status)
     )
+    counts: dict[DeliveryStatus, int] = dict(rows.all())
     if not counts.get(DeliveryStatus.SENT) and not counts.get(DeliveryStatus.SENDING):
         builder.reopen(session, issue)
         return f"issue {issue.week} is a draft again: nobody had received it; edit or rebuild it and send it when ready"

@@ -38,8 +38,15 @@ def make_csv(rows: int) -> bytes:
     w = csv.writer(out, delimiter=";")
     w.writerow(["E-mail address", "First name", "Last name", "Company", "Categories"])
     for i in range(rows):
-        w.writerow([f"user{i}.{rnd.randrange(10**6)}@{rnd.choice(DOMAINS)}", f"First{i}", f"Last{i}",
-                    f"Company {i % 977}", rnd.choice(CATEGORIES)])
+        w.writerow(
+            [
+                f"user{i}.{rnd.randrange(10**6)}@{rnd.choice(DOMAINS)}",
+                f"First{i}",
+                f"Last{i}",
+                f"Company {i % 977}",
+                rnd.choice(CATEGORIES),
+            ]
+        )
     return out.getvalue().encode("utf-8")
 
 
@@ -58,6 +65,7 @@ def fresh_engine(url: str | None, tmp: str, name: str):  # type: ignore[no-untyp
         def cleanup() -> None:
             with admin.connect() as c:
                 c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
     upgrade(engine, settings)
     return engine, cleanup
 
@@ -81,18 +89,30 @@ def bench_naive(engine, data: bytes) -> float:  # type: ignore[no-untyped-def]
             except Exception:  # noqa: BLE001
                 continue
             now = utcnow()
-            s.add(Subscriber(email=email, email_key=email.casefold(), name=f"{row['First name']} {row['Last name']}",
-                             status=SubscriberStatus.ACTIVE, consent_source="bench", consent_at=now,
-                             status_changed_at=now, created_at=now, attributes={"Company": row["Company"]},
-                             soft_bounces=0))
+            s.add(
+                Subscriber(
+                    email=email,
+                    email_key=email.casefold(),
+                    name=f"{row['First name']} {row['Last name']}",
+                    status=SubscriberStatus.ACTIVE,
+                    consent_source="bench",
+                    consent_at=now,
+                    status_changed_at=now,
+                    created_at=now,
+                    attributes={"Company": row["Company"]},
+                    soft_bounces=0,
+                )
+            )
     return time.perf_counter() - t
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--pg", default=os.environ.get("NEWSLETTER_TEST_DATABASE_URL",
-                                                       "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    )
     parser.add_argument("--no-pg", action="store_true")
     args = parser.parse_args()
     data = make_csv(args.rows)

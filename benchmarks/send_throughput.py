@@ -46,9 +46,27 @@ from newsletter.sender import send  # noqa: E402
 PEER = Path.home() / ".cache/postfix-peer/bin"
 CATEGORIES = ("news", "case-studies", "products", "events", "comment")
 WORDS = (
-    "supply", "chain", "logistics", "warehouse", "automation", "robotics", "forklift", "pallet", "retrofit", "sensor",
-    "uptime", "throughput", "maintenance", "procurement", "energy", "efficiency", "plant", "floor", "operator",
-    "safety", "audit",
+    "supply",
+    "chain",
+    "logistics",
+    "warehouse",
+    "automation",
+    "robotics",
+    "forklift",
+    "pallet",
+    "retrofit",
+    "sensor",
+    "uptime",
+    "throughput",
+    "maintenance",
+    "procurement",
+    "energy",
+    "efficiency",
+    "plant",
+    "floor",
+    "operator",
+    "safety",
+    "audit",
 )
 
 
@@ -65,8 +83,9 @@ def sink() -> Iterator[int]:
     if not binary.exists():
         sys.exit(f"{binary} not found; run: bash /work/shared/tools/install-smtp-peer.sh")
     port = free_port()
-    proc = subprocess.Popen([str(binary), "-u", "nobody", f"127.0.0.1:{port}", "1000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(binary), "-u", "nobody", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(100):
             try:
@@ -81,10 +100,12 @@ def sink() -> Iterator[int]:
 
 
 def write_config(folder: Path, port: int, concurrency: int) -> Path:
-    cats = "".join(f'\n[[categories]]\nslug = "{c}"\nname = "{c.replace("-", " ").title()}"\nlimit = 6\n'
-                   for c in CATEGORIES)
+    cats = "".join(
+        f'\n[[categories]]\nslug = "{c}"\nname = "{c.replace("-", " ").title()}"\nlimit = 6\n' for c in CATEGORIES
+    )
     path = folder / "config.toml"
-    path.write_text(f"""
+    path.write_text(
+        f"""
 [newsletter]
 name = "Trade Weekly"
 from_address = "Trade Weekly <newsletter@trade-weekly.example>"
@@ -97,7 +118,9 @@ url = "sqlite:///bench.db"
 host = "127.0.0.1"
 port = {port}
 concurrency = {concurrency}
-{cats}""", encoding="utf-8")
+{cats}""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -112,16 +135,36 @@ def populate(settings: config.Settings, n: int) -> str:
         for i in range(12):
             cat = CATEGORIES[i % len(CATEGORIES)]
             summary = " ".join(rnd.choice(WORDS) for _ in range(16)).capitalize() + "."
-            s.add(Article(guid=f"a{i}", url=f"https://news.example.com/{cat}/{i}-article", category=cat,
-                          title=f"{cat.title()}: " + " ".join(rnd.choice(WORDS) for _ in range(7)),
-                          author="Staff", summary=f"<p>{summary}</p>", published_at=now - timedelta(minutes=i)))
+            s.add(
+                Article(
+                    guid=f"a{i}",
+                    url=f"https://news.example.com/{cat}/{i}-article",
+                    category=cat,
+                    title=f"{cat.title()}: " + " ".join(rnd.choice(WORDS) for _ in range(7)),
+                    author="Staff",
+                    summary=f"<p>{summary}</p>",
+                    published_at=now - timedelta(minutes=i),
+                )
+            )
         week = builder.build(s, settings).week
         ids = {c.slug: c.id for c in s.scalars(select(Category))}
         conn = s.connection()
-        subs = [{"id": i + 1, "email": f"reader{i}@example.org", "email_key": f"reader{i}@example.org",
-                 "name": f"Reader {i}", "status": SubscriberStatus.ACTIVE, "consent_source": "bench",
-                 "consent_at": now, "status_changed_at": now, "created_at": now, "attributes": {},
-                 "soft_bounces": 0} for i in range(n)]
+        subs = [
+            {
+                "id": i + 1,
+                "email": f"reader{i}@example.org",
+                "email_key": f"reader{i}@example.org",
+                "name": f"Reader {i}",
+                "status": SubscriberStatus.ACTIVE,
+                "consent_source": "bench",
+                "consent_at": now,
+                "status_changed_at": now,
+                "created_at": now,
+                "attributes": {},
+                "soft_bounces": 0,
+            }
+            for i in range(n)
+        ]
         conn.execute(insert(Subscriber), subs)
         prefs = []
         for i in range(n):
@@ -150,8 +193,17 @@ def engine_run(config_path: Path, week: str) -> None:
     report = send(db.session_factory(engine), settings, week)
     elapsed = time.perf_counter() - started
     rss = peak_rss_mb()
-    print(json.dumps({"sent": report.sent, "failed": report.failed, "elapsed": elapsed,
-                      "rate": report.sent / elapsed, "rss_mb": rss}))
+    print(
+        json.dumps(
+            {
+                "sent": report.sent,
+                "failed": report.failed,
+                "elapsed": elapsed,
+                "rate": report.sent / elapsed,
+                "rss_mb": rss,
+            }
+        )
+    )
 
 
 def naive_run(settings: config.Settings, week: str, port: int, count: int) -> dict[str, float]:
@@ -164,8 +216,12 @@ def naive_run(settings: config.Settings, week: str, port: int, count: int) -> di
     started = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port) as smtp:
         for i in range(count):
-            html, text = render.personalize(variant, unsubscribe_url=tokens.unsubscribe_url(settings, i, 1),
-                                            preferences_url=tokens.preferences_url(settings, i), name=f"Reader {i}")
+            html, text = render.personalize(
+                variant,
+                unsubscribe_url=tokens.unsubscribe_url(settings, i, 1),
+                preferences_url=tokens.preferences_url(settings, i),
+                name=f"Reader {i}",
+            )
             msg = EmailMessage()
             msg["From"] = settings.newsletter.from_address
             msg["To"] = f"Reader {i} <reader{i}@example.org>"
@@ -183,8 +239,12 @@ def naive_run(settings: config.Settings, week: str, port: int, count: int) -> di
 def smtp_source_run(port: int, count: int, size: int) -> float:
     binary = PEER / "smtp-source"
     started = time.perf_counter()
-    subprocess.run([str(binary), "-d", "-s", "8", "-m", str(count), "-l", str(size), f"127.0.0.1:{port}"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(binary), "-d", "-s", "8", "-m", str(count), "-l", str(size), f"127.0.0.1:{port}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return count / (time.perf_counter() - started)
 
 
@@ -204,21 +264,30 @@ def main() -> None:
             cfg = write_config(folder, port, args.concurrency)
             settings = config.load(cfg, environ={})
             week = populate(settings, args.subscribers)
-            child = subprocess.run([sys.executable, __file__, "--engine-child", str(cfg), week],
-                                   capture_output=True, text=True, check=True)
+            child = subprocess.run(
+                [sys.executable, __file__, "--engine-child", str(cfg), week], capture_output=True, text=True, check=True
+            )
             ours = json.loads(child.stdout.strip().splitlines()[-1])
             naive = naive_run(settings, week, port, args.naive)
             source = smtp_source_run(port, args.subscribers, int(naive["size"]))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"subscribers: {args.subscribers}, message size ~{naive['size'] / 1024:.1f} KB, "
-          f"concurrency {args.concurrency}, sink: smtp-sink on 127.0.0.1")
-    print(f"this engine (end to end, SQLite ledger): {ours['rate']:7.0f} msg/s  "
-          f"({ours['sent']} sent in {ours['elapsed']:.1f} s, peak RSS {ours['rss_mb']:.0f} MB)")
-    print(f"naive EmailMessage + smtplib:            {naive['rate']:7.0f} msg/s  "
-          f"(engine is {ours['rate'] / naive['rate']:.1f}x)")
-    print(f"smtp-source -s 8 (C client, ceiling):    {source:7.0f} msg/s  "
-          f"(engine reaches {100 * ours['rate'] / source:.0f} %)")
+    print(
+        f"subscribers: {args.subscribers}, message size ~{naive['size'] / 1024:.1f} KB, "
+        f"concurrency {args.concurrency}, sink: smtp-sink on 127.0.0.1"
+    )
+    print(
+        f"this engine (end to end, SQLite ledger): {ours['rate']:7.0f} msg/s  "
+        f"({ours['sent']} sent in {ours['elapsed']:.1f} s, peak RSS {ours['rss_mb']:.0f} MB)"
+    )
+    print(
+        f"naive EmailMessage + smtplib:            {naive['rate']:7.0f} msg/s  "
+        f"(engine is {ours['rate'] / naive['rate']:.1f}x)"
+    )
+    print(
+        f"smtp-source -s 8 (C client, ceiling):    {source:7.0f} msg/s  "
+        f"(engine reaches {100 * ours['rate'] / source:.0f} %)"
+    )
 
 
 if __name__ == "__main__":

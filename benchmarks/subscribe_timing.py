@@ -46,10 +46,21 @@ transport = "outbox"
 async def answer_time(app: Starlette, email: str) -> float:
     """Seconds from the request to the last byte of the answer."""
     body = urlencode({"email": email}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/subscribe", "raw_path": b"/subscribe", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded")],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/subscribe",
+        "raw_path": b"/subscribe",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
     answered = asyncio.Event()
     pending = [{"type": "http.request", "body": body, "more_body": False}]
     end = 0.0
@@ -90,8 +101,9 @@ async def no_hold() -> None:
 def run(url: str, n: int, folder: Path) -> None:
     (folder / "config.toml").write_text(CONFIG.format(url=url))
     settings = config.load(folder / "config.toml", environ={})
-    unlimited = dataclasses.replace(settings.web, subscribe_per_client_per_hour=10**9,
-                                    subscribe_per_address_per_hour=10**9)
+    unlimited = dataclasses.replace(
+        settings.web, subscribe_per_client_per_hour=10**9, subscribe_per_address_per_hour=10**9
+    )
     settings = dataclasses.replace(settings, web=unlimited)
     engine = make_engine(url)
     upgrade(engine, settings)
@@ -105,8 +117,9 @@ def run(url: str, n: int, folder: Path) -> None:
         engine.dispose()
     print(f"{make_url(url).get_backend_name()}, time to the answer (median):")
     for (kind, previous), values in sorted(times.items()):
-        print(f"  {kind:6} address after a {previous:6} one: {statistics.median(values) * 1000:5.2f} ms "
-              f"(n={len(values)})")
+        print(
+            f"  {kind:6} address after a {previous:6} one: {statistics.median(values) * 1000:5.2f} ms (n={len(values)})"
+        )
 
 
 def main() -> None:

@@ -53,8 +53,10 @@ def timed(n: int, request: Callable[[int], httpx.Response]) -> str:
         assert r.status_code == 200, r.text[:200]
     total = time.perf_counter() - start
     times.sort()
-    return (f"median {statistics.median(times) * 1000:6.1f} ms, p95 {times[int(len(times) * .95)] * 1000:6.1f} ms, "
-            f"{n / total:6.0f} req/s")
+    return (
+        f"median {statistics.median(times) * 1000:6.1f} ms, p95 {times[int(len(times) * 0.95)] * 1000:6.1f} ms, "
+        f"{n / total:6.0f} req/s"
+    )
 
 
 def run(url: str, n: int, folder: Path) -> None:
@@ -66,16 +68,33 @@ def run(url: str, n: int, folder: Path) -> None:
     upgrade(engine, settings)
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(insert(Subscriber), [
-            {"email": f"s{i}@example.com", "email_key": f"s{i}@example.com", "name": "",
-             "status": SubscriberStatus.ACTIVE, "consent_source": "bench", "consent_at": now,
-             "status_changed_at": now, "created_at": now, "attributes": {}, "soft_bounces": 0}
-            for i in range(1, n + 1)])
+        conn.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"s{i}@example.com",
+                    "email_key": f"s{i}@example.com",
+                    "name": "",
+                    "status": SubscriberStatus.ACTIVE,
+                    "consent_source": "bench",
+                    "consent_at": now,
+                    "status_changed_at": now,
+                    "created_at": now,
+                    "attributes": {},
+                    "soft_bounces": 0,
+                }
+                for i in range(1, n + 1)
+            ],
+        )
     engine.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     with (folder / "serve.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(cfg), "serve",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "--config", str(cfg), "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         with httpx.Client(timeout=10) as client:
             for _ in range(300):

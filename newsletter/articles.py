@@ -44,8 +44,14 @@ _EMPTY_HREF = re.compile(r'\shref=""')
 
 def sanitize(fragment: str) -> str:
     """Allow-listed HTML: no script, style, event handler or non-http(s)/mailto link survives."""
-    clean = nh3.clean(fragment, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes=URL_SCHEMES,
-                      link_rel="noopener noreferrer", strip_comments=True)
+    clean = nh3.clean(
+        fragment,
+        tags=ALLOWED_TAGS,
+        attributes=ALLOWED_ATTRIBUTES,
+        url_schemes=URL_SCHEMES,
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    )
     return _EMPTY_HREF.sub("", clean)  # what nh3 leaves of a javascript: link
 
 
@@ -84,8 +90,9 @@ def safe_url(url: str) -> str:
 def canonical_url(url: str) -> str:
     """The dedupe form of a URL: lower-case scheme/host, no utm_* parameters, no fragment."""
     parts = urlsplit(url.strip())
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if not k.lower().startswith("utm_")])
+    query = urlencode(
+        [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not k.lower().startswith("utm_")]
+    )
     host = parts.netloc.lower()
     for scheme, port in (("http", ":80"), ("https", ":443")):
         if parts.scheme.lower() == scheme and host.endswith(port):
@@ -105,8 +112,16 @@ def default_category(settings: Settings) -> str:
 # Column sizes of the articles table (models.Article).
 MAX_URL, MAX_TITLE, MAX_AUTHOR, MAX_SOURCE = 2000, 1000, 300, 300
 FIELDS = ("title", "url", "category", "author", "summary", "image_url", "published_at", "guid")
-ALIASES = {"link": "url", "published": "published_at", "date": "published_at", "id": "guid",
-           "image": "image_url", "excerpt": "summary", "description": "summary", "byline": "author"}
+ALIASES = {
+    "link": "url",
+    "published": "published_at",
+    "date": "published_at",
+    "id": "guid",
+    "image": "image_url",
+    "excerpt": "summary",
+    "description": "summary",
+    "byline": "author",
+}
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,7 @@ class Parsed:
     """What a parser read from one source: entries, one line per entry left out, warnings."""
 
     entries: list[Entry] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)   # "where: reason (skipped)"
+    skipped: list[str] = field(default_factory=list)  # "where: reason (skipped)"
     warnings: list[str] = field(default_factory=list)  # broken feed, defaulted categories …
 
 
@@ -141,16 +156,18 @@ class ImportReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: int = 0
-    skipped: list[str] = field(default_factory=list)   # "where: reason (skipped)"
+    skipped: list[str] = field(default_factory=list)  # "where: reason (skipped)"
     warnings: list[str] = field(default_factory=list)  # broken feed, defaulted categories …
-    not_modified: bool = False                         # HTTP 304: nothing to read
+    not_modified: bool = False  # HTTP 304: nothing to read
 
     @property
     def summary_line(self) -> str:
         if self.not_modified:
             return f"{self.source}: not modified since the last fetch"
-        return (f"{self.source}: {len(self.added)} added, {len(self.updated)} updated, "
-                f"{self.unchanged} unchanged, {len(self.skipped)} skipped, {len(self.warnings)} warnings")
+        return (
+            f"{self.source}: {len(self.added)} added, {len(self.updated)} updated, "
+            f"{self.unchanged} unchanged, {len(self.skipped)} skipped, {len(self.warnings)} warnings"
+        )
 
 
 def _norm(label: str) -> str:
@@ -198,9 +215,14 @@ def _entry_time(entry: Mapping[str, Any]) -> datetime | None:
 
 def _entry_image(entry: Mapping[str, Any]) -> str:
     candidates = [m.get("url", "") for m in entry.get("media_thumbnail", [])]
-    candidates += [m.get("url", "") for m in entry.get("media_content", [])
-                   if m.get("medium") == "image" or str(m.get("type", "")).startswith("image/")]
-    candidates += [e.get("href", "") for e in entry.get("enclosures", []) if str(e.get("type", "")).startswith("image/")]
+    candidates += [
+        m.get("url", "")
+        for m in entry.get("media_content", [])
+        if m.get("medium") == "image" or str(m.get("type", "")).startswith("image/")
+    ]
+    candidates += [
+        e.get("href", "") for e in entry.get("enclosures", []) if str(e.get("type", "")).startswith("image/")
+    ]
     return next((u for u in map(safe_url, candidates) if u and len(u) <= MAX_URL), "")
 
 
@@ -240,26 +262,40 @@ def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str
         slug = category or cats.match(tags)
         if slug is None:
             defaulted += 1
-        out.entries.append(Entry(
-            where=where, guid=_key(str(entry.get("id", "")), url, source), url=url, title=title,
-            category=slug or cats.default, author=_SPACES.sub(" ", str(entry.get("author", ""))).strip()[:MAX_AUTHOR],
-            summary=excerpt(_entry_summary(entry), settings.articles.excerpt_length), image_url=_entry_image(entry),
-            published_at=_entry_time(entry)))
+        out.entries.append(
+            Entry(
+                where=where,
+                guid=_key(str(entry.get("id", "")), url, source),
+                url=url,
+                title=title,
+                category=slug or cats.default,
+                author=_SPACES.sub(" ", str(entry.get("author", ""))).strip()[:MAX_AUTHOR],
+                summary=excerpt(_entry_summary(entry), settings.articles.excerpt_length),
+                image_url=_entry_image(entry),
+                published_at=_entry_time(entry),
+            )
+        )
     if defaulted:
         noun = "entry has" if defaulted == 1 else "entries have"
         out.warnings.append(f"{source}: {defaulted} {noun} no configured category; put in '{cats.default}'")
     return out
 
 
-def parse_feed(data: bytes, settings: Settings, *, source: str, category: str = "", url: str = "",
-               headers: Mapping[str, str] | None = None) -> Parsed:
+def parse_feed(
+    data: bytes,
+    settings: Settings,
+    *,
+    source: str,
+    category: str = "",
+    url: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> Parsed:
     """The entries of an RSS/Atom document. A malformed feed is a warning and whatever
     could be read is kept; a document with no feed at all is InvalidInput."""
     response_headers = {k.lower(): v for k, v in (headers or {}).items()}
     if url:
         response_headers.setdefault("content-location", url)
-    parsed = feedparser.parse(data, response_headers=response_headers, sanitize_html=True,
-                              resolve_relative_uris=True)
+    parsed = feedparser.parse(data, response_headers=response_headers, sanitize_html=True, resolve_relative_uris=True)
     problem = f"{type(parsed.bozo_exception).__name__}: {parsed.bozo_exception}"[:200] if parsed.bozo else ""
     if not parsed.entries and not parsed.version:
         raise InvalidInput(f"{source}: not an RSS or Atom feed" + (f" ({problem})" if problem else ""))
@@ -279,8 +315,9 @@ def _parse_time(value: str, settings: Settings) -> datetime:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=settings.tz)).astimezone(UTC)
 
 
-def _record_entry(record: Mapping[str, str], where: str, settings: Settings, *, source: str,
-                  cats: CategoryMap) -> tuple[Entry | None, list[str]]:
+def _record_entry(
+    record: Mapping[str, str], where: str, settings: Settings, *, source: str, cats: CategoryMap
+) -> tuple[Entry | None, list[str]]:
     """An Entry from one JSON object or CSV row, else (None, [reason]). The lines are
     warnings about what could not be used (an unknown category put in the default section,
     an unreadable date): the article is kept all the same."""
@@ -298,17 +335,26 @@ def _record_entry(record: Mapping[str, str], where: str, settings: Settings, *, 
             published = _parse_time(record["published_at"], settings)
         except ValueError:
             # Like a feed entry without a date: dated when first seen; a known article keeps its date.
-            notes.append(f"{where}: published_at {record['published_at'][:40]!r} is not an ISO 8601 date like "
-                         f"2026-11-24T09:30:00+01:00; imported, dated when first seen")
+            notes.append(
+                f"{where}: published_at {record['published_at'][:40]!r} is not an ISO 8601 date like "
+                f"2026-11-24T09:30:00+01:00; imported, dated when first seen"
+            )
     label = record.get("category", "").strip()
     slug = cats.match([label]) if label else None
     if label and not slug:
         notes.append(f"{where}: category {label!r} is not configured; put in '{cats.default}'")
     image = safe_url(record.get("image_url", ""))
-    return Entry(where=where, guid=_key(record.get("guid", ""), url, source), url=url, title=title[:MAX_TITLE],
-                 category=slug or cats.default, author=record.get("author", "").strip()[:MAX_AUTHOR],
-                 summary=excerpt(record.get("summary", ""), settings.articles.excerpt_length),
-                 image_url=image if len(image) <= MAX_URL else "", published_at=published), notes
+    return Entry(
+        where=where,
+        guid=_key(record.get("guid", ""), url, source),
+        url=url,
+        title=title[:MAX_TITLE],
+        category=slug or cats.default,
+        author=record.get("author", "").strip()[:MAX_AUTHOR],
+        summary=excerpt(record.get("summary", ""), settings.articles.excerpt_length),
+        image_url=image if len(image) <= MAX_URL else "",
+        published_at=published,
+    ), notes
 
 
 def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
@@ -325,15 +371,16 @@ def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], 
             raise InvalidInput(f"{name}:{exc.lineno}: not valid JSON ({exc.msg}); fix the file") from None
         items = doc.get("articles") if isinstance(doc, dict) else doc
         if not isinstance(items, list):
-            raise InvalidInput(f"{name}: expected a list of articles or {{\"articles\": [...]}}")
+            raise InvalidInput(f'{name}: expected a list of articles or {{"articles": [...]}}')
         rows = [(f"{name}: item {i}", item) for i, item in enumerate(items, start=1)]
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
             rows = [(f"{name}:{reader.line_num}", row) for row in reader]
         except csv.Error as exc:  # e.g. a cell over the csv module's 128 KB limit
-            raise InvalidInput(f"{name}:{reader.line_num}: not readable as CSV ({exc}); fix the file "
-                               f"(nothing imported)") from None
+            raise InvalidInput(
+                f"{name}:{reader.line_num}: not readable as CSV ({exc}); fix the file (nothing imported)"
+            ) from None
     records: list[tuple[str, dict[str, str]]] = []
     unknown: set[str] = set()
     for where, item in rows:
@@ -349,8 +396,11 @@ def _records(data: bytes, name: str) -> tuple[list[tuple[str, dict[str, str]]], 
             elif norm:
                 unknown.add(norm)
         records.append((where, record))
-    warnings = [f"{name}: ignored unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(FIELDS)}"] \
-        if unknown else []
+    warnings = (
+        [f"{name}: ignored unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(FIELDS)}"]
+        if unknown
+        else []
+    )
     return records, warnings
 
 
@@ -376,7 +426,7 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
     known: dict[str, Article] = {}
     ordered = sorted(keys)
     for start in range(0, len(ordered), 500):
-        for row in session.scalars(select(Article).where(Article.guid.in_(ordered[start:start + 500]))):
+        for row in session.scalars(select(Article).where(Article.guid.in_(ordered[start : start + 500]))):
             known[row.guid] = row
     seen: dict[int, str] = {}
     for entry in entries:
@@ -385,13 +435,18 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
             report.skipped.append(f"{entry.where}: same article as {seen[id(article)]} (skipped)")
             continue
         values: dict[str, object] = {
-            "url": entry.url, "title": entry.title, "category": entry.category, "author": entry.author,
-            "summary": entry.summary, "image_url": entry.image_url, "source": source[:MAX_SOURCE]}
+            "url": entry.url,
+            "title": entry.title,
+            "category": entry.category,
+            "author": entry.author,
+            "summary": entry.summary,
+            "image_url": entry.image_url,
+            "source": source[:MAX_SOURCE],
+        }
         if entry.published_at is not None:
             values["published_at"] = entry.published_at
         if article is None:
-            article = Article(guid=entry.guid, created_at=now, updated_at=now,
-                              **{"published_at": now, **values})
+            article = Article(guid=entry.guid, created_at=now, updated_at=now, **{"published_at": now, **values})
             session.add(article)
             known[entry.guid] = article
             report.added.append(entry.title)
@@ -435,13 +490,17 @@ def _fetch(settings: Settings, feed: FeedSettings, key: str, etag: str, last_mod
         if "://" not in feed.url:
             got = Download(read_file(Path(key), fix="fix [[feeds]] url"), {}, "")
         else:
-            got = fetch_url(feed.url, etag=etag, last_modified=last_modified, timeout=settings.articles.fetch_timeout,
-                            allow_hosts=settings.articles.allow_hosts,
-                            user_agent=f"newsletter/0.1 (+{settings.newsletter.base_url})")
+            got = fetch_url(
+                feed.url,
+                etag=etag,
+                last_modified=last_modified,
+                timeout=settings.articles.fetch_timeout,
+                allow_hosts=settings.articles.allow_hosts,
+                user_agent=f"newsletter/0.1 (+{settings.newsletter.base_url})",
+            )
         if got.data is None:
             return _Fetched(key, got)
-        parsed = parse_feed(got.data, settings, source=label, category=feed.category, url=got.url,
-                            headers=got.headers)
+        parsed = parse_feed(got.data, settings, source=label, category=feed.category, url=got.url, headers=got.headers)
     except InvalidInput as exc:
         return _Fetched(key, error=str(exc) if str(exc).startswith(label) else f"{label}: {exc}")
     return _Fetched(key, got, parsed)

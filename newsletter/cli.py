@@ -49,8 +49,14 @@ class NewsletterGroup(TyperGroup):
 
 
 def _typer(help_text: str) -> typer.Typer:
-    return typer.Typer(cls=NewsletterGroup, help=help_text, no_args_is_help=True,
-                       pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+    return typer.Typer(
+        cls=NewsletterGroup,
+        help=help_text,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
 
 
 app = _typer("Compile the week's articles into one HTML issue and mail it to every subscriber.")
@@ -100,10 +106,12 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    config: Path = typer.Option(Path("config.toml"), "--config", envvar="NEWSLETTER_CONFIG",
-                                help="Path of the config file.", show_default=True),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print the version and exit."),
+    config: Path = typer.Option(
+        Path("config.toml"), "--config", envvar="NEWSLETTER_CONFIG", help="Path of the config file.", show_default=True
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     ctx.obj = Context(config)
 
@@ -159,8 +167,9 @@ def init(ctx: typer.Context) -> None:
 
     c = get(ctx)
     if c.config_path.is_dir():
-        raise InvalidInput(f"{c.config_path} is a folder; pass the config file itself, "
-                           f"e.g. --config {c.config_path / 'config.toml'}")
+        raise InvalidInput(
+            f"{c.config_path} is a folder; pass the config file itself, e.g. --config {c.config_path / 'config.toml'}"
+        )
     if c.config_path.exists():
         console.print(f"{c.config_path} exists; keeping it")
     else:
@@ -168,8 +177,9 @@ def init(ctx: typer.Context) -> None:
         text = example.replace(config.EXAMPLE_SECRET, secrets.token_urlsafe(32), 1)
         # Owner-only from the first byte: the file holds the secret key (and maybe passwords).
         try:
-            with os.fdopen(os.open(c.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
-                           encoding="utf-8") as fp:
+            with os.fdopen(
+                os.open(c.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8"
+            ) as fp:
                 fp.write(text)
         except OSError as exc:
             raise InvalidInput(f"cannot write {c.config_path} ({exc.strerror}); pick another --config") from None
@@ -297,9 +307,14 @@ def subscribers_list(
     c = get(ctx)
     with c.sessions.reading() as s:  # a snapshot: writers go on meanwhile, however slow the output
         counts = subscribers.counts_by_status(s)
-        print_table("Subscribers", ["email", "name", "status", "categories"],
-                    ([sub.email, sub.name, sub.status, ",".join(sub.categories) or "all"]
-                     for sub in subscribers.iter_listed(s, _status(status))))
+        print_table(
+            "Subscribers",
+            ["email", "name", "status", "categories"],
+            (
+                [sub.email, sub.name, sub.status, ",".join(sub.categories) or "all"]
+                for sub in subscribers.iter_listed(s, _status(status))
+            ),
+        )
     err_console.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no subscribers")
 
 
@@ -381,8 +396,10 @@ def articles_list(
     c = get(ctx)
     week = week or builder.current_week(c.settings)
     with c.sessions.reading() as s:
-        rows = [[a.published_at.astimezone(c.settings.tz).strftime("%Y-%m-%d %H:%M"), a.category, a.title, a.url]
-                for a in builder.week_articles(s, c.settings, week)]
+        rows = [
+            [a.published_at.astimezone(c.settings.tz).strftime("%Y-%m-%d %H:%M"), a.category, a.title, a.url]
+            for a in builder.week_articles(s, c.settings, week)
+        ]
     print_table(f"Articles {week}", ["published", "category", "title", "url"], rows)
     err_console.print(f"{len(rows)} articles in {week}")
 
@@ -391,7 +408,9 @@ def articles_list(
 def issue_build(
     ctx: typer.Context,
     week: str | None = typer.Option(None, "--week", help="ISO week like 2026-W48; default: this week."),
-    force: bool = typer.Option(False, "--force", help="Reset intro, subject, lead and the desk's choices to the defaults."),
+    force: bool = typer.Option(
+        False, "--force", help="Reset intro, subject, lead and the desk's choices to the defaults."
+    ),
     intro: str | None = typer.Option(None, "--intro", help="Editor's intro in Markdown."),
     intro_file: Path | None = typer.Option(None, "--intro-file", help="Read the Markdown intro from a file."),
     subject: str | None = typer.Option(None, "--subject", help="Subject line; default: [newsletter] subject."),
@@ -477,9 +496,16 @@ def issue_list(ctx: typer.Context) -> None:
     c = get(ctx)
     tz = c.settings.tz
     with c.sessions.reading() as s:
-        rows = [[i.week, i.status, i.scheduled_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.scheduled_at else "-",
-                 i.sent_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.sent_at else "-", i.subject]
-                for i in builder.list_issues(s)]
+        rows = [
+            [
+                i.week,
+                i.status,
+                i.scheduled_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.scheduled_at else "-",
+                i.sent_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if i.sent_at else "-",
+                i.subject,
+            ]
+            for i in builder.list_issues(s)
+        ]
     print_table("Issues", ["week", "status", "send at", "sent", "subject"], rows)
     if not rows:
         err_console.print("no issues yet; run 'newsletter issue build'")
@@ -546,8 +572,9 @@ def issue_move(
 
     c = get(ctx)
     with c.sessions.begin() as s:
-        issue = curation.move(s, c.settings, week or builder.current_week(c.settings), url, section=section,
-                              position=position)
+        issue = curation.move(
+            s, c.settings, week or builder.current_week(c.settings), url, section=section, position=position
+        )
     _print_draft(ctx, issue.week)
 
 
@@ -560,8 +587,9 @@ def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    insecure_dev: bool = typer.Option(False, "--insecure-dev",
-                                      help="Allow the example secret_key (never on a public server)."),
+    insecure_dev: bool = typer.Option(
+        False, "--insecure-dev", help="Allow the example secret_key (never on a public server)."
+    ),
 ) -> None:
     """Run the subscriber web app (unsubscribe, preferences, subscribe, archive, tracked links) and
     the editor's desk under /admin/ (until Ctrl-C).
@@ -571,10 +599,16 @@ def serve(
     from newsletter import web
 
     c = get(ctx)
-    err_console.print(f"subscriber pages on http://{host}:{port}/ ; links in mails start with "
-                      f"{c.settings.newsletter.base_url}", highlight=False, soft_wrap=True)
-    err_console.print(f"the editor's desk on http://{host}:{port}/admin/ (editors: 'newsletter admin add EMAIL')",
-                      highlight=False, soft_wrap=True)
+    err_console.print(
+        f"subscriber pages on http://{host}:{port}/ ; links in mails start with {c.settings.newsletter.base_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    err_console.print(
+        f"the editor's desk on http://{host}:{port}/admin/ (editors: 'newsletter admin add EMAIL')",
+        highlight=False,
+        soft_wrap=True,
+    )
     web.serve(c.settings, c.sessions, host=host, port=port, insecure_dev=insecure_dev)
 
 
@@ -616,8 +650,7 @@ def issue_weblink(
     base = c.settings.newsletter.base_url.rstrip("/")
     shown = "" if content.status == "sent" else "  (public once sent)"
     console.print(f"archive: {base}/issues/{week}{shown}", highlight=False, soft_wrap=True)
-    console.print(f"preview: {tokens.preview_url(c.settings, content.issue_id, week)}", highlight=False,
-                  soft_wrap=True)
+    console.print(f"preview: {tokens.preview_url(c.settings, content.issue_id, week)}", highlight=False, soft_wrap=True)
 
 
 bounces_app = _typer("Bounces and spam complaints: keep the list clean automatically.")
@@ -695,9 +728,19 @@ class _SendProgress:
 
         self.clock = time.monotonic
         self.started = self.last = self.clock()
-        self.bar = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[detail]}"), TimeRemainingColumn(), console=err_console,
-                            transient=True) if err_console.is_terminal else None
+        self.bar = (
+            Progress(
+                TextColumn("sending"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            if err_console.is_terminal
+            else None
+        )
         self.task = self.bar.add_task("send", total=None, detail="") if self.bar else None
 
     def __enter__(self) -> _SendProgress:
@@ -722,12 +765,18 @@ class _SendProgress:
 
 
 def _print_send_report(report: Any) -> None:
-    console.print(f"issue {report.week}: sent {report.sent}, failed {report.failed} (bounced {report.bounced}), "
-                  f"skipped {report.skipped}, retries {report.retrying} in {report.elapsed:.1f} s "
-                  f"({report.rate:.0f} msg/s); issue is {report.issue_status}", highlight=False)
+    console.print(
+        f"issue {report.week}: sent {report.sent}, failed {report.failed} (bounced {report.bounced}), "
+        f"skipped {report.skipped}, retries {report.retrying} in {report.elapsed:.1f} s "
+        f"({report.rate:.0f} msg/s); issue is {report.issue_status}",
+        highlight=False,
+    )
     if report.remaining:
-        console.print(f"{report.remaining} deliveries still open ({report.ambiguous} ambiguous); "
-                      f"`newsletter stats --week {report.week}` lists them", highlight=False)
+        console.print(
+            f"{report.remaining} deliveries still open ({report.ambiguous} ambiguous); "
+            f"`newsletter stats --week {report.week}` lists them",
+            highlight=False,
+        )
     for note in report.notes:
         console.print(note, highlight=False)
 
@@ -740,8 +789,9 @@ def send_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Send at most N messages in this run."),
     test_to: str | None = typer.Option(None, "--test-to", help="Send one copy to this address, outside the ledger."),
     force: bool = typer.Option(False, "--force", help="Send even if the issue is older than [delivery] max_age_hours."),
-    resend_ambiguous: bool = typer.Option(False, "--resend-ambiguous",
-                                          help="Also resend messages an interrupted send may or may not have sent."),
+    resend_ambiguous: bool = typer.Option(
+        False, "--resend-ambiguous", help="Also resend messages an interrupted send may or may not have sent."
+    ),
 ) -> None:
     """Send the built issue to every active subscriber (their sections only); resumes where it stopped.
 
@@ -753,8 +803,11 @@ def send_cmd(
     if dry_run:
         with c.sessions.reading() as s:
             plans = sender.dry_run(s, c.settings, week)
-        print_table("Recipients per variant", ["sections", "recipients", "for example"],
-                    [[" ".join(p.sections), p.recipients, ", ".join(p.examples)] for p in plans])
+        print_table(
+            "Recipients per variant",
+            ["sections", "recipients", "for example"],
+            [[" ".join(p.sections), p.recipients, ", ".join(p.examples)] for p in plans],
+        )
         console.print(f"{sum(p.recipients for p in plans)} messages would be sent", highlight=False)
         return
     if test_to:
@@ -763,8 +816,9 @@ def send_cmd(
         console.print(f"test copy sent to {address}: {reply}", highlight=False)
         return
     with _SendProgress() as progress:
-        report = sender.send(c.sessions, c.settings, week, limit=limit, force=force,
-                             resend_ambiguous=resend_ambiguous, progress=progress)
+        report = sender.send(
+            c.sessions, c.settings, week, limit=limit, force=force, resend_ambiguous=resend_ambiguous, progress=progress
+        )
     _print_send_report(report)
 
 
@@ -804,14 +858,19 @@ def stats_cmd(
         clicked = clicks.click_stats(s, get(ctx).settings, builder.get_issue(s, get(ctx).settings, result.week).id)
     rows = [*result.rows, ("clicks", clicked.clicks), ("link scanner fetches (not counted)", clicked.scanner)]
     rows += [(f"clicks in {name}", n) for name, n in clicked.by_section]
-    rows += [(f"top {rank}: {title} ({section})", n) for rank, (title, _url, section, n) in enumerate(clicked.top[:5], 1)]
+    rows += [
+        (f"top {rank}: {title} ({section})", n) for rank, (title, _url, section, n) in enumerate(clicked.top[:5], 1)
+    ]
     print_table(f"Issue {result.week}", ["", "count"], [[label, value] for label, value in rows])
     if result.bounces.warning:
         err_console.print(f"warning: {result.bounces.warning}", highlight=False, soft_wrap=True)
     if result.ambiguous:
         more = " …" if result.ambiguous > len(result.ambiguous_emails) else ""
-        console.print(f"ambiguous (an interrupted send may or may not have delivered these): "
-                      f"{', '.join(result.ambiguous_emails)}{more}", highlight=False)
+        console.print(
+            f"ambiguous (an interrupted send may or may not have delivered these): "
+            f"{', '.join(result.ambiguous_emails)}{more}",
+            highlight=False,
+        )
         console.print(f"resend them with `newsletter send --week {result.week} --resend-ambiguous`", highlight=False)
 
 
@@ -874,8 +933,10 @@ def admin_list(ctx: typer.Context) -> None:
     from newsletter import editors
 
     with get(ctx).sessions.reading() as s:
-        rows = [[e.email, e.last_login_at.isoformat(timespec="minutes") if e.last_login_at else "never"]
-                for e in editors.list_editors(s)]
+        rows = [
+            [e.email, e.last_login_at.isoformat(timespec="minutes") if e.last_login_at else "never"]
+            for e in editors.list_editors(s)
+        ]
     print_table("Editors", ["email", "last sign-in"], rows)
     if not rows:
         err_console.print("no editors yet; add one with 'newsletter admin add EMAIL'")

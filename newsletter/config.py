@@ -276,7 +276,11 @@ def _coerce(value: object, kind: type, where: str, source: str, *, from_env: boo
     if kind is bool:
         if isinstance(value, bool):
             return value
-        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if (
+            from_env
+            and isinstance(value, str)
+            and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off")
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise fail("true or false")
     if kind is int:
@@ -316,8 +320,11 @@ def _build(cls: type, data: Mapping[str, object], where: str, source: str) -> ob
         if key not in known:
             raise ConfigError(f"{where} unknown key '{key}' in {source}; see config.example.toml for the keys")
         values[key] = _coerce(value, _field_type(cls, key), f"{where} {key}", source, from_env=False)
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{where} missing required key '{missing[0]}' in {source}")
     return cls(**values)
@@ -361,7 +368,9 @@ def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, m
             try:
                 data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or run 'newsletter init' in a new folder") from exc
+                raise ConfigError(
+                    f"{path}: not valid TOML ({exc}); fix the file or run 'newsletter init' in a new folder"
+                ) from exc
             except OSError as exc:
                 raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
         elif must_exist:
@@ -380,8 +389,13 @@ def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, m
         for (section, key), value in env.items():
             if section == name:
                 env_name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
-                changes[key] = _coerce(value, _field_type(cls, key), f"[{section}] {key} (from {env_name})",
-                                       f"the environment variable {env_name}", from_env=True)
+                changes[key] = _coerce(
+                    value,
+                    _field_type(cls, key),
+                    f"[{section}] {key} (from {env_name})",
+                    f"the environment variable {env_name}",
+                    from_env=True,
+                )
         sections[name] = dataclasses.replace(built, **changes)  # type: ignore[type-var]
     arrays: dict[str, tuple[object, ...]] = {}
     for name, cls in ARRAYS.items():
@@ -407,11 +421,12 @@ def _check_base_url(url: str, source: str) -> None:
     """Every link in every message starts with base_url: it must be one a mail client opens."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(f"[newsletter] base_url {url!r} must be an absolute http(s) URL like "
-                          f"'https://news.example.com'; fix {source}")
+        raise ConfigError(
+            f"[newsletter] base_url {url!r} must be an absolute http(s) URL like "
+            f"'https://news.example.com'; fix {source}"
+        )
     if parts.scheme == "http" and not _is_local_host(parts.hostname):
-        raise ConfigError(f"[newsletter] base_url {url!r} must use https (plain http only on localhost); "
-                          f"fix {source}")
+        raise ConfigError(f"[newsletter] base_url {url!r} must use https (plain http only on localhost); fix {source}")
 
 
 def _check_address(key: str, value: str, source: str) -> None:
@@ -424,13 +439,17 @@ def _check_address(key: str, value: str, source: str) -> None:
             raise EmailNotValidError("expected one address")
         validate_email(parsed[0][1], check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ConfigError(f"[newsletter] {key} {value!r} is not an email address ({exc}); write it like "
-                          f"'Trade Weekly <news@example.com>'; fix {source}") from None
+        raise ConfigError(
+            f"[newsletter] {key} {value!r} is not an email address ({exc}); write it like "
+            f"'Trade Weekly <news@example.com>'; fix {source}"
+        ) from None
 
 
 MIN_KEY_BITS = 256
-MAKE_A_KEY = ("make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))' (or copy the one "
-              "`newsletter init` writes into a new config.toml), then set it in config.toml or NEWSLETTER_SECRET_KEY")
+MAKE_A_KEY = (
+    "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))' (or copy the one "
+    "`newsletter init` writes into a new config.toml), then set it in config.toml or NEWSLETTER_SECRET_KEY"
+)
 _B64 = frozenset(string.ascii_letters + string.digits + "+/-_=")
 
 
@@ -449,12 +468,15 @@ def check_secret_key(secret: str) -> None:
     """Raise ConfigError unless `secret` may sign subscriber links: not the public example,
     and at least 256 bits (32 bytes) of estimated entropy. The value itself is never shown."""
     if secret == EXAMPLE_SECRET:
-        raise ConfigError(f"[newsletter] secret_key is the example value, so anyone could forge subscriber links; "
-                          f"{MAKE_A_KEY}")
+        raise ConfigError(
+            f"[newsletter] secret_key is the example value, so anyone could forge subscriber links; {MAKE_A_KEY}"
+        )
     bits = key_bits(secret)
     if bits < MIN_KEY_BITS:
-        raise ConfigError(f"[newsletter] secret_key is too weak to sign subscriber links (about {bits:.0f} bits of "
-                          f"entropy, {MIN_KEY_BITS} needed); {MAKE_A_KEY}")
+        raise ConfigError(
+            f"[newsletter] secret_key is too weak to sign subscriber links (about {bits:.0f} bits of "
+            f"entropy, {MIN_KEY_BITS} needed); {MAKE_A_KEY}"
+        )
 
 
 def check_ready_to_send(settings: Settings) -> None:
@@ -466,14 +488,18 @@ def check_ready_to_send(settings: Settings) -> None:
     secret key is checked first."""
     check_secret_key(settings.newsletter.secret_key)
     if not settings.newsletter.postal_address.strip():
-        raise ConfigError("[newsletter] postal_address is empty; every message must show the publisher's postal "
-                          "address: set it in config.toml")
+        raise ConfigError(
+            "[newsletter] postal_address is empty; every message must show the publisher's postal "
+            "address: set it in config.toml"
+        )
     if settings.delivery.transport != "smtp":
         return
     for key, placeholder in PLACEHOLDERS.items():
         if getattr(settings.newsletter, key).strip() == placeholder:
-            raise ConfigError(f"[newsletter] {key} is still the example's placeholder {placeholder!r}; set your own "
-                              f"in config.toml before sending through SMTP (or use [delivery] transport = \"outbox\")")
+            raise ConfigError(
+                f"[newsletter] {key} is still the example's placeholder {placeholder!r}; set your own "
+                f'in config.toml before sending through SMTP (or use [delivery] transport = "outbox")'
+            )
 
 
 def _validate(settings: Settings, source: str) -> None:
@@ -486,13 +512,16 @@ def _validate(settings: Settings, source: str) -> None:
         if value not in allowed:
             raise ConfigError(f"[{section}] {key} {value!r} must be one of {', '.join(allowed)}; fix {source}")
     try:
-        settings.tz
+        _ = settings.tz  # reading it resolves the zone
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"[newsletter] timezone {settings.newsletter.timezone!r} is not a known time zone "
-                          f"(e.g. 'Europe/Berlin'); fix {source}") from exc
+        raise ConfigError(
+            f"[newsletter] timezone {settings.newsletter.timezone!r} is not a known time zone "
+            f"(e.g. 'Europe/Berlin'); fix {source}"
+        ) from exc
     if settings.newsletter.send_day.lower() not in WEEKDAYS:
-        raise ConfigError(f"[newsletter] send_day {settings.newsletter.send_day!r} must be a weekday name "
-                          f"like 'friday'; fix {source}")
+        raise ConfigError(
+            f"[newsletter] send_day {settings.newsletter.send_day!r} must be a weekday name like 'friday'; fix {source}"
+        )
     hh, _, mm = settings.newsletter.send_time.partition(":")
     if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
         raise ConfigError(f"[newsletter] send_time {settings.newsletter.send_time!r} must be HH:MM; fix {source}")
@@ -501,27 +530,36 @@ def _validate(settings: Settings, source: str) -> None:
         raise ConfigError(f"[[categories]] slugs must be unique, got {', '.join(slugs)}; fix {source}")
     for feed in settings.feeds:
         if feed.category and feed.category not in slugs:
-            raise ConfigError(f"[[feeds]] {feed.name!r} category {feed.category!r} is not a configured "
-                              f"[[categories]] slug; fix {source}")
+            raise ConfigError(
+                f"[[feeds]] {feed.name!r} category {feed.category!r} is not a configured "
+                f"[[categories]] slug; fix {source}"
+            )
     if settings.articles.default_category and settings.articles.default_category not in slugs:
-        raise ConfigError(f"[articles] default_category {settings.articles.default_category!r} is not a configured "
-                          f"[[categories]] slug; fix {source}")
+        raise ConfigError(
+            f"[articles] default_category {settings.articles.default_category!r} is not a configured "
+            f"[[categories]] slug; fix {source}"
+        )
     if settings.articles.excerpt_length < 20:
         raise ConfigError(f"[articles] excerpt_length must be at least 20 characters; fix {source}")
     try:
         settings.newsletter.subject.format(name="", week="", week_number=0, year=0, date="")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"[newsletter] subject {settings.newsletter.subject!r} uses an unknown placeholder ({exc}); "
-                          f"use {{name}}, {{week}}, {{week_number}}, {{year}}, {{date}}; fix {source}") from exc
+        raise ConfigError(
+            f"[newsletter] subject {settings.newsletter.subject!r} uses an unknown placeholder ({exc}); "
+            f"use {{name}}, {{week}}, {{week_number}}, {{year}}, {{date}}; fix {source}"
+        ) from exc
     dkim = settings.dkim
-    if any((dkim.selector, dkim.domain, dkim.private_key_path)) and not all((dkim.selector, dkim.domain,
-                                                                            dkim.private_key_path)):
+    if any((dkim.selector, dkim.domain, dkim.private_key_path)) and not all(
+        (dkim.selector, dkim.domain, dkim.private_key_path)
+    ):
         raise ConfigError(f"[dkim] selector, domain and private_key_path must all be set (or all empty); fix {source}")
     _validate_smtp(settings.smtp, source)
     bounces = settings.bounces
     if not 1 <= bounces.soft_bounce_limit <= bounces.soft_bounce_issues:
-        raise ConfigError(f"[bounces] soft_bounce_limit {bounces.soft_bounce_limit} must be at least 1 and at most "
-                          f"soft_bounce_issues ({bounces.soft_bounce_issues}); fix {source}")
+        raise ConfigError(
+            f"[bounces] soft_bounce_limit {bounces.soft_bounce_limit} must be at least 1 and at most "
+            f"soft_bounce_issues ({bounces.soft_bounce_issues}); fix {source}"
+        )
 
 
 def _validate_smtp(smtp: SmtpSettings, source: str) -> None:
@@ -530,9 +568,13 @@ def _validate_smtp(smtp: SmtpSettings, source: str) -> None:
     if smtp.rate_per_second < 0:
         raise ConfigError(f"[smtp] rate_per_second must be 0 (as fast as the server takes them) or more; fix {source}")
     if smtp.starttls and smtp.ssl:
-        raise ConfigError(f"[smtp] starttls and ssl are both true: use ssl for port 465 (TLS from the start) or "
-                          f"starttls for port 587, not both; fix {source}")
+        raise ConfigError(
+            f"[smtp] starttls and ssl are both true: use ssl for port 465 (TLS from the start) or "
+            f"starttls for port 587, not both; fix {source}"
+        )
     if smtp.username and not (smtp.starttls or smtp.ssl or smtp.auth_without_tls):
-        raise ConfigError(f"[smtp] username is set but neither starttls nor ssl is: the password would cross the "
-                          f"network in clear; set starttls = true (port 587) or ssl = true (port 465), or "
-                          f"auth_without_tls = true for a relay on this host; fix {source}")
+        raise ConfigError(
+            f"[smtp] username is set but neither starttls nor ssl is: the password would cross the "
+            f"network in clear; set starttls = true (port 587) or ssl = true (port 465), or "
+            f"auth_without_tls = true for a relay on this host; fix {source}"
+        )

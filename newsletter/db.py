@@ -56,8 +56,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True, **kwargs)
     except (ArgumentError, ModuleNotFoundError) as exc:
-        raise ConfigError(f"[database] url {url!r} is not usable ({exc}); fix config.toml or set "
-                          f"NEWSLETTER_DATABASE_URL") from exc
+        raise ConfigError(
+            f"[database] url {url!r} is not usable ({exc}); fix config.toml or set NEWSLETTER_DATABASE_URL"
+        ) from exc
     return engine
 
 
@@ -156,8 +157,10 @@ class Upgrade:
 
 
 def _unreachable(engine: Engine, exc: OperationalError) -> ConfigError:
-    return ConfigError(f"[database] cannot reach {engine.url.render_as_string(hide_password=True)}: "
-                       f"{exc.orig}; check the url and that the server runs")
+    return ConfigError(
+        f"[database] cannot reach {engine.url.render_as_string(hide_password=True)}: "
+        f"{exc.orig}; check the url and that the server runs"
+    )
 
 
 def _sqlite_file(engine: Engine) -> Path | None:
@@ -205,8 +208,10 @@ def require_current(engine: Engine) -> None:
     an empty SQLite file."""
     path = _sqlite_file(engine)
     if path is not None and not path.is_file():
-        raise ConfigError(f"the database {path} does not exist; run 'newsletter init' (new setup) or "
-                          f"'newsletter db upgrade', or fix [database] url")
+        raise ConfigError(
+            f"the database {path} does not exist; run 'newsletter init' (new setup) or "
+            f"'newsletter db upgrade', or fix [database] url"
+        )
     current = _revision(engine)
     script = ScriptDirectory.from_config(alembic_config(engine))
     head = script.get_current_head()
@@ -216,10 +221,13 @@ def require_current(engine: Engine) -> None:
     if current is None:
         raise ConfigError(f"the database {where} has no schema yet; run 'newsletter init' or 'newsletter db upgrade'")
     if current not in {rev.revision for rev in script.walk_revisions()}:
-        raise ConfigError(f"the database {where} is at schema revision {current}, which this version of newsletter "
-                          f"does not know (newest: {head}); install the newer newsletter that migrated it")
-    raise ConfigError(f"the database {where} is at schema revision {current}, older than {head}; "
-                      f"run 'newsletter db upgrade'")
+        raise ConfigError(
+            f"the database {where} is at schema revision {current}, which this version of newsletter "
+            f"does not know (newest: {head}); install the newer newsletter that migrated it"
+        )
+    raise ConfigError(
+        f"the database {where} is at schema revision {current}, older than {head}; run 'newsletter db upgrade'"
+    )
 
 
 def sync_categories(session: Session, settings: Settings) -> None:

@@ -38,8 +38,19 @@ from newsletter.render import Variant
 # Slot numbers: index into the per-subscriber values tuple built by `MessageFactory.values`.
 TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML, DATE = range(8)
 # Headers a DKIM signature covers; Gmail requires the two List-Unsubscribe ones (RFC 8058 §4).
-DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"List-Id",
-                b"List-Unsubscribe", b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type")
+DKIM_HEADERS = (
+    b"From",
+    b"To",
+    b"Subject",
+    b"Date",
+    b"Message-ID",
+    b"Reply-To",
+    b"List-Id",
+    b"List-Unsubscribe",
+    b"List-Unsubscribe-Post",
+    b"MIME-Version",
+    b"Content-Type",
+)
 POLICY = email.policy.SMTP.clone(max_line_length=78, refold_source="all")
 SOFT_BREAK = b"=\r\n"
 HEADER_LINE = 78  # RFC 5322 2.1.1: lines SHOULD stay within 78 characters, MUST within 998
@@ -103,10 +114,9 @@ def _qp_value(value: str) -> bytes:
     if value.isascii() and value.isprintable() and "=" not in value and not value.endswith(" "):
         raw = value.encode("ascii")
         if len(raw) > 75:
-            raw = SOFT_BREAK.join(raw[i:i + 75] for i in range(0, len(raw), 75))
+            raw = SOFT_BREAK.join(raw[i : i + 75] for i in range(0, len(raw), 75))
     else:
-        raw = quoprimime.body_encode(value.encode("utf-8").decode("latin-1"), maxlinelen=76,
-                                     eol="\r\n").encode("ascii")
+        raw = quoprimime.body_encode(value.encode("utf-8").decode("latin-1"), maxlinelen=76, eol="\r\n").encode("ascii")
     return _no_leading_dots(raw)
 
 
@@ -119,15 +129,23 @@ def _no_leading_dots(qp: bytes) -> bytes:
 def _qp_with_slots(text: str, slots: render.Slots, html_part: bool) -> list[bytes | int]:
     """A body part encoded quoted-printable, cut at the variant's slot markers (only
     those the template made: article text cannot name one, see `render.Slots`)."""
-    numbers = {slots.unsubscribe_url: URL_UNSUBSCRIBE, slots.preferences_url: URL_PREFERENCES,
-               slots.subscriber_name: NAME_HTML if html_part else NAME_TEXT}
+    numbers = {
+        slots.unsubscribe_url: URL_UNSUBSCRIBE,
+        slots.preferences_url: URL_PREFERENCES,
+        slots.subscriber_name: NAME_HTML if html_part else NAME_TEXT,
+    }
     out: list[bytes | int] = []
     for i, piece in enumerate(slots.pattern().split(text.replace("\r\n", "\n").replace("\r", "\n"))):
         if i % 2:
             out += [SOFT_BREAK, numbers[piece], SOFT_BREAK]
         elif piece:
-            out.append(_no_leading_dots(quoprimime.body_encode(piece.encode("utf-8").decode("latin-1"),
-                                                               maxlinelen=76, eol="\r\n").encode("ascii")))
+            out.append(
+                _no_leading_dots(
+                    quoprimime.body_encode(piece.encode("utf-8").decode("latin-1"), maxlinelen=76, eol="\r\n").encode(
+                        "ascii"
+                    )
+                )
+            )
     return out
 
 
@@ -226,8 +244,15 @@ class DkimSigner:
 
     def sign(self, data: bytes) -> WireBytes:
         try:
-            signature = dkim.sign(data, self.selector, self.domain, self.key, include_headers=list(DKIM_HEADERS),
-                                  canonicalize=(b"relaxed", b"relaxed"), linesep=b"\r\n")
+            signature = dkim.sign(
+                data,
+                self.selector,
+                self.domain,
+                self.key,
+                include_headers=list(DKIM_HEADERS),
+                canonicalize=(b"relaxed", b"relaxed"),
+                linesep=b"\r\n",
+            )
         except dkim.DKIMException as exc:
             raise ConfigError(f"[dkim] cannot sign with the key in private_key_path: {exc}") from exc
         return WireBytes(signature + data)  # dkimpy folds with CRLF + tab: still wire form
@@ -254,10 +279,19 @@ class MessageFactory:
         head: list[bytes | int] = [_header("From", n.from_address)]
         if n.reply_to:
             head.append(_header("Reply-To", n.reply_to))
-        head += [TO, _header("Subject", variant.subject), DATE, b"Message-ID: ", MESSAGE_ID,
-                 b"\r\n", _header("List-Id", list_id(self.settings)), LIST_UNSUBSCRIBE,
-                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", b"MIME-Version: 1.0\r\n",
-                 f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()]
+        head += [
+            TO,
+            _header("Subject", variant.subject),
+            DATE,
+            b"Message-ID: ",
+            MESSAGE_ID,
+            b"\r\n",
+            _header("List-Id", list_id(self.settings)),
+            LIST_UNSUBSCRIBE,
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            b"MIME-Version: 1.0\r\n",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+        ]
         part = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
         body: list[bytes | int] = [f"--{boundary}\r\n{part.format('plain')}".encode()]
         body += _qp_with_slots(variant.text, variant.slots, False)
@@ -274,14 +308,29 @@ class MessageFactory:
         preferences = tokens.preferences_url(self.settings, subscriber_id)
         to = to_header(address, name)
         token = unsubscribe.rpartition("/")[2].encode()
-        list_unsubscribe = (b"List-Unsubscribe: <" + unsubscribe.encode() + b">,\r\n <mailto:" + self.mailto +
-                            b"?subject=unsubscribe-" + token + b">\r\n")
+        list_unsubscribe = (
+            b"List-Unsubscribe: <"
+            + unsubscribe.encode()
+            + b">,\r\n <mailto:"
+            + self.mailto
+            + b"?subject=unsubscribe-"
+            + token
+            + b">\r\n"
+        )
         url_unsub, url_prefs = _qp_value(unsubscribe), _qp_value(preferences)
         greeting = render.greeting_name(name)
         name_text = _qp_value(greeting) if greeting else b""
         name_html = _qp_value(html.escape(greeting, quote=True)) if greeting else b""
-        return (to, _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(), list_unsubscribe,
-                url_unsub, url_prefs, name_text, name_html, self.date())
+        return (
+            to,
+            _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(),
+            list_unsubscribe,
+            url_unsub,
+            url_prefs,
+            name_text,
+            name_html,
+            self.date(),
+        )
 
     def build(self, template: Template, subscriber_id: int, address: str, name: str) -> WireBytes:
         """The finished message for one subscriber (DKIM-signed when configured)."""

@@ -57,8 +57,11 @@ class Slots:
 
     def pattern(self) -> re.Pattern[str]:
         """Matches any of the markers (for one-pass replacement or splitting, capturing the marker)."""
-        return re.compile("(" + "|".join(re.escape(m) for m in (self.unsubscribe_url, self.preferences_url,
-                                                                   self.subscriber_name)) + ")")
+        return re.compile(
+            "("
+            + "|".join(re.escape(m) for m in (self.unsubscribe_url, self.preferences_url, self.subscriber_name))
+            + ")"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,21 @@ class Variant:
 def _environment(user_dir: str) -> Environment:
     builtin = Path(str(importlib.resources.files("newsletter.templates")))
     loaders = [FileSystemLoader(user_dir)] if user_dir else []
-    env = Environment(loader=ChoiceLoader([*loaders, FileSystemLoader(str(builtin))]),
-                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=ChoiceLoader([*loaders, FileSystemLoader(str(builtin))]),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["text"] = to_text
     return env
 
 
 def to_text(fragment: str) -> str:
     """Plain text of sanitised HTML for the text part; a link keeps its URL: 'label (url)'."""
+
     def keep_url(match: re.Match[str]) -> str:
         url, label = html.unescape(match[1]), match[2]
         return label if html_to_text(label) == url else f"{label} ({url})"
@@ -120,8 +129,12 @@ def _common(settings: Settings, content: IssueContent, sections: tuple[str, ...]
 
     body = {"intro_html": content.intro_html, "lead": content.lead, "sections": chosen, "date": date}
     return {
-        "name": settings.newsletter.name, "postal_address": settings.newsletter.postal_address,
-        "subject": content.subject, "week": content.week, "date": date, "self_content": body,
+        "name": settings.newsletter.name,
+        "postal_address": settings.newsletter.postal_address,
+        "subject": content.subject,
+        "week": content.week,
+        "date": date,
+        "self_content": body,
         "week_label": f"Week {int(content.week[-2:])} · {send_day.day} {send_day:%B %Y}",
         "view_url": f"{settings.newsletter.base_url.rstrip('/')}/issues/{content.week}",
         **body,
@@ -139,9 +152,16 @@ def _preheader(content: IssueContent, sections: tuple[str, ...]) -> str:
 
 def _inline_css(document: str) -> str:
     """premailer, keeping the <style> block so media queries (mobile, dark mode) still apply."""
-    return Premailer(document, keep_style_tags=True, remove_classes=False, strip_important=False,
-                     allow_network=False, disable_validation=True, disable_basic_attributes=["height"],
-                     cssutils_logging_level=logging.CRITICAL).transform()
+    return Premailer(
+        document,
+        keep_style_tags=True,
+        remove_classes=False,
+        strip_important=False,
+        allow_network=False,
+        disable_validation=True,
+        disable_basic_attributes=["height"],
+        cssutils_logging_level=logging.CRITICAL,
+    ).transform()
 
 
 def render_variant(settings: Settings, content: IssueContent, sections: Iterable[str]) -> Variant:
@@ -157,15 +177,23 @@ def render_variant(settings: Settings, content: IssueContent, sections: Iterable
     every = len(chosen) == len(content.sections)
     slots = Slots.fresh()
     context.update(
-        preheader=_preheader(content, chosen), greeting_name=slots.subscriber_name,
-        unsubscribe_url=slots.unsubscribe_url, preferences_url=slots.preferences_url,
+        preheader=_preheader(content, chosen),
+        greeting_name=slots.subscriber_name,
+        unsubscribe_url=slots.unsubscribe_url,
+        preferences_url=slots.preferences_url,
         section_names=[] if every else [s.name for s in content.sections if s.slug in chosen],
         intro_text=to_text(content.intro_html),
     )
     document = _inline_css(env.get_template("email/issue.html").render(context))
     text = env.get_template("email/issue.txt").render(context)
-    return Variant(sections=chosen, subject=content.subject, preheader=str(context["preheader"]),
-                   html=document, text=text, slots=slots)
+    return Variant(
+        sections=chosen,
+        subject=content.subject,
+        preheader=str(context["preheader"]),
+        html=document,
+        text=text,
+        slots=slots,
+    )
 
 
 def greeting_name(name: str) -> str:
@@ -183,8 +211,11 @@ def personalize(variant: Variant, *, unsubscribe_url: str, preferences_url: str,
     def fill(doc: str, esc: Callable[[str], str]) -> str:
         # Plain replacements (faster than one regex pass): no value can hold a marker, since
         # none knows this render's nonce; the name, the only value from outside, goes last.
-        return (doc.replace(slots.unsubscribe_url, esc(unsubscribe_url))
-                .replace(slots.preferences_url, esc(preferences_url)).replace(slots.subscriber_name, esc(greeting)))
+        return (
+            doc.replace(slots.unsubscribe_url, esc(unsubscribe_url))
+            .replace(slots.preferences_url, esc(preferences_url))
+            .replace(slots.subscriber_name, esc(greeting))
+        )
 
     return fill(variant.html, lambda v: html.escape(v, quote=True)), fill(variant.text, lambda v: v)
 
@@ -196,8 +227,9 @@ def render_web(settings: Settings, content: IssueContent) -> str:
     return environment(settings).get_template("web/issue.html").render(context)
 
 
-def preview(session: Session, settings: Settings, week: str | None = None, *,
-            email: str | None = None) -> tuple[str, str]:
+def preview(
+    session: Session, settings: Settings, week: str | None = None, *, email: str | None = None
+) -> tuple[str, str]:
     """(html, text) of the built issue: the whole issue with inert links, or exactly
     what the subscriber `email` would receive (their sections, their links). Article links
     go straight to the articles: a preview is read, not counted (the mail links via /c/)."""
@@ -208,5 +240,9 @@ def preview(session: Session, settings: Settings, week: str | None = None, *,
         return personalize(variant, unsubscribe_url="#unsubscribe", preferences_url="#preferences", name="")
     sub = subscribers.require(session, email)
     variant = render_variant(settings, content, sections_for(content, subscribers.category_slugs(session, sub)))
-    return personalize(variant, unsubscribe_url=tokens.unsubscribe_url(settings, sub.id, content.issue_id),
-                       preferences_url=tokens.preferences_url(settings, sub.id), name=sub.name)
+    return personalize(
+        variant,
+        unsubscribe_url=tokens.unsubscribe_url(settings, sub.id, content.issue_id),
+        preferences_url=tokens.preferences_url(settings, sub.id),
+        name=sub.name,
+    )

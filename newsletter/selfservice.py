@@ -64,8 +64,9 @@ def _get(session: Session, subscriber_id: int) -> Subscriber:
 
 def categories(session: Session) -> list[tuple[str, str]]:
     """(slug, name) of every category in issue order."""
-    return [(slug, name) for slug, name in session.execute(select(Category.slug, Category.name)
-                                                           .order_by(Category.position))]
+    return [
+        (slug, name) for slug, name in session.execute(select(Category.slug, Category.name).order_by(Category.position))
+    ]
 
 
 def check_topics(topics: Sequence[tuple[str, str]], slugs: Sequence[str]) -> list[str]:
@@ -118,8 +119,13 @@ def view(session: Session, subscriber_id: int) -> SubscriberView:
     """The subscriber behind a verified token; NotFound if the row was deleted."""
     sub = _get(session, subscriber_id)
     chosen = set(subscribers.category_slugs(session, sub))
-    return SubscriberView(sub.id, sub.email, sub.name, sub.status,
-                          tuple((slug, name, not chosen or slug in chosen) for slug, name in categories(session)))
+    return SubscriberView(
+        sub.id,
+        sub.email,
+        sub.name,
+        sub.status,
+        tuple((slug, name, not chosen or slug in chosen) for slug, name in categories(session)),
+    )
 
 
 def existing_issue(session: Session, issue_id: int | None) -> int | None:
@@ -145,13 +151,19 @@ def save_preferences(session: Session, subscriber_id: int, *, name: str, slugs: 
         raise InvalidInput("choose at least one topic, or unsubscribe from everything below")
     subscribers.set_categories(session, sub, [] if set(known) <= set(slugs) else slugs)
     sub.name = subscribers.clean_name(name)
-    session.add(Event(kind=EventKind.PREFERENCES, subscriber_id=sub.id, source="page",
-                      detail=f"categories: {','.join(sorted(slugs))}", created_at=utcnow()))
+    session.add(
+        Event(
+            kind=EventKind.PREFERENCES,
+            subscriber_id=sub.id,
+            source="page",
+            detail=f"categories: {','.join(sorted(slugs))}",
+            created_at=utcnow(),
+        )
+    )
     return view(session, sub.id)
 
 
-def request_subscription(session: Session, email: str, *, name: str = "",
-                         slugs: Sequence[str] = ()) -> int | None:
+def request_subscription(session: Session, email: str, *, name: str = "", slugs: Sequence[str] = ()) -> int | None:
     """Handle a subscribe form: returns the subscriber id to mail a confirmation link to,
     or None when no mail should go out (already active, bounced or complained).
 
@@ -165,8 +177,14 @@ def request_subscription(session: Session, email: str, *, name: str = "",
     if sub is None:
         try:
             with session.begin_nested():
-                sub = subscribers.add(session, normalized, name=" ".join(name.split())[:200], categories=slugs,
-                                      status=SubscriberStatus.PENDING, source=SOURCE_WEB)
+                sub = subscribers.add(
+                    session,
+                    normalized,
+                    name=" ".join(name.split())[:200],
+                    categories=slugs,
+                    status=SubscriberStatus.PENDING,
+                    source=SOURCE_WEB,
+                )
             return sub.id
         except IntegrityError:
             # A concurrent request listed the same address first: answer as for a listed one.
@@ -188,8 +206,15 @@ def confirm(session: Session, data: tokens.TokenData) -> SubscriberView:
     if sub.status == SubscriberStatus.PENDING:
         subscribers.confirm(session, sub, source=SOURCE_WEB)
     elif sub.status == SubscriberStatus.UNSUBSCRIBED and _issued_after(data.issued_at, sub.status_changed_at):
-        subscribers.change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.CONFIRM, source=SOURCE_WEB,
-                                  detail="re-subscribed by double opt-in", force=True)
+        subscribers.change_status(
+            session,
+            sub,
+            SubscriberStatus.ACTIVE,
+            kind=EventKind.CONFIRM,
+            source=SOURCE_WEB,
+            detail="re-subscribed by double opt-in",
+            force=True,
+        )
     return view(session, sub.id)
 
 
@@ -217,15 +242,19 @@ def confirmation_message(settings: Settings, subscriber_id: int, email: str) -> 
         f"Someone, hopefully you, asked to receive {nl.name} at {email}.\n\n"
         f"To confirm, open this link and press the button:\n{url}\n\n"
         f"The link works for {days} days. If you did not ask for this, ignore this mail:\n"
-        f"you will not be subscribed.\n\n{nl.postal_address}\n")
+        f"you will not be subscribed.\n\n{nl.postal_address}\n"
+    )
     return msg
 
 
 def unsubscribes_per_issue(session: Session, issue_id: int | None = None) -> dict[int | None, dict[str, int]]:
     """Unsubscribe events per issue id (None: not from an issue's link) and per source
     (one-click, page, mailto, admin …), for `newsletter stats`; `issue_id` limits it to one issue."""
-    query = (select(Event.issue_id, Event.source, func.count()).where(Event.kind == EventKind.UNSUBSCRIBE)
-             .group_by(Event.issue_id, Event.source))
+    query = (
+        select(Event.issue_id, Event.source, func.count())
+        .where(Event.kind == EventKind.UNSUBSCRIBE)
+        .group_by(Event.issue_id, Event.source)
+    )
     if issue_id is not None:
         query = query.where(Event.issue_id == issue_id)
     counts: dict[int | None, dict[str, int]] = {}

@@ -24,13 +24,14 @@ from typing import IO, Any
 from email_validator import EmailNotValidError, validate_email
 from email_validator.syntax import validate_email_local_part
 from email_validator.validate_email import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import String, cast, delete, func, insert, select, text, update
+from sqlalchemy import String, Table, cast, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import spreadsheets
 from newsletter.errors import Conflict, InvalidInput, NotFound
 from newsletter.models import (
     SUPPRESSED,
+    Base,
     Category,
     Erased,
     Event,
@@ -121,8 +122,10 @@ def _category_ids(session: Session, slugs: Iterable[str]) -> list[int]:
     known = dict(session.execute(select(Category.slug, Category.id)).all())
     unknown = [s for s in wanted if s not in known]
     if unknown:
-        raise InvalidInput(f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)) or 'none'} "
-                           f"(see [[categories]] in config.toml)")
+        raise InvalidInput(
+            f"unknown category {unknown[0]!r}; known: {', '.join(sorted(known)) or 'none'} "
+            f"(see [[categories]] in config.toml)"
+        )
     return sorted({known[s] for s in wanted})
 
 
@@ -137,9 +140,14 @@ def set_categories(session: Session, sub: Subscriber, slugs: Iterable[str]) -> N
 
 def category_slugs(session: Session, sub: Subscriber) -> list[str]:
     """The subscriber's chosen categories in issue order; empty means all."""
-    return list(session.scalars(
-        select(Category.slug).join(SubscriberCategory, SubscriberCategory.category_id == Category.id)
-        .where(SubscriberCategory.subscriber_id == sub.id).order_by(Category.position)))
+    return list(
+        session.scalars(
+            select(Category.slug)
+            .join(SubscriberCategory, SubscriberCategory.category_id == Category.id)
+            .where(SubscriberCategory.subscriber_id == sub.id)
+            .order_by(Category.position)
+        )
+    )
 
 
 NAME_MAX = 200  # characters; the column's width, and ample for any display name
@@ -154,19 +162,36 @@ def clean_name(name: str) -> str:
 # -- status -----------------------------------------------------------------------------
 
 
-def add(session: Session, email: str, *, name: str = "", categories: Iterable[str] = (),
-        status: SubscriberStatus = SubscriberStatus.ACTIVE, source: str = "cli") -> Subscriber:
+def add(
+    session: Session,
+    email: str,
+    *,
+    name: str = "",
+    categories: Iterable[str] = (),
+    status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    source: str = "cli",
+) -> Subscriber:
     """Add one subscriber with its consent source; an address already listed is an error."""
     normalized = normalize_email(email)
     if get_by_email(session, normalized) is not None:
         raise InvalidInput(f"{normalized} is already on the list")
     if status != SubscriberStatus.PENDING and erased(session, [email_key(normalized)]):
-        raise InvalidInput(f"{normalized} was erased at their request; only they can subscribe again "
-                           f"(as pending, confirming from their mailbox)")
+        raise InvalidInput(
+            f"{normalized} was erased at their request; only they can subscribe again "
+            f"(as pending, confirming from their mailbox)"
+        )
     now = utcnow()
-    sub = Subscriber(email=normalized, email_key=email_key(normalized), name=clean_name(name), status=status,
-                     consent_source=source, consent_at=now if status == SubscriberStatus.ACTIVE else None,
-                     status_changed_at=now, created_at=now, attributes={})
+    sub = Subscriber(
+        email=normalized,
+        email_key=email_key(normalized),
+        name=clean_name(name),
+        status=status,
+        consent_source=source,
+        consent_at=now if status == SubscriberStatus.ACTIVE else None,
+        status_changed_at=now,
+        created_at=now,
+        attributes={},
+    )
     session.add(sub)
     session.flush()
     set_categories(session, sub, categories)
@@ -174,8 +199,17 @@ def add(session: Session, email: str, *, name: str = "", categories: Iterable[st
     return sub
 
 
-def change_status(session: Session, sub: Subscriber, status: SubscriberStatus, *, kind: EventKind,
-                  source: str, issue_id: int | None = None, detail: str = "", force: bool = False) -> bool:
+def change_status(
+    session: Session,
+    sub: Subscriber,
+    status: SubscriberStatus,
+    *,
+    kind: EventKind,
+    source: str,
+    issue_id: int | None = None,
+    detail: str = "",
+    force: bool = False,
+) -> bool:
     """Move a subscriber to `status` and record why; returns False if nothing changed.
 
     Leaving a suppressed status (unsubscribed, bounced, complained) for pending/active
@@ -190,8 +224,7 @@ def change_status(session: Session, sub: Subscriber, status: SubscriberStatus, *
     if status == SubscriberStatus.ACTIVE:
         sub.consent_at = now
         sub.soft_bounces = 0
-    session.add(Event(kind=kind, subscriber_id=sub.id, issue_id=issue_id, source=source, detail=detail,
-                      created_at=now))
+    session.add(Event(kind=kind, subscriber_id=sub.id, issue_id=issue_id, source=source, detail=detail, created_at=now))
     return True
 
 
@@ -199,8 +232,9 @@ def unsubscribe(session: Session, sub: Subscriber, *, source: str, issue_id: int
     """Unsubscribe at once (one-click, page, mailto, admin); False if already suppressed."""
     if sub.status in SUPPRESSED:
         return False
-    return change_status(session, sub, SubscriberStatus.UNSUBSCRIBED, kind=EventKind.UNSUBSCRIBE,
-                         source=source, issue_id=issue_id)
+    return change_status(
+        session, sub, SubscriberStatus.UNSUBSCRIBED, kind=EventKind.UNSUBSCRIBE, source=source, issue_id=issue_id
+    )
 
 
 def confirm(session: Session, sub: Subscriber, *, source: str = "confirm") -> bool:
@@ -220,8 +254,15 @@ def reactivate(session: Session, email: str, *, reason: str) -> SubscriberStatus
     previous = sub.status
     if previous not in SUPPRESSED:
         raise Conflict(f"{sub.email} is {previous}, not suppressed; nothing to re-activate")
-    change_status(session, sub, SubscriberStatus.ACTIVE, kind=EventKind.REACTIVATE, source="admin",
-                  detail=reason.strip(), force=True)
+    change_status(
+        session,
+        sub,
+        SubscriberStatus.ACTIVE,
+        kind=EventKind.REACTIVATE,
+        source="admin",
+        detail=reason.strip(),
+        force=True,
+    )
     return previous
 
 
@@ -256,11 +297,19 @@ def iter_listed(session: Session, status: SubscriberStatus | None = None, *, det
     per subscriber took ~30 s for 20,000). Core rows, not ORM ones, and the JSON attributes
     only with `details`: for 100,000 subscribers each costs seconds."""
     extra = (Subscriber.consent_source, Subscriber.consent_at, Subscriber.created_at, Subscriber.attributes)
-    query = (select(Subscriber.id, Category.slug, Subscriber.email, Subscriber.name, Subscriber.status,
-                    *(extra if details else ()))
-             .outerjoin(SubscriberCategory, SubscriberCategory.subscriber_id == Subscriber.id)
-             .outerjoin(Category, Category.id == SubscriberCategory.category_id)
-             .order_by(Subscriber.id, Category.position))
+    query = (
+        select(
+            Subscriber.id,
+            Category.slug,
+            Subscriber.email,
+            Subscriber.name,
+            Subscriber.status,
+            *(extra if details else ()),
+        )
+        .outerjoin(SubscriberCategory, SubscriberCategory.subscriber_id == Subscriber.id)
+        .outerjoin(Category, Category.id == SubscriberCategory.category_id)
+        .order_by(Subscriber.id, Category.position)
+    )
     if status is not None:
         query = query.where(Subscriber.status == status)
     rows = session.connection().execute(query.execution_options(yield_per=LIST_BATCH))
@@ -346,8 +395,10 @@ class ImportReport:
     @property
     def summary(self) -> str:
         verb = "would add" if self.dry_run else "added"
-        return (f"{verb} {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-                f"invalid {len(self.invalid)}, warnings {len(self.warnings)}")
+        return (
+            f"{verb} {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"invalid {len(self.invalid)}, warnings {len(self.warnings)}"
+        )
 
 
 def _norm_header(name: str) -> str:
@@ -382,8 +433,10 @@ def _lines(fp: IO[bytes], source: str) -> Iterator[str]:
     number = 1
     while raw:
         if len(raw) > MAX_LINE_BYTES:
-            raise InvalidInput(f"{source}:{number}: a line longer than {MAX_LINE_BYTES // 2**20} MB; is this the "
-                               f"subscriber list as CSV? (nothing imported)")
+            raise InvalidInput(
+                f"{source}:{number}: a line longer than {MAX_LINE_BYTES // 2**20} MB; is this the "
+                f"subscriber list as CSV? (nothing imported)"
+            )
         yield _decode(raw)
         raw = readline()
         number += 1
@@ -400,8 +453,7 @@ class _Rows:
         self.source = source
         lines = _lines(fp, source)
         first = next(lines, "")
-        self.reader = csv.reader(itertools.chain([first], lines),
-                                 delimiter=max((",", ";", "\t"), key=first.count))
+        self.reader = csv.reader(itertools.chain([first], lines), delimiter=max((",", ";", "\t"), key=first.count))
         self.rows = self._guarded()
         header = next(self.rows, (0, []))[1]
         if not header or not any(h.strip() for h in header):
@@ -416,11 +468,13 @@ class _Rows:
             except csv.Error as exc:
                 line = self.reader.line_num
                 if "field larger than field limit" in str(exc):
-                    raise InvalidInput(f"{self.source}:{start}: a cell is longer than {MAX_CELL_CHARS // 1024} KB; "
-                                       f"shorten it or check the file is the subscriber list (nothing imported)"
-                                       ) from None
-                raise InvalidInput(f"{self.source}:{line}: not readable as CSV ({exc}); fix the file "
-                                   f"(nothing imported)") from None
+                    raise InvalidInput(
+                        f"{self.source}:{start}: a cell is longer than {MAX_CELL_CHARS // 1024} KB; "
+                        f"shorten it or check the file is the subscriber list (nothing imported)"
+                    ) from None
+                raise InvalidInput(
+                    f"{self.source}:{line}: not readable as CSV ({exc}); fix the file (nothing imported)"
+                ) from None
             if row is None:
                 return
             yield start, [spreadsheets.restore(c) if c[:1] == "'" else c for c in row]
@@ -510,8 +564,9 @@ def _parse_rows(fp: IO[bytes], source: str, category_ids: dict[str, int], report
         name = None if name is None else clean_name(name)
         status_raw = (cell(row, "status") or "").lower()
         if status_raw and status_raw not in IMPORT_STATUSES:
-            report.invalid.append(RowError(line, email, f"has unknown status {status_raw!r} "
-                                                        f"(use {', '.join(IMPORT_STATUSES)})"))
+            report.invalid.append(
+                RowError(line, email, f"has unknown status {status_raw!r} (use {', '.join(IMPORT_STATUSES)})")
+            )
             continue
         cats_raw = cell(row, "categories")
         cats: list[int] | None = None
@@ -531,14 +586,26 @@ def _parse_rows(fp: IO[bytes], source: str, category_ids: dict[str, int], report
         consent_raw = cell(row, "consent_at")
         consent_at = _parse_time(consent_raw) if consent_raw else None
         if consent_raw and consent_at is None:
-            report.warnings.append(RowWarning(line, email, f"has consent_at {consent_raw[:40]!r}, not an ISO 8601 "
-                                                           f"date like 2024-03-12T09:30:00+01:00: stored as unknown"))
+            report.warnings.append(
+                RowWarning(
+                    line,
+                    email,
+                    f"has consent_at {consent_raw[:40]!r}, not an ISO 8601 "
+                    f"date like 2024-03-12T09:30:00+01:00: stored as unknown",
+                )
+            )
         seen[key] = line
         yield _Row(
-            line=line, email=email, key=key, name=name,
-            categories=cats, unknown_categories=unknown, status=IMPORT_STATUSES.get(status_raw),
+            line=line,
+            email=email,
+            key=key,
+            name=name,
+            categories=cats,
+            unknown_categories=unknown,
+            status=IMPORT_STATUSES.get(status_raw),
             consent_source=cell(row, "consent_source") or None,
-            consent_at=consent_at, consent_unknown=bool(consent_raw) and consent_at is None,
+            consent_at=consent_at,
+            consent_unknown=bool(consent_raw) and consent_at is None,
             attributes={k: row[i] for k, i in extra.items() if i < len(row) and row[i] != ""},
         )
 
@@ -591,16 +658,24 @@ def _merge_attributes(old: dict[str, str], row: _Row) -> dict[str, str]:
     return merged
 
 
-def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, now: datetime, consent: str,
-                  dry_run: bool) -> None:
-    existing = {s.email_key: s for s in session.execute(
-        select(Subscriber.id, Subscriber.email_key, Subscriber.name, Subscriber.status, Subscriber.attributes)
-        .where(Subscriber.email_key.in_([r.key for r in rows]))).all()}
+def _import_chunk(
+    session: Session, rows: list[_Row], report: ImportReport, *, now: datetime, consent: str, dry_run: bool
+) -> None:
+    existing = {
+        s.email_key: s
+        for s in session.execute(
+            select(
+                Subscriber.id, Subscriber.email_key, Subscriber.name, Subscriber.status, Subscriber.attributes
+            ).where(Subscriber.email_key.in_([r.key for r in rows]))
+        ).all()
+    }
     current_cats: dict[int, list[int]] = {}
     if existing:
-        for sid, cid in session.execute(select(SubscriberCategory.subscriber_id, SubscriberCategory.category_id)
-                                        .where(SubscriberCategory.subscriber_id.in_([s.id for s in existing.values()]))
-                                        .order_by(SubscriberCategory.category_id)):
+        for sid, cid in session.execute(
+            select(SubscriberCategory.subscriber_id, SubscriberCategory.category_id)
+            .where(SubscriberCategory.subscriber_id.in_([s.id for s in existing.values()]))
+            .order_by(SubscriberCategory.category_id)
+        ):
             current_cats.setdefault(sid, []).append(cid)
     new_rows: list[_Row] = []
     updates: list[dict[str, Any]] = []
@@ -611,8 +686,9 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
         old = existing.get(row.key)
         if old is None:
             if row.key in gone:
-                report.invalid.append(RowError(row.line, row.email, "was erased at their request; only they "
-                                                                    "can subscribe again"))
+                report.invalid.append(
+                    RowError(row.line, row.email, "was erased at their request; only they can subscribe again")
+                )
             else:
                 new_rows.append(row)
             continue
@@ -620,16 +696,27 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
         status = _next_status(old.status, row.status)
         attributes = _merge_attributes(old.attributes or {}, row)
         cats = current_cats.get(old.id, []) if row.categories is None else row.categories
-        if (name, status, attributes, cats) == (old.name, old.status, old.attributes or {},
-                                                 current_cats.get(old.id, [])):
+        if (name, status, attributes, cats) == (
+            old.name,
+            old.status,
+            old.attributes or {},
+            current_cats.get(old.id, []),
+        ):
             report.unchanged += 1
             continue
         report.updated += 1
         change: dict[str, Any] = {"id": old.id, "name": name, "status": status, "attributes": attributes}
         if status != old.status:
             change["status_changed_at"] = now
-            events.append({"kind": _event_for(status), "subscriber_id": old.id, "source": consent,
-                           "detail": f"{old.status} -> {status}", "created_at": now})
+            events.append(
+                {
+                    "kind": _event_for(status),
+                    "subscriber_id": old.id,
+                    "source": consent,
+                    "detail": f"{old.status} -> {status}",
+                    "created_at": now,
+                }
+            )
         updates.append(change)
         if cats != current_cats.get(old.id, []):
             cat_changes[old.id] = cats
@@ -642,8 +729,11 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
         # The consent record of a new row is its consent_source/consent_at; events are kept
         # for status changes only, so an import of 100k rows does not write 100k events.
         _SubscriberInsert(session).execute(session, new_rows, now=now, consent=consent)
-        ids = dict(session.execute(select(Subscriber.email_key, Subscriber.id)
-                                   .where(Subscriber.email_key.in_([r.key for r in new_rows]))).all())
+        ids = dict(
+            session.execute(
+                select(Subscriber.email_key, Subscriber.id).where(Subscriber.email_key.in_([r.key for r in new_rows]))
+            ).all()
+        )
         for r in new_rows:
             sid = ids[r.key]
             if r.categories:
@@ -654,9 +744,16 @@ def _import_chunk(session: Session, rows: list[_Row], report: ImportReport, *, n
         session.execute(delete(SubscriberCategory).where(SubscriberCategory.subscriber_id.in_(list(cat_changes))))
         links = [{"subscriber_id": sid, "category_id": cid} for sid, cids in cat_changes.items() for cid in cids]
         if links:
-            session.execute(insert(SubscriberCategory.__table__), links)
+            session.execute(insert(_table(SubscriberCategory)), links)
     if events:
-        session.execute(insert(Event.__table__), events)
+        session.execute(insert(_table(Event)), events)
+
+
+def _table(model: type[Base]) -> Table:
+    """A model's Core table: declarative models type `__table__` as a FromClause, which insert() refuses."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class _SubscriberInsert:
@@ -668,12 +765,22 @@ class _SubscriberInsert:
     a quarter of the import time (profiled). Plain strings and ints have no processor on
     SQLite or psycopg and pass as they are."""
 
-    COLUMNS = ("email", "email_key", "name", "status", "consent_source", "consent_at", "status_changed_at",
-               "created_at", "attributes", "soft_bounces")
+    COLUMNS = (
+        "email",
+        "email_key",
+        "name",
+        "status",
+        "consent_source",
+        "consent_at",
+        "status_changed_at",
+        "created_at",
+        "attributes",
+        "soft_bounces",
+    )
 
     def __init__(self, session: Session) -> None:
         dialect = session.get_bind().dialect
-        table = Subscriber.__table__
+        table = _table(Subscriber)
         compiled = insert(table).compile(dialect=dialect, column_keys=list(self.COLUMNS))
         self.sql = str(compiled)
         self.order = compiled.positiontup if compiled.positional else None
@@ -687,13 +794,25 @@ class _SubscriberInsert:
         bind = self._bind
         now_value = bind("created_at", now)
         active = bind("status", SubscriberStatus.ACTIVE)
-        params = [{"email": r.email, "email_key": r.key, "name": r.name or "",
-                   "status": bind("status", r.status) if r.status else active,
-                   "consent_source": r.consent_source or consent,
-                   "consent_at": bind("consent_at", r.consent_at) if r.consent_at else
-                   None if r.consent_unknown else now_value,
-                   "status_changed_at": now_value, "created_at": now_value,
-                   "attributes": bind("attributes", _merge_attributes({}, r)), "soft_bounces": 0} for r in rows]
+        params = [
+            {
+                "email": r.email,
+                "email_key": r.key,
+                "name": r.name or "",
+                "status": bind("status", r.status) if r.status else active,
+                "consent_source": r.consent_source or consent,
+                "consent_at": bind("consent_at", r.consent_at)
+                if r.consent_at
+                else None
+                if r.consent_unknown
+                else now_value,
+                "status_changed_at": now_value,
+                "created_at": now_value,
+                "attributes": bind("attributes", _merge_attributes({}, r)),
+                "soft_bounces": 0,
+            }
+            for r in rows
+        ]
         if self.order is not None:
             session.connection().exec_driver_sql(self.sql, [tuple(p[k] for k in self.order) for p in params])
         else:
@@ -701,9 +820,12 @@ class _SubscriberInsert:
 
 
 def _event_for(status: SubscriberStatus) -> EventKind:
-    return {SubscriberStatus.UNSUBSCRIBED: EventKind.UNSUBSCRIBE, SubscriberStatus.BOUNCED: EventKind.BOUNCE,
-            SubscriberStatus.COMPLAINED: EventKind.COMPLAINT, SubscriberStatus.ACTIVE: EventKind.CONFIRM,
-            }.get(status, EventKind.IMPORT)
+    return {
+        SubscriberStatus.UNSUBSCRIBED: EventKind.UNSUBSCRIBE,
+        SubscriberStatus.BOUNCED: EventKind.BOUNCE,
+        SubscriberStatus.COMPLAINED: EventKind.COMPLAINT,
+        SubscriberStatus.ACTIVE: EventKind.CONFIRM,
+    }.get(status, EventKind.IMPORT)
 
 
 def adopt_categories(session: Session) -> dict[str, int]:
@@ -713,15 +835,19 @@ def adopt_categories(session: Session) -> dict[str, int]:
     Run after the categories table is synced with [[categories]] (`db upgrade`, `init`)."""
     known = dict(session.execute(select(Category.slug, Category.id)).all())
     given: dict[str, int] = {}
-    waiting = session.execute(select(Subscriber.id, Subscriber.attributes)
-                              .where(cast(Subscriber.attributes, String).like(f"%{UNKNOWN_CATEGORIES}%")))
+    waiting = session.execute(
+        select(Subscriber.id, Subscriber.attributes).where(
+            cast(Subscriber.attributes, String).like(f"%{UNKNOWN_CATEGORIES}%")
+        )
+    )
     for sid, attributes in waiting.all():
         names = [n for n in str((attributes or {}).get(UNKNOWN_CATEGORIES, "")).split(",") if n]
         now_known = [n for n in names if n in known]
         if not now_known:
             continue
-        have = set(session.scalars(select(SubscriberCategory.category_id)
-                                   .where(SubscriberCategory.subscriber_id == sid)))
+        have = set(
+            session.scalars(select(SubscriberCategory.category_id).where(SubscriberCategory.subscriber_id == sid))
+        )
         links = [{"subscriber_id": sid, "category_id": known[n]} for n in now_known if known[n] not in have]
         if links:
             session.execute(insert(SubscriberCategory), links)
@@ -747,9 +873,17 @@ def export_csv(session: Session, fp: IO[str], *, status: SubscriberStatus | None
     writer.writerow(EXPORT_COLUMNS + extra)
     count = 0
     for s in iter_listed(session, status, details=True):
-        writer.writerow([s.email, s.name, s.status, ",".join(s.categories) or ALL, s.consent_source,
-                         s.consent_at.isoformat() if s.consent_at else "",
-                         s.created_at.isoformat() if s.created_at else ""]
-                        + [s.attributes.get(k, "") for k in extra])
+        writer.writerow(
+            [
+                s.email,
+                s.name,
+                s.status,
+                ",".join(s.categories) or ALL,
+                s.consent_source,
+                s.consent_at.isoformat() if s.consent_at else "",
+                s.created_at.isoformat() if s.created_at else "",
+            ]
+            + [s.attributes.get(k, "") for k in extra]
+        )
         count += 1
     return count

@@ -54,8 +54,10 @@ Hold = Callable[[], Awaitable[None]]
 # Our own pages load nothing from elsewhere, run no script and may not be framed
 # (a framed unsubscribe button could be clickjacked). Personal URLs carry a token,
 # so no page may leak its URL in a Referer header or sit in a shared cache.
-PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
-            "base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
 # The embeddable subscribe form may be framed by the publisher's own site.
 EMBED_CSP = PAGE_CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
 # An issue's web version shows the articles' images from wherever they are hosted.
@@ -93,13 +95,15 @@ def hold_seconds() -> float:
 def create_app(settings: Settings, session_factory: Sessions, *, hold: Hold = random_hold) -> Starlette:
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient).
     `hold` is awaited before the work a subscribe post causes (tests pass a gate or no wait)."""
-    app = Starlette(routes=[*ROUTES, *webhooks.routes(settings, session_factory),
-                            *desk.routes(settings, session_factory)],
-                    middleware=[Middleware(SecureResponses)],
-                    exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=[*ROUTES, *webhooks.routes(settings, session_factory), *desk.routes(settings, session_factory)],
+        middleware=[Middleware(SecureResponses)],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
     app.router.redirect_slashes = False  # the app never redirects, not even to add or drop a '/'
     app.state.newsletter = AppState(
-        settings=settings, sessions=session_factory,
+        settings=settings,
+        sessions=session_factory,
         templates=Jinja2Templates(env=render.environment(settings)),
         per_address=RateLimiter(settings.web.subscribe_per_address_per_hour, 3600),
         per_client=RateLimiter(settings.web.subscribe_per_client_per_hour, 3600),
@@ -125,8 +129,9 @@ async def _read(request: Request, fn: Callable[..., T], *args: Any, **kwargs: An
     return await _transaction(_state(request).sessions.reading, fn, *args, **kwargs)
 
 
-async def _transaction(transaction: Callable[[], AbstractContextManager[Session]], fn: Callable[..., T],
-                       *args: Any, **kwargs: Any) -> T:
+async def _transaction(
+    transaction: Callable[[], AbstractContextManager[Session]], fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
     def work() -> T:
         with transaction() as session:
             return fn(session, *args, **kwargs)
@@ -134,18 +139,38 @@ async def _transaction(transaction: Callable[[], AbstractContextManager[Session]
     return await run_in_threadpool(work)
 
 
-def _page(request: Request, name: str, *, status_code: int = 200, csp: str = PAGE_CSP,
-          headers: dict[str, str] | None = None, background: BackgroundTask | None = None,
-          **context: Any) -> Response:
+def _page(
+    request: Request,
+    name: str,
+    *,
+    status_code: int = 200,
+    csp: str = PAGE_CSP,
+    headers: dict[str, str] | None = None,
+    background: BackgroundTask | None = None,
+    **context: Any,
+) -> Response:
     st = _state(request)
     context.setdefault("title", "")
     context.update(newsletter=st.settings.newsletter, embed=context.get("embed", False))
-    return st.templates.TemplateResponse(request, name, context, status_code=status_code, background=background,
-                                         headers={**BASE_HEADERS, "Content-Security-Policy": csp, **(headers or {})})
+    return st.templates.TemplateResponse(
+        request,
+        name,
+        context,
+        status_code=status_code,
+        background=background,
+        headers={**BASE_HEADERS, "Content-Security-Policy": csp, **(headers or {})},
+    )
 
 
-def _message(request: Request, title: str, text: str, *, status_code: int = 200,
-             links: tuple[tuple[str, str], ...] = (), **kwargs: Any) -> Response:
+def _message(
+    request: Request,
+    title: str,
+    text: str,
+    *,
+    status_code: int = 200,
+    links: tuple[tuple[str, str], ...] = (),
+    **kwargs: Any,
+) -> Response:
     """A short page saying what happened; `links` are (label, URL) pairs we built ourselves."""
     return _page(request, "web/message.html", title=title, text=text, links=links, status_code=status_code, **kwargs)
 
@@ -182,9 +207,12 @@ async def unsubscribe(request: Request) -> Response:
     source = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "page"
     sub = await _db(request, selfservice.unsubscribe, data, source=source)
     prefs = tokens.preferences_url(_state(request).settings, sub.id)
-    return _message(request, "You are unsubscribed",
-                    f"{sub.email} will receive no more issues of {_state(request).settings.newsletter.name}.",
-                    links=(("Changed your mind? Manage your subscription", prefs),))
+    return _message(
+        request,
+        "You are unsubscribed",
+        f"{sub.email} will receive no more issues of {_state(request).settings.newsletter.name}.",
+        links=(("Changed your mind? Manage your subscription", prefs),),
+    )
 
 
 # -- preferences -----------------------------------------------------------------------
@@ -211,15 +239,29 @@ async def preferences(request: Request) -> Response:
             notice = "We have sent you an email: open the link in it to subscribe again."
         else:
             try:
-                await _db(request, selfservice.save_preferences, sid, name=str(form.get("name", "")),
-                          slugs=[str(v) for v in form.getlist("category")])
+                await _db(
+                    request,
+                    selfservice.save_preferences,
+                    sid,
+                    name=str(form.get("name", "")),
+                    slugs=[str(v) for v in form.getlist("category")],
+                )
                 notice = "Your preferences are saved."
             except InvalidInput as exc:
                 error, status_code = str(exc), 400
     sub = await _read(request, selfservice.view, sid)
     csrf = tokens.make(_state(request).settings.newsletter.secret_key, tokens.CSRF, sid)
-    return _page(request, "web/preferences.html", title="Your subscription", sub=sub, csrf=csrf,
-                 notice=notice, error=error, status_code=status_code, background=background)
+    return _page(
+        request,
+        "web/preferences.html",
+        title="Your subscription",
+        sub=sub,
+        csrf=csrf,
+        notice=notice,
+        error=error,
+        status_code=status_code,
+        background=background,
+    )
 
 
 # -- subscribe with double opt-in ------------------------------------------------------
@@ -235,13 +277,29 @@ async def subscribe(request: Request) -> Response:
     csp = EMBED_CSP if embed else PAGE_CSP
     topics = await _read(request, selfservice.categories)
     if request.method != "POST":
-        return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
-                     error="", values={}, public=True)
+        return _page(
+            request,
+            "web/subscribe.html",
+            title="Subscribe",
+            topics=topics,
+            embed=embed,
+            csp=csp,
+            error="",
+            values={},
+            public=True,
+        )
     st = _state(request)
     client = request.client.host if request.client else "unknown"
     if not st.per_client.hit(client):
-        return _message(request, "Too many requests", "Please try again in an hour.", status_code=429,
-                        headers={"Retry-After": str(st.per_client.retry_after(client))}, embed=embed, csp=csp)
+        return _message(
+            request,
+            "Too many requests",
+            "Please try again in an hour.",
+            status_code=429,
+            headers={"Retry-After": str(st.per_client.retry_after(client))},
+            embed=embed,
+            csp=csp,
+        )
     form = await request.form()
     values = {k: str(form.get(k, "")) for k in ("email", "name")}
     background = None
@@ -251,12 +309,27 @@ async def subscribe(request: Request) -> Response:
             address = selfservice.form_address(values["email"])
             selfservice.check_topics(topics, slugs)
         except InvalidInput as exc:
-            return _page(request, "web/subscribe.html", title="Subscribe", topics=topics, embed=embed, csp=csp,
-                         error=str(exc), values=values, status_code=400)
+            return _page(
+                request,
+                "web/subscribe.html",
+                title="Subscribe",
+                topics=topics,
+                embed=embed,
+                csp=csp,
+                error=str(exc),
+                values=values,
+                status_code=400,
+            )
         background = BackgroundTask(_subscribe_later, st, address, values["name"], slugs)
-    return _message(request, "Check your inbox",
-                    "If this address can be subscribed, we have sent it a link to confirm. "
-                    "Nothing is sent to you until you confirm.", embed=embed, csp=csp, background=background)
+    return _message(
+        request,
+        "Check your inbox",
+        "If this address can be subscribed, we have sent it a link to confirm. "
+        "Nothing is sent to you until you confirm.",
+        embed=embed,
+        csp=csp,
+        background=background,
+    )
 
 
 async def _subscribe_later(st: AppState, address: str, name: str, slugs: list[str]) -> None:
@@ -284,8 +357,9 @@ async def send_confirmation(settings: Settings, subscriber_id: int, address: str
     policy = email.policy.SMTP if address.isascii() else email.policy.SMTPUTF8
     try:
         # The issue's envelope sender, so a bounced confirmation reaches the bounce handling.
-        await transport.send_one(settings, message.return_path(settings, subscriber_id, None), address,
-                                 msg.as_bytes(policy=policy))
+        await transport.send_one(
+            settings, message.return_path(settings, subscriber_id, None), address, msg.as_bytes(policy=policy)
+        )
     except DeliveryError as exc:
         log.warning("confirmation mail to subscriber %s not sent: %s", subscriber_id, exc)
 
@@ -298,21 +372,31 @@ async def confirm(request: Request) -> Response:
         return _page(request, "web/confirm.html", title="Confirm your subscription", sub=sub)
     sub = await _db(request, selfservice.confirm, data)
     if sub.status != SubscriberStatus.ACTIVE:
-        return _message(request, "This link can no longer be used",
-                        "Please subscribe again to get a new confirmation link.",
-                        links=(("Subscribe", f"{_base(request)}/subscribe"),), status_code=400)
+        return _message(
+            request,
+            "This link can no longer be used",
+            "Please subscribe again to get a new confirmation link.",
+            links=(("Subscribe", f"{_base(request)}/subscribe"),),
+            status_code=400,
+        )
     prefs = tokens.preferences_url(_state(request).settings, sub.id)
-    return _message(request, "You are subscribed",
-                    f"Thank you. {sub.email} will receive {_state(request).settings.newsletter.name}.",
-                    links=(("Choose your topics", prefs),))
+    return _message(
+        request,
+        "You are subscribed",
+        f"Thank you. {sub.email} will receive {_state(request).settings.newsletter.name}.",
+        links=(("Choose your topics", prefs),),
+    )
 
 
 # -- archive and preview ---------------------------------------------------------------
 
 
 def _sent_issues(session: Session) -> list[tuple[str, str, str]]:
-    return [(i.week, i.subject, i.sent_at.date().isoformat() if i.sent_at else "")
-            for i in builder.list_issues(session) if i.status == IssueStatus.SENT]
+    return [
+        (i.week, i.subject, i.sent_at.date().isoformat() if i.sent_at else "")
+        for i in builder.list_issues(session)
+        if i.status == IssueStatus.SENT
+    ]
 
 
 async def archive(request: Request) -> Response:
@@ -371,8 +455,7 @@ async def home(request: Request) -> Response:
 # -- serving ---------------------------------------------------------------------------
 
 
-def serve(settings: Settings, session_factory: Sessions, *, host: str, port: int,
-          insecure_dev: bool = False) -> None:
+def serve(settings: Settings, session_factory: Sessions, *, host: str, port: int, insecure_dev: bool = False) -> None:
     """Run the app with uvicorn until interrupted.
 
     Refuses the example (or an empty) secret key unless `insecure_dev`: with a known key
@@ -418,8 +501,12 @@ def _error(request: Request, status_code: int, title: str, text: str) -> Respons
 
 
 async def _invalid_token(request: Request, exc: Exception) -> Response:
-    return _error(request, 400, "This link does not work",
-                  f"Sorry, {exc}. Nothing was changed. If you copied the link, check that it is complete.")
+    return _error(
+        request,
+        400,
+        "This link does not work",
+        f"Sorry, {exc}. Nothing was changed. If you copied the link, check that it is complete.",
+    )
 
 
 async def _invalid_input(request: Request, exc: Exception) -> Response:
@@ -474,8 +561,9 @@ class SecureResponses:
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             log.error("error serving %s %s", request.method, hide_tokens(path), exc_info=exc)
             if not started:  # else the answer is out (e.g. a background task failed after it)
-                response = _error(request, 500, "Something went wrong",
-                                  "Sorry, please try again later. Nothing was changed.")
+                response = _error(
+                    request, 500, "Something went wrong", "Sorry, please try again later. Nothing was changed."
+                )
                 await response(scope, receive, send_secured)
 
 
@@ -498,4 +586,3 @@ ROUTES = [
     Route("/preview/{week}", preview, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]
-

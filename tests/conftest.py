@@ -169,6 +169,7 @@ def settings(config_path: Path) -> config_mod.Settings:
 
 # --- a real SMTP server ---------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -234,12 +235,12 @@ class Gate:
 class Faults:
     """Per-recipient faults: reply codes at RCPT or after DATA, or a dropped connection."""
 
-    rcpt: dict[str, str] = field(default_factory=dict)          # addr -> reply line, e.g. "550 5.1.1 no such user"
+    rcpt: dict[str, str] = field(default_factory=dict)  # addr -> reply line, e.g. "550 5.1.1 no such user"
     rcpt_once: dict[str, list[str]] = field(default_factory=dict)  # addr -> RCPT replies in turn, then accept
-    rcpt_all: str = ""                                           # a reply to every RCPT (a blocklisted client)
-    data: dict[str, list[str]] = field(default_factory=dict)    # addr -> replies to give in turn, then accept
-    drop_on_data: set[str] = field(default_factory=set)          # addr -> close the connection mid-DATA (once)
-    gate: Gate | None = None                                     # holds DATA answers until the test opens it
+    rcpt_all: str = ""  # a reply to every RCPT (a blocklisted client)
+    data: dict[str, list[str]] = field(default_factory=dict)  # addr -> replies to give in turn, then accept
+    drop_on_data: set[str] = field(default_factory=set)  # addr -> close the connection mid-DATA (once)
+    gate: Gate | None = None  # holds DATA answers until the test opens it
 
 
 class RecordingHandler:
@@ -249,8 +250,9 @@ class RecordingHandler:
         self.faults = Faults()
         self.lock = threading.Lock()
 
-    async def handle_RCPT(self, server: AiosmtpdServer, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: AiosmtpdServer, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         reply = self.faults.rcpt_all or self.faults.rcpt.get(address.lower())
         queue = self.faults.rcpt_once.get(address.lower())
         if queue and not reply:

@@ -28,8 +28,16 @@ def test_alembic_head_matches_models(engine: Engine) -> None:
 
 def test_core_tables_exist(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
-    assert {"subscribers", "categories", "subscriber_categories", "articles", "issues",
-            "issue_articles", "deliveries", "events"} <= tables
+    assert {
+        "subscribers",
+        "categories",
+        "subscriber_categories",
+        "articles",
+        "issues",
+        "issue_articles",
+        "deliveries",
+        "events",
+    } <= tables
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(engine: Engine) -> None:
@@ -47,12 +55,18 @@ def _allowed(sql: str) -> set[str]:
 def test_migrated_check_constraints_match_the_models(engine: Engine) -> None:
     """Autogenerate does not compare CHECK constraints: every status column's allowed values,
     as the models declare them, must be what the migrated database enforces."""
-    expected = {table.name: {f"ck_{table.name}_{col.type.name}": set(col.type.enums) for col in table.columns
-                             if isinstance(col.type, Enum) and col.type.create_constraint}
-                for table in Base.metadata.sorted_tables}
+    expected = {
+        table.name: {
+            f"ck_{table.name}_{col.type.name}": set(col.type.enums)
+            for col in table.columns
+            if isinstance(col.type, Enum) and col.type.create_constraint
+        }
+        for table in Base.metadata.sorted_tables
+    }
     inspector = inspect(engine)
-    migrated = {name: {c["name"]: _allowed(c["sqltext"]) for c in inspector.get_check_constraints(name)}
-                for name in expected}
+    migrated = {
+        name: {c["name"]: _allowed(c["sqltext"]) for c in inspector.get_check_constraints(name)} for name in expected
+    }
     assert migrated == expected, "a migration changing a status enum must replace its CHECK (see 0005_status_checks)"
     assert expected["subscribers"] == {"ck_subscribers_subscriberstatus": {s.value for s in SubscriberStatus}}
 
@@ -92,8 +106,10 @@ def test_adding_the_checks_keeps_every_row(db_url: str, settings: Settings) -> N
                 conn.exec_driver_sql(sql)
         upgrade(eng, settings)
         with eng.connect() as conn:
-            counts = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
-                      for t in ("subscribers", "subscriber_categories", "issues", "deliveries", "events")}
+            counts = {
+                t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
+                for t in ("subscribers", "subscriber_categories", "issues", "deliveries", "events")
+            }
         assert counts == {"subscribers": 1, "subscriber_categories": 1, "issues": 1, "deliveries": 1, "events": 1}
     finally:
         eng.dispose()

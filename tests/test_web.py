@@ -46,8 +46,10 @@ def secret(settings: Settings) -> str:
 
 def events(sessions: sessionmaker[Session], sid: int, kind: EventKind) -> list[tuple[str, int | None]]:
     with sessions.begin() as s:
-        return [(e.source, e.issue_id) for e in s.scalars(
-            select(Event).where(Event.subscriber_id == sid, Event.kind == kind).order_by(Event.id))]
+        return [
+            (e.source, e.issue_id)
+            for e in s.scalars(select(Event).where(Event.subscriber_id == sid, Event.kind == kind).order_by(Event.id))
+        ]
 
 
 def test_healthz(client: TestClient) -> None:
@@ -58,32 +60,40 @@ def test_healthz(client: TestClient) -> None:
 # -- unsubscribe -----------------------------------------------------------------------
 
 
-def test_get_unsubscribe_shows_one_button_and_changes_nothing(client: TestClient, settings: Settings,
-                                                              sessions: sessionmaker[Session]) -> None:
+def test_get_unsubscribe_shows_one_button_and_changes_nothing(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     r = client.get(path_of(settings, tokens.unsubscribe_url(settings, sid, None)))
     assert r.status_code == 200
     assert r.text.count("<button") == 1 and 'method="post"' in r.text and "ada@example.com" in r.text
     assert '<meta name="robots" content="noindex">' in r.text
-    assert r.headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in r.headers[
-        "content-security-policy"]
+    assert (
+        r.headers["referrer-policy"] == "no-referrer"
+        and "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    )
     assert subscriber(sessions, sid).status == SubscriberStatus.ACTIVE
 
 
-def test_head_requests_of_scanners_change_nothing(client: TestClient, settings: Settings,
-                                                  sessions: sessionmaker[Session]) -> None:
+def test_head_requests_of_scanners_change_nothing(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     """Starlette answers HEAD on GET routes: a prefetching scanner must not unsubscribe or confirm."""
     active = add_subscriber(sessions, "ada@example.com")
     pending = add_subscriber(sessions, "bob@example.com", status=SubscriberStatus.PENDING)
-    for url in (tokens.unsubscribe_url(settings, active, None), tokens.preferences_url(settings, active),
-                tokens.confirm_url(settings, pending)):
+    for url in (
+        tokens.unsubscribe_url(settings, active, None),
+        tokens.preferences_url(settings, active),
+        tokens.confirm_url(settings, pending),
+    ):
         assert client.head(path_of(settings, url)).status_code == 200
     assert subscriber(sessions, active).status == SubscriberStatus.ACTIVE
     assert subscriber(sessions, pending).status == SubscriberStatus.PENDING
 
 
 def test_one_click_post_unsubscribes_at_once_and_credits_the_issue(
-        client: TestClient, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     issue_id = make_issue(sessions, settings, "2026-W40", title="Steel prices", sent=True)
     path = path_of(settings, tokens.unsubscribe_url(settings, sid, issue_id))
@@ -96,32 +106,44 @@ def test_one_click_post_unsubscribes_at_once_and_credits_the_issue(
     assert events(sessions, sid, EventKind.UNSUBSCRIBE) == [("one-click", issue_id)]
 
 
-def test_unsubscribes_are_counted_per_issue_and_source(client: TestClient, settings: Settings,
-                                                       sessions: sessionmaker[Session]) -> None:
+def test_unsubscribes_are_counted_per_issue_and_source(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     first = make_issue(sessions, settings, "2026-W40", title="One", sent=True)
     second = make_issue(sessions, settings, "2026-W41", title="Two", sent=True)
-    clicks = [(first, {"List-Unsubscribe": "One-Click"}), (first, {"List-Unsubscribe": "One-Click"}),
-              (first, {"action": "unsubscribe"}), (second, {"action": "unsubscribe"}), (None, {})]
+    clicks = [
+        (first, {"List-Unsubscribe": "One-Click"}),
+        (first, {"List-Unsubscribe": "One-Click"}),
+        (first, {"action": "unsubscribe"}),
+        (second, {"action": "unsubscribe"}),
+        (None, {}),
+    ]
     for i, (issue_id, body) in enumerate(clicks):
         sid = add_subscriber(sessions, f"r{i}@example.com")
         assert client.post(path_of(settings, tokens.unsubscribe_url(settings, sid, issue_id)), data=body).is_success
     with sessions.begin() as s:
-        assert selfservice.unsubscribes_per_issue(s) == {first: {"one-click": 2, "page": 1}, second: {"page": 1},
-                                                         None: {"page": 1}}
+        assert selfservice.unsubscribes_per_issue(s) == {
+            first: {"one-click": 2, "page": 1},
+            second: {"page": 1},
+            None: {"page": 1},
+        }
         assert selfservice.unsubscribes_per_issue(s, second) == {second: {"page": 1}}
 
 
-def test_one_click_accepts_multipart_body(client: TestClient, settings: Settings,
-                                          sessions: sessionmaker[Session]) -> None:
+def test_one_click_accepts_multipart_body(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
-    r = client.post(path_of(settings, tokens.unsubscribe_url(settings, sid, None)),
-                    files={"List-Unsubscribe": (None, "One-Click")})
+    r = client.post(
+        path_of(settings, tokens.unsubscribe_url(settings, sid, None)), files={"List-Unsubscribe": (None, "One-Click")}
+    )
     assert r.status_code == 200
     assert events(sessions, sid, EventKind.UNSUBSCRIBE) == [("one-click", None)]
 
 
-def test_page_button_unsubscribes_with_source_page(client: TestClient, settings: Settings,
-                                                   sessions: sessionmaker[Session]) -> None:
+def test_page_button_unsubscribes_with_source_page(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     r = client.post(path_of(settings, tokens.unsubscribe_url(settings, sid, None)), data={"action": "unsubscribe"})
     assert r.status_code == 200
@@ -130,8 +152,9 @@ def test_page_button_unsubscribes_with_source_page(client: TestClient, settings:
     assert "You are unsubscribed" in again.text and "<button" not in again.text
 
 
-def test_unsubscribe_of_a_deleted_subscriber_is_404(client: TestClient, settings: Settings,
-                                                   sessions: sessionmaker[Session]) -> None:
+def test_unsubscribe_of_a_deleted_subscriber_is_404(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     r = client.get(path_of(settings, tokens.unsubscribe_url(settings, 999_999, None)))
     assert r.status_code == 404 and "Not found" in r.text
 
@@ -154,8 +177,9 @@ def _bad_tokens(settings: Settings, sid: int) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_bad_tokens_get_a_friendly_400_and_change_nothing(client: TestClient, settings: Settings,
-                                                          sessions: sessionmaker[Session], method: str) -> None:
+def test_bad_tokens_get_a_friendly_400_and_change_nothing(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], method: str
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com", status=SubscriberStatus.PENDING)
     for name, (route, token) in _bad_tokens(settings, sid).items():
         r = client.request(method, f"/{route}/{token}", data={"List-Unsubscribe": "One-Click"})
@@ -167,8 +191,9 @@ def test_bad_tokens_get_a_friendly_400_and_change_nothing(client: TestClient, se
         assert s.scalar(select(Event).where(Event.kind != EventKind.SUBSCRIBE)) is None
 
 
-def test_expired_confirmation_link_is_refused(client: TestClient, settings: Settings,
-                                              sessions: sessionmaker[Session]) -> None:
+def test_expired_confirmation_link_is_refused(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com", status=SubscriberStatus.PENDING)
     eight_days_ago = time.time() - 8 * 86400
     token = tokens.make(secret(settings), tokens.CONFIRM, sid, clock=lambda: eight_days_ago)
@@ -190,19 +215,22 @@ def _prefs(client: TestClient, settings: Settings, sid: int) -> tuple[str, str]:
     return path, csrf
 
 
-def test_preferences_show_current_choice(client: TestClient, settings: Settings,
-                                         sessions: sessionmaker[Session]) -> None:
+def test_preferences_show_current_choice(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com", categories=("events",))
     r = client.get(path_of(settings, tokens.preferences_url(settings, sid)))
     assert 'value="events" checked' in r.text and 'value="news">' in r.text and 'value="Ada"' in r.text
 
 
-def test_preferences_save_topics_and_name(client: TestClient, settings: Settings,
-                                         sessions: sessionmaker[Session]) -> None:
+def test_preferences_save_topics_and_name(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     path, csrf = _prefs(client, settings, sid)
-    r = client.post(path, data={"csrf": csrf, "action": "save", "name": "  Ada  Lovelace ",
-                                "category": ["news", "events"]})
+    r = client.post(
+        path, data={"csrf": csrf, "action": "save", "name": "  Ada  Lovelace ", "category": ["news", "events"]}
+    )
     assert r.status_code == 200 and "Your preferences are saved" in r.text
     assert 'value="products">' in r.text and 'value="news" checked' in r.text
     with sessions.begin() as s:
@@ -210,15 +238,15 @@ def test_preferences_save_topics_and_name(client: TestClient, settings: Settings
         assert sub is not None and sub.name == "Ada Lovelace"
         assert subscribers.category_slugs(s, sub) == ["news", "events"]
     # Ticking every topic stores "all", so topics added later reach the subscriber too.
-    client.post(path, data={"csrf": csrf, "action": "save", "name": "Ada",
-                            "category": ["news", "products", "events"]})
+    client.post(path, data={"csrf": csrf, "action": "save", "name": "Ada", "category": ["news", "products", "events"]})
     with sessions.begin() as s:
         assert subscribers.category_slugs(s, s.get(Subscriber, sid)) == []
     assert [src for src, _ in events(sessions, sid, EventKind.PREFERENCES)] == ["page", "page"]
 
 
-def test_preferences_need_at_least_one_known_topic(client: TestClient, settings: Settings,
-                                            sessions: sessionmaker[Session]) -> None:
+def test_preferences_need_at_least_one_known_topic(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com", categories=("news",))
     path, csrf = _prefs(client, settings, sid)
     r = client.post(path, data={"csrf": csrf, "action": "save", "name": "Bob"})
@@ -229,8 +257,9 @@ def test_preferences_need_at_least_one_known_topic(client: TestClient, settings:
 
 
 @pytest.mark.parametrize("csrf_kind", ["missing", "forged", "other subscriber", "expired"])
-def test_preferences_post_without_valid_csrf_is_refused(client: TestClient, settings: Settings,
-                                                        sessions: sessionmaker[Session], csrf_kind: str) -> None:
+def test_preferences_post_without_valid_csrf_is_refused(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], csrf_kind: str
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     other = add_subscriber(sessions, "bob@example.com")
     path, good = _prefs(client, settings, sid)
@@ -251,7 +280,8 @@ def test_preferences_post_without_valid_csrf_is_refused(client: TestClient, sett
 
 
 def test_preferences_unsubscribe_all_and_come_back_by_confirming(
-        client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     path, csrf = _prefs(client, settings, sid)
     r = client.post(path, data={"csrf": csrf, "action": "unsubscribe"})
@@ -269,9 +299,9 @@ def test_preferences_unsubscribe_all_and_come_back_by_confirming(
     assert events(sessions, sid, EventKind.CONFIRM) == [("web", None)]
 
 
-def test_bounced_subscriber_cannot_resubscribe_from_preferences(client: TestClient, settings: Settings,
-                                                                sessions: sessionmaker[Session],
-                                                                smtp_server: SmtpServer) -> None:
+def test_bounced_subscriber_cannot_resubscribe_from_preferences(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com", status=SubscriberStatus.BOUNCED)
     path = path_of(settings, tokens.preferences_url(settings, sid))
     r = client.get(path)
@@ -283,8 +313,9 @@ def test_bounced_subscriber_cannot_resubscribe_from_preferences(client: TestClie
 # -- archive, issue pages, preview -----------------------------------------------------
 
 
-def test_archive_lists_only_sent_issues_with_escaped_subjects(client: TestClient, settings: Settings,
-                                                             sessions: sessionmaker[Session]) -> None:
+def test_archive_lists_only_sent_issues_with_escaped_subjects(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     make_issue(sessions, settings, "2026-W40", title="Sent one", sent=True, subject="<b>Bold</b> & co")
     make_issue(sessions, settings, "2026-W41", title="Draft one", sent=False, subject="Secret draft")
     r = client.get("/archive")
@@ -294,8 +325,9 @@ def test_archive_lists_only_sent_issues_with_escaped_subjects(client: TestClient
     assert "noindex" not in r.text  # public pages may be indexed; personal ones (token URLs) may not
 
 
-def test_issue_page_shows_sent_issue_with_escaped_titles(client: TestClient, settings: Settings,
-                                                         sessions: sessionmaker[Session]) -> None:
+def test_issue_page_shows_sent_issue_with_escaped_titles(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     make_issue(sessions, settings, "2026-W40", title="<script>alert(1)</script>Steel", sent=True)
     r = client.get("/issues/2026-W40")
     assert r.status_code == 200
@@ -303,8 +335,9 @@ def test_issue_page_shows_sent_issue_with_escaped_titles(client: TestClient, set
     assert "/unsubscribe/" not in r.text and "/preferences/" not in r.text
 
 
-def test_issue_page_works_while_the_issue_is_being_sent(client: TestClient, settings: Settings,
-                                                        sessions: sessionmaker[Session]) -> None:
+def test_issue_page_works_while_the_issue_is_being_sent(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     # The view-in-browser link of the first mails is opened before the last ones are sent.
     issue_id = make_issue(sessions, settings, "2026-W40", title="Steel", sent=False)
     with sessions.begin() as s:
@@ -317,15 +350,17 @@ def test_issue_page_works_while_the_issue_is_being_sent(client: TestClient, sett
 
 
 @pytest.mark.parametrize("week", ["2026-W41", "2026-W30", "nonsense", "2026-W99"])
-def test_issue_page_of_draft_missing_or_bad_week_is_404(client: TestClient, settings: Settings,
-                                                        sessions: sessionmaker[Session], week: str) -> None:
+def test_issue_page_of_draft_missing_or_bad_week_is_404(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], week: str
+) -> None:
     make_issue(sessions, settings, "2026-W41", title="Draft one", sent=False)
     r = client.get(f"/issues/{week}")
     assert r.status_code == 404 and "Not found" in r.text
 
 
-def test_editor_preview_needs_the_issues_signed_key(client: TestClient, settings: Settings,
-                                                    sessions: sessionmaker[Session]) -> None:
+def test_editor_preview_needs_the_issues_signed_key(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     draft = make_issue(sessions, settings, "2026-W41", title="Draft story", sent=False)
     other = make_issue(sessions, settings, "2026-W42", title="Other story", sent=False)
     url = path_of(settings, tokens.preview_url(settings, draft, "2026-W41"))
@@ -350,36 +385,49 @@ def test_unknown_page_and_wrong_method_are_friendly(client: TestClient) -> None:
     assert r.status_code == 405 and "<html" in r.text
 
 
-def test_no_response_redirects_anywhere(client: TestClient, settings: Settings,
-                                        sessions: sessionmaker[Session]) -> None:
+def test_no_response_redirects_anywhere(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     evil = {"next": "https://evil.example/", "redirect": "//evil.example", "return_to": "https://evil.example"}
     requests = [
-        ("GET", "/subscribe"), ("POST", "/subscribe"), ("GET", "/archive"), ("GET", "/"),
+        ("GET", "/subscribe"),
+        ("POST", "/subscribe"),
+        ("GET", "/archive"),
+        ("GET", "/"),
         ("GET", path_of(settings, tokens.unsubscribe_url(settings, sid, None))),
         ("POST", path_of(settings, tokens.unsubscribe_url(settings, sid, None))),
         ("GET", path_of(settings, tokens.preferences_url(settings, sid))),
         ("GET", path_of(settings, tokens.confirm_url(settings, sid))),
-        ("GET", "//evil.example/"), ("GET", "/%2F%2Fevil.example"), ("GET", "/archive/"),
+        ("GET", "//evil.example/"),
+        ("GET", "/%2F%2Fevil.example"),
+        ("GET", "/archive/"),
         ("GET", path_of(settings, tokens.unsubscribe_url(settings, sid, None)) + "/"),
     ]
     for method, path in requests:
-        r = client.request(method, path, params=evil, data={"email": "x@example.com", **evil} if method == "POST"
-                           else None, headers={"Referer": "https://evil.example/"})
+        r = client.request(
+            method,
+            path,
+            params=evil,
+            data={"email": "x@example.com", **evil} if method == "POST" else None,
+            headers={"Referer": "https://evil.example/"},
+        )
         assert not 300 <= r.status_code < 400, (method, path)
         assert "location" not in r.headers and "evil.example" not in r.text, (method, path)
 
 
-def test_with_dataclass_settings_the_app_uses_the_configured_name(settings: Settings,
-                                                                  sessions: sessionmaker[Session]) -> None:
+def test_with_dataclass_settings_the_app_uses_the_configured_name(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     renamed = dataclasses.replace(settings, newsletter=dataclasses.replace(settings.newsletter, name="Steel & <Iron>"))
     with TestClient(create_app(renamed, sessions), base_url=BASE) as c:
         r = c.get("/subscribe")
     assert "Steel &amp; &lt;Iron&gt;" in r.text
 
 
-def test_cli_weblink_prints_a_working_preview_link(client: TestClient, settings: Settings, config_path: Path,
-                                                   sessions: sessionmaker[Session]) -> None:
+def test_cli_weblink_prints_a_working_preview_link(
+    client: TestClient, settings: Settings, config_path: Path, sessions: sessionmaker[Session]
+) -> None:
     make_issue(sessions, settings, "2026-W41", title="Draft story", sent=False)
     result = CliRunner().invoke(app, ["--config", str(config_path), "issue", "weblink", "--week", "2026-W41"])
     assert result.exit_code == 0, result.output

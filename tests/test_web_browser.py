@@ -33,8 +33,14 @@ from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
 
 pytestmark = needs_chromium
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -45,7 +51,9 @@ def port() -> int:
 @pytest.fixture
 def config_path(config_path: Path, port: int) -> Path:
     """The test config with base_url pointing at the server this test starts."""
-    text = config_path.read_text().replace('base_url = "http://127.0.0.1:8000"', f'base_url = "http://127.0.0.1:{port}"')
+    text = config_path.read_text().replace(
+        'base_url = "http://127.0.0.1:8000"', f'base_url = "http://127.0.0.1:{port}"'
+    )
     config_path.write_text(text)
     return config_path
 
@@ -70,8 +78,9 @@ def chromium_page() -> Iterator[Any]:
             browser.close()
 
 
-def test_unsubscribe_link_from_a_really_sent_issue(server: str, config_path: Path,
-                                                   sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
+def test_unsubscribe_link_from_a_really_sent_issue(
+    server: str, config_path: Path, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
     settings: Settings = config_mod.load(config_path, environ={})
     ada = add_subscriber(sessions, "ada@example.com")
     bob = add_subscriber(sessions, "bob@example.com")
@@ -101,13 +110,16 @@ def test_unsubscribe_link_from_a_really_sent_issue(server: str, config_path: Pat
     assert r.status_code == 200
     assert subscriber(sessions, bob).status == SubscriberStatus.UNSUBSCRIBED
     with sessions.begin() as s:
-        got = sorted((e.subscriber_id, e.source, e.issue_id) for e in s.scalars(
-            select(Event).where(Event.kind == EventKind.UNSUBSCRIBE)))
+        got = sorted(
+            (e.subscriber_id, e.source, e.issue_id)
+            for e in s.scalars(select(Event).where(Event.kind == EventKind.UNSUBSCRIBE))
+        )
     assert got == sorted([(ada, "page", issue_id), (bob, "one-click", issue_id)])
 
 
-def test_subscribe_through_the_form_and_confirm_from_the_mail(server: str, sessions: sessionmaker[Session],
-                                                              smtp_server: SmtpServer) -> None:
+def test_subscribe_through_the_form_and_confirm_from_the_mail(
+    server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
     with chromium_page() as page:
         page.goto(f"{server}/subscribe")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
@@ -140,6 +152,7 @@ def test_subscribe_through_the_form_and_confirm_from_the_mail(server: str, sessi
 @contextmanager
 def publisher_site(html: str) -> Iterator[str]:
     """Another origin (the publisher's own site) serving one page; stopped in finally."""
+
     class Page(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             body = html.encode()
@@ -164,9 +177,12 @@ def publisher_site(html: str) -> Iterator[str]:
 
 
 def test_embedded_form_works_on_another_site_and_other_pages_refuse_framing(
-        server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
-    html = (f'<iframe name="embed" src="{server}/subscribe?embed=1" width="360" height="480"></iframe>'
-            f'<iframe name="page" src="{server}/subscribe" width="360" height="480"></iframe>')
+    server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    html = (
+        f'<iframe name="embed" src="{server}/subscribe?embed=1" width="360" height="480"></iframe>'
+        f'<iframe name="page" src="{server}/subscribe" width="360" height="480"></iframe>'
+    )
     with publisher_site(html) as site, chromium_page() as page:
         page.goto(site)
         page.wait_for_load_state("load")

@@ -29,8 +29,14 @@ from newsletter.models import Event, EventKind, SubscriberStatus
 from newsletter.web import create_app
 
 
-def mail(n: int, *, sender: str, to: str = "unsubscribe@example.com", subject: str = "unsubscribe",
-         headers: dict[str, str] | None = None) -> EmailMessage:
+def mail(
+    n: int,
+    *,
+    sender: str,
+    to: str = "unsubscribe@example.com",
+    subject: str = "unsubscribe",
+    headers: dict[str, str] | None = None,
+) -> EmailMessage:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
     msg["Message-ID"] = f"<req{n}@mail.example>"
@@ -51,12 +57,15 @@ def write_mbox(path: Path, messages: list[EmailMessage]) -> Path:
 
 def unsubscribe_events(sessions: sessionmaker[Session]) -> list[tuple[int | None, str, int | None, str | None]]:
     with sessions.begin() as s:
-        return [(e.subscriber_id, e.source, e.issue_id, e.external_id) for e in s.scalars(
-            select(Event).where(Event.kind == EventKind.UNSUBSCRIBE).order_by(Event.id))]
+        return [
+            (e.subscriber_id, e.source, e.issue_id, e.external_id)
+            for e in s.scalars(select(Event).where(Event.kind == EventKind.UNSUBSCRIBE).order_by(Event.id))
+        ]
 
 
-def test_mbox_requests_match_by_token_address_subject_and_sender(settings: Settings, sessions: sessionmaker[Session],
-                                                                 tmp_path: Path) -> None:
+def test_mbox_requests_match_by_token_address_subject_and_sender(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
     by_address = add_subscriber(sessions, "a@example.com")
     by_subject = add_subscriber(sessions, "b@example.com")
     by_sender = add_subscriber(sessions, "Carol@Example.com")
@@ -66,15 +75,18 @@ def test_mbox_requests_match_by_token_address_subject_and_sender(settings: Setti
     token_a = tokens.make(secret, tokens.UNSUBSCRIBE, by_address, issue_id)
     token_b = tokens.make(secret, tokens.UNSUBSCRIBE, by_subject, issue_id)
     forged = token_a[:-4] + "AAAA"
-    box = write_mbox(tmp_path / "unsub.mbox", [
-        # Sent from another address than the subscribed one: the token decides.
-        mail(1, sender="someone@else.example", to=f"Unsubscribe <unsubscribe+{token_a}@example.com>"),
-        mail(2, sender="other@else.example", subject=f"unsubscribe-{token_b}"),
-        mail(3, sender="Carol <carol@example.com>", subject="Remove me please"),
-        mail(4, sender="d@example.com"),
-        mail(5, sender="stranger@example.org", subject=f"unsubscribe-{forged}"),
-        mail(6, sender="carol@example.com", headers={"Auto-Submitted": "auto-replied"}),
-    ])
+    box = write_mbox(
+        tmp_path / "unsub.mbox",
+        [
+            # Sent from another address than the subscribed one: the token decides.
+            mail(1, sender="someone@else.example", to=f"Unsubscribe <unsubscribe+{token_a}@example.com>"),
+            mail(2, sender="other@else.example", subject=f"unsubscribe-{token_b}"),
+            mail(3, sender="Carol <carol@example.com>", subject="Remove me please"),
+            mail(4, sender="d@example.com"),
+            mail(5, sender="stranger@example.org", subject=f"unsubscribe-{forged}"),
+            mail(6, sender="carol@example.com", headers={"Auto-Submitted": "auto-replied"}),
+        ],
+    )
     report = mailin.import_unsubscribes(sessions, settings, box)
     assert (report.unsubscribed, report.already, report.duplicates) == (3, 1, 0)
     assert [line.split(": ", 1)[1] for line in report.unmatched] == [
@@ -95,39 +107,44 @@ def test_mbox_requests_match_by_token_address_subject_and_sender(settings: Setti
     assert unsubscribe_events(sessions) == before
 
 
-def test_maildir_through_the_cli(settings: Settings, sessions: sessionmaker[Session], config_path: Path,
-                                 tmp_path: Path) -> None:
+def test_maildir_through_the_cli(
+    settings: Settings, sessions: sessionmaker[Session], config_path: Path, tmp_path: Path
+) -> None:
     sid = add_subscriber(sessions, "ada@example.com")
     box = mailbox.Maildir(tmp_path / "Maildir", create=True)
     box.add(mail(1, sender="ada@example.com"))
     box.add(mail(2, sender="nobody@example.com"))
-    result = CliRunner().invoke(app, ["--config", str(config_path), "unsubscribes", "import",
-                                      str(tmp_path / "Maildir")])
+    result = CliRunner().invoke(
+        app, ["--config", str(config_path), "unsubscribes", "import", str(tmp_path / "Maildir")]
+    )
     assert result.exit_code == 0, result.output
     assert "unsubscribed 1, already unsubscribed 0, seen before 0, not matched 1" in result.stdout
     assert subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED
 
 
 def test_missing_mailbox_is_one_line_error(config_path: Path, engine: object, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["--config", str(config_path), "unsubscribes", "import",
-                                      str(tmp_path / "nope")])
+    result = CliRunner().invoke(app, ["--config", str(config_path), "unsubscribes", "import", str(tmp_path / "nope")])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1 and "nope" in result.stderr
 
 
-@pytest.mark.parametrize("secret, refusal", [(config_mod.EXAMPLE_SECRET, "is the example value"),
-                                             ("", "is too weak"), ("short-but-not-empty", "is too weak")])
+@pytest.mark.parametrize(
+    "secret, refusal",
+    [(config_mod.EXAMPLE_SECRET, "is the example value"), ("", "is too weak"), ("short-but-not-empty", "is too weak")],
+)
 def test_serve_refuses_the_example_secret(config_path: Path, engine: object, secret: str, refusal: str) -> None:
-    text = config_path.read_text().replace('secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"',
-                                           f'secret_key = "{secret}"')
+    text = config_path.read_text().replace(
+        'secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"', f'secret_key = "{secret}"'
+    )
     config_path.write_text(text)
     result = CliRunner().invoke(app, ["--config", str(config_path), "serve", "--port", "1"])
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith(f"Error: [newsletter] secret_key {refusal}")
 
 
-def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions: sessionmaker[Session],
-                                                    smtp_server: SmtpServer, tmp_path: Path) -> None:
+def test_reply_to_the_mailto_of_a_really_sent_issue(
+    settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer, tmp_path: Path
+) -> None:
     """What a mail client sends for the sender's `List-Unsubscribe: <mailto:…?subject=…>` is matched."""
     sid = add_subscriber(sessions, "ada@example.com")
     issue_id = make_issue(sessions, settings, "2026-W40", title="Story", sent=False)
@@ -143,10 +160,12 @@ def test_reply_to_the_mailto_of_a_really_sent_issue(settings: Settings, sessions
     assert unsubscribe_events(sessions) == [(sid, "mailto", issue_id, "mailto:<req1@mail.example>")]
 
 
-def test_serve_with_insecure_dev_starts_warns_and_logs_no_tokens(config_path: Path, settings: Settings,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    text = config_path.read_text().replace('secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"',
-                                           f'secret_key = "{config_mod.EXAMPLE_SECRET}"')
+def test_serve_with_insecure_dev_starts_warns_and_logs_no_tokens(
+    config_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = config_path.read_text().replace(
+        'secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"', f'secret_key = "{config_mod.EXAMPLE_SECRET}"'
+    )
     config_path.write_text(text)
     db.upgrade(db.make_engine(settings.database_url))
     with running_server(config_path, free_port(), "--insecure-dev") as (base, log):
@@ -162,21 +181,26 @@ def test_serve_with_insecure_dev_starts_warns_and_logs_no_tokens(config_path: Pa
     assert '"GET /unsubscribe/… HTTP/1.1" 404' in text and token not in text
 
 
-def test_stats_show_unsubscribes_per_issue_by_source(settings: Settings, sessions: sessionmaker[Session],
-                                                    config_path: Path, smtp_server: SmtpServer,
-                                                    tmp_path: Path) -> None:
+def test_stats_show_unsubscribes_per_issue_by_source(
+    settings: Settings, sessions: sessionmaker[Session], config_path: Path, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
     readers = [add_subscriber(sessions, f"r{i}@example.com") for i in range(4)]
     make_issue(sessions, settings, "2026-W40", title="Story", sent=False)
     sender.send(sessions, settings, "2026-W40", force=True)
-    links = {m.rcpt_tos[0]: re.search(r"<(http[^>]+)>", m.message["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
-             for m in smtp_server.messages}
+    links = {
+        m.rcpt_tos[0]: re.search(r"<(http[^>]+)>", m.message["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+        for m in smtp_server.messages
+    }
     with TestClient(create_app(settings, sessions), base_url=settings.newsletter.base_url) as web:
         web.post(links["r0@example.com"], data={"List-Unsubscribe": "One-Click"})
         web.post(links["r1@example.com"], data={"List-Unsubscribe": "One-Click"})
         web.post(links["r2@example.com"], data={"action": "unsubscribe"})
     token = links["r3@example.com"].rpartition("/")[2]
-    mailin.import_unsubscribes(sessions, settings, write_mbox(tmp_path / "box", [
-        mail(1, sender="r3@example.com", subject=f"unsubscribe-{token}")]))
+    mailin.import_unsubscribes(
+        sessions,
+        settings,
+        write_mbox(tmp_path / "box", [mail(1, sender="r3@example.com", subject=f"unsubscribe-{token}")]),
+    )
     assert all(subscriber(sessions, sid).status == SubscriberStatus.UNSUBSCRIBED for sid in readers)
     result = CliRunner().invoke(app, ["--config", str(config_path), "stats", "--week", "2026-W40"])
     assert result.exit_code == 0, result.output

@@ -55,9 +55,9 @@ def test_subscribe_form_and_embeddable_variant(client: TestClient) -> None:
     assert "frame-ancestors *" in embed.headers["content-security-policy"]
 
 
-def test_subscribe_creates_pending_subscriber_and_mails_a_link(client: TestClient, settings: Settings,
-                                                               sessions: sessionmaker[Session],
-                                                               smtp_server: object) -> None:
+def test_subscribe_creates_pending_subscriber_and_mails_a_link(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     r = client.post("/subscribe", data={"email": "New.Reader@Example.com", "name": "Nina", "category": ["news"]})
     assert r.status_code == 200 and "Check your inbox" in r.text
     assert status_of(sessions, "new.reader@example.com") == SubscriberStatus.PENDING
@@ -83,12 +83,15 @@ def test_subscribe_creates_pending_subscriber_and_mails_a_link(client: TestClien
     assert "already receives" in client.get(path_of(settings, url)).text
 
 
-def test_answer_is_the_same_for_listed_and_unlisted_addresses(client: TestClient, sessions: sessionmaker[Session],
-                                                              smtp_server: object) -> None:
+def test_answer_is_the_same_for_listed_and_unlisted_addresses(
+    client: TestClient, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     add_subscriber(sessions, "active@example.com")
     add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
-    answers = {email: client.post("/subscribe", data={"email": email, "name": "X"})
-               for email in ("fresh@example.com", "active@example.com", "gone@example.com")}
+    answers = {
+        email: client.post("/subscribe", data={"email": email, "name": "X"})
+        for email in ("fresh@example.com", "active@example.com", "gone@example.com")
+    }
     bodies = {(r.status_code, r.text) for r in answers.values()}
     assert len(bodies) == 1
     # Only the new address gets a mail; the listed ones are left exactly as they were.
@@ -100,17 +103,32 @@ def test_answer_is_the_same_for_listed_and_unlisted_addresses(client: TestClient
         assert sub is not None and sub.name == "Ada"
 
 
-def _post_and_watch(settings: Settings, sessions: sessionmaker[Session], engine: Engine,
-                    email: str) -> tuple[int, list[str], SubscriberStatus | None]:
+def _post_and_watch(
+    settings: Settings, sessions: sessionmaker[Session], engine: Engine, email: str
+) -> tuple[int, list[str], SubscriberStatus | None]:
     """POST /subscribe straight through ASGI and note, at the moment the answer's last byte
     is sent (before any background work), the SQL run so far and the address's row."""
     app = create_app(settings, sessions, hold=no_hold)
     body = urlencode({"email": email, "name": "X"}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/subscribe", "raw_path": b"/subscribe", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded"),
-                         (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/subscribe",
+        "raw_path": b"/subscribe",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
     statements: list[str] = []
     seen: dict[str, Any] = {}
 
@@ -145,14 +163,17 @@ def _post_and_watch(settings: Settings, sessions: sessionmaker[Session], engine:
     return seen["code"], seen["sql"], seen["row"]
 
 
-def test_the_answer_comes_before_any_lookup_of_the_address(settings: Settings, sessions: sessionmaker[Session],
-                                                          engine: Engine, smtp_server: SmtpServer) -> None:
+def test_the_answer_comes_before_any_lookup_of_the_address(
+    settings: Settings, sessions: sessionmaker[Session], engine: Engine, smtp_server: SmtpServer
+) -> None:
     """Timing: a new address costs an insert and a commit, a listed one a read. The answer is
     sent before either, after the very same SQL for every address; the work follows it."""
     add_subscriber(sessions, "active@example.com")
     add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
-    watched = {email: _post_and_watch(settings, sessions, engine, email)
-               for email in ("fresh@example.com", "active@example.com", "gone@example.com")}
+    watched = {
+        email: _post_and_watch(settings, sessions, engine, email)
+        for email in ("fresh@example.com", "active@example.com", "gone@example.com")
+    }
     assert {code for code, _, _ in watched.values()} == {200}
     assert len({tuple(sql) for _, sql, _ in watched.values()}) == 1
     sql = " ".join(watched["fresh@example.com"][1]).lower()
@@ -162,8 +183,9 @@ def test_the_answer_comes_before_any_lookup_of_the_address(settings: Settings, s
     assert smtp_server.recipients() == ["fresh@example.com"]
 
 
-def test_invalid_address_shows_the_form_again(client: TestClient, sessions: sessionmaker[Session],
-                                              smtp_server: object) -> None:
+def test_invalid_address_shows_the_form_again(
+    client: TestClient, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     r = client.post("/subscribe", data={"email": "bob@", "name": "<b>Bob</b>"})
     assert r.status_code == 400 and "is not an email address" in r.text
     assert 'value="&lt;b&gt;Bob&lt;/b&gt;"' in r.text
@@ -174,15 +196,17 @@ def test_invalid_address_shows_the_form_again(client: TestClient, sessions: sess
     assert smtp_server.messages == []  # type: ignore[attr-defined]
 
 
-def test_honeypot_field_pretends_success_and_stores_nothing(client: TestClient, sessions: sessionmaker[Session],
-                                                            smtp_server: object) -> None:
+def test_honeypot_field_pretends_success_and_stores_nothing(
+    client: TestClient, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     r = client.post("/subscribe", data={"email": "bot@example.com", "website": "http://spam.example"})
     assert r.status_code == 200 and "Check your inbox" in r.text
     assert status_of(sessions, "bot@example.com") is None and smtp_server.messages == []  # type: ignore[attr-defined]
 
 
-def test_confirmation_mails_per_address_are_limited(settings: Settings, sessions: sessionmaker[Session],
-                                                    smtp_server: object) -> None:
+def test_confirmation_mails_per_address_are_limited(
+    settings: Settings, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     with app_client(settings, sessions, subscribe_per_address_per_hour=2) as c:
         answers = {c.post("/subscribe", data={"email": "flood@example.com"}).text for _ in range(5)}
         c.post("/subscribe", data={"email": "other@example.com"})
@@ -190,8 +214,9 @@ def test_confirmation_mails_per_address_are_limited(settings: Settings, sessions
     assert smtp_server.recipients() == ["flood@example.com"] * 2 + ["other@example.com"]  # type: ignore[attr-defined]
 
 
-def test_requests_per_client_are_limited(settings: Settings, sessions: sessionmaker[Session],
-                                         smtp_server: object) -> None:
+def test_requests_per_client_are_limited(
+    settings: Settings, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     with app_client(settings, sessions, subscribe_per_client_per_hour=3) as c:
         codes = [c.post("/subscribe", data={"email": f"r{i}@example.com"}).status_code for i in range(5)]
         blocked = c.post("/subscribe", data={"email": "late@example.com"})
@@ -201,9 +226,9 @@ def test_requests_per_client_are_limited(settings: Settings, sessions: sessionma
     assert status_of(sessions, "late@example.com") is None
 
 
-def test_unsubscribed_reader_can_subscribe_again_only_with_a_new_link(client: TestClient, settings: Settings,
-                                                                      sessions: sessionmaker[Session],
-                                                                      smtp_server: object) -> None:
+def test_unsubscribed_reader_can_subscribe_again_only_with_a_new_link(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: object
+) -> None:
     client.post("/subscribe", data={"email": "back@example.com"})
     old_link = link_in(smtp_server.messages[0].message, r"http://\S+/confirm/\S+")  # type: ignore[attr-defined]
     client.post(path_of(settings, old_link))
@@ -236,16 +261,18 @@ def test_mail_server_down_still_answers_the_same(settings: Settings, sessions: s
     assert status_of(sessions, "x@example.com") == SubscriberStatus.PENDING
 
 
-def test_confirm_token_of_a_bounced_address_activates_nothing(client: TestClient, settings: Settings,
-                                                              sessions: sessionmaker[Session]) -> None:
+def test_confirm_token_of_a_bounced_address_activates_nothing(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
     sid = add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
     r = client.post(path_of(settings, tokens.confirm_url(settings, sid)))
     assert r.status_code == 400
     assert subscriber(sessions, sid).status == SubscriberStatus.BOUNCED
 
 
-def test_two_requests_racing_for_one_new_address(sessions: sessionmaker[Session],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_requests_racing_for_one_new_address(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The second of two simultaneous requests hits the unique key and is answered as for a listed address."""
     add_subscriber(sessions, "race@example.com", status=SubscriberStatus.PENDING)
     real = subscribers.get_by_email
@@ -279,8 +306,9 @@ def test_rate_limiter_window_and_retry_after() -> None:
     assert len(limiter._hits) == 1
 
 
-def test_pending_subscriber_is_never_sent_an_issue(client: TestClient, settings: Settings,
-                                                   sessions: sessionmaker[Session], smtp_server: SmtpServer) -> None:
+def test_pending_subscriber_is_never_sent_an_issue(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
     add_subscriber(sessions, "active@example.com")
     client.post("/subscribe", data={"email": "pending@example.com"})
     assert smtp_server.recipients() == ["pending@example.com"]  # the confirmation only

@@ -33,8 +33,13 @@ async def no_hold() -> None:
     """For `create_app(hold=…)`: the work of a subscribe post starts right after the answer."""
 
 
-def add_subscriber(sessions: sessionmaker[Session], email: str, *,
-                   status: SubscriberStatus = SubscriberStatus.ACTIVE, categories: tuple[str, ...] = ()) -> int:
+def add_subscriber(
+    sessions: sessionmaker[Session],
+    email: str,
+    *,
+    status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    categories: tuple[str, ...] = (),
+) -> int:
     with sessions.begin() as s:
         return subscribers.add(s, email, name="Ada", categories=categories, status=status, source="test").id
 
@@ -46,14 +51,29 @@ def subscriber(sessions: sessionmaker[Session], sid: int) -> Subscriber:
         return sub
 
 
-def make_issue(sessions: sessionmaker[Session], settings: Settings, week: str, *, title: str,
-               sent: bool, subject: str | None = None) -> int:
+def make_issue(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    week: str,
+    *,
+    title: str,
+    sent: bool,
+    subject: str | None = None,
+) -> int:
     """Publish one article in `week`, build the issue, and mark it sent if asked."""
     year, number = int(week[:4]), int(week[-2:])
     published = datetime.combine(date.fromisocalendar(year, number, 3), time(10), tzinfo=UTC)
     with sessions.begin() as s:
-        s.add(Article(guid=f"https://example.com/{week}", url=f"https://example.com/{week}", title=title,
-                      category="news", summary="<p>Summary</p>", published_at=published))
+        s.add(
+            Article(
+                guid=f"https://example.com/{week}",
+                url=f"https://example.com/{week}",
+                title=title,
+                category="news",
+                summary="<p>Summary</p>",
+                published_at=published,
+            )
+        )
         s.flush()
         issue = builder.build(s, settings, week, subject=subject)
         if sent:
@@ -72,7 +92,7 @@ def path_of(settings: Settings, url: str) -> str:
     """The path of one of our absolute URLs (TestClient and browsers use their own base)."""
     base = settings.newsletter.base_url.rstrip("/")
     assert url.startswith(base), url
-    return url[len(base):]
+    return url[len(base) :]
 
 
 def link_in(message: Message, pattern: str) -> str:
@@ -95,9 +115,24 @@ def running_server(config_path: Path, port: int, *extra: str) -> Iterator[tuple[
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config_path), "serve",
-                                 "--host", "127.0.0.1", "--port", str(port), *extra],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "newsletter",
+                "--config",
+                str(config_path),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *extra,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = clock.monotonic() + 180  # a bound, not a wait: the loop ends as soon as it answers
         while True:

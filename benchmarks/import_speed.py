@@ -50,7 +50,7 @@ def make_csv(rows: int) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def fresh_engine(url: str | None, tmp: str, name: str):  # type: ignore[no-untyped-def]
+def fresh_engine(url: str | None, tmp: str, name: str):
     settings = config.load(os.path.join(os.path.dirname(__file__), "..", "config.example.toml"), environ={})
     if url is None:
         engine = make_engine(f"sqlite:///{tmp}/{name}.db")
@@ -70,7 +70,7 @@ def fresh_engine(url: str | None, tmp: str, name: str):  # type: ignore[no-untyp
     return engine, cleanup
 
 
-def bench_import(engine, data: bytes) -> tuple[float, subscribers.ImportReport]:  # type: ignore[no-untyped-def]
+def bench_import(engine, data: bytes) -> tuple[float, subscribers.ImportReport]:
     sessions = session_factory(engine)
     t = time.perf_counter()
     with sessions.begin() as s:
@@ -78,7 +78,7 @@ def bench_import(engine, data: bytes) -> tuple[float, subscribers.ImportReport]:
     return time.perf_counter() - t, report
 
 
-def bench_naive(engine, data: bytes) -> float:  # type: ignore[no-untyped-def]
+def bench_naive(engine, data: bytes) -> float:
     """What a user would write: csv.DictReader, validate, one ORM object per row."""
     sessions = session_factory(engine)
     t = time.perf_counter()

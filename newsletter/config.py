@@ -396,14 +396,14 @@ def load(path: Path | str | None, *, environ: Mapping[str, str] | None = None, m
                     f"the environment variable {env_name}",
                     from_env=True,
                 )
-        sections[name] = dataclasses.replace(built, **changes)  # type: ignore[type-var]
+        sections[name] = dataclasses.replace(built, **changes)  # type: ignore[type-var]  # sections are dataclass instances, typed as object here
     arrays: dict[str, tuple[object, ...]] = {}
     for name, cls in ARRAYS.items():
         raw_list = data.get(name, [])
         if not isinstance(raw_list, list):
             raise ConfigError(f"[[{name}]] must be an array of tables in {source}")
         arrays[name] = tuple(_build(cls, item, f"[[{name}]] #{i + 1}", source) for i, item in enumerate(raw_list))
-    settings = Settings(path=cfg_path, **sections, **arrays)  # type: ignore[arg-type]
+    settings = Settings(path=cfg_path, **sections, **arrays)  # type: ignore[arg-type]  # each name maps to its own section type, checked by _build
     _validate(settings, source)
     return settings
 

@@ -84,7 +84,7 @@ def body(msg: Message, subtype: str) -> str:
 
 def with_smtp(settings: Settings, **changes: object) -> Settings:
     """`settings` with some [smtp] values changed (the test config sends fast: retry_delay 0.05 s)."""
-    return dataclasses.replace(settings, smtp=dataclasses.replace(settings.smtp, **changes))  # type: ignore[arg-type]
+    return dataclasses.replace(settings, smtp=dataclasses.replace(settings.smtp, **changes))  # type: ignore[arg-type]  # changes are SmtpSettings fields by name
 
 
 def cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

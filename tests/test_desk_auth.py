@@ -27,7 +27,7 @@ PAGES = ["/admin/"]
 
 def make_client(settings: Settings, sessions: sessionmaker[Session], **desk: float) -> TestClient:
     if desk:
-        settings = dataclasses.replace(settings, desk=dataclasses.replace(settings.desk, **desk))  # type: ignore[arg-type]
+        settings = dataclasses.replace(settings, desk=dataclasses.replace(settings.desk, **desk))  # type: ignore[arg-type]  # keys are DeskSettings fields
     return TestClient(create_app(settings, sessions), base_url=BASE, follow_redirects=False)
 
 
@@ -127,7 +127,7 @@ def test_forged_or_expired_session_cookies_are_no_session(
     assert sign_in(client).status_code == 303
     good = _session_cookie(client)
     with sessions.begin() as s:
-        key = editors.get(s, eid).session_key  # type: ignore[union-attr]
+        key = editors.get(s, eid).session_key  # type: ignore[union-attr]  # the editor was just added
     secret = settings.newsletter.secret_key
     if forge == "tampered":
         cookie = good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -33,6 +35,9 @@ from sqlalchemy.orm import sessionmaker
 from newsletter import config as config_mod
 from newsletter.db import make_engine, session_factory, upgrade
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CORPORA = Path(os.environ.get("NEWSLETTER_CORPORA", SHARED / "corpora"))
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
@@ -41,15 +46,54 @@ CHROMIUM = shutil.which("chromium")
 
 # What a fresh clone may lack. Outside CI such a test skips with one line saying what is
 # missing; in CI it runs, so a missing corpus or browser fails instead of passing unseen.
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None and not IN_CI, reason="Debian's chromium is not installed (apt-get install chromium); CI runs this"
-)
+NO_CHROMIUM = "Debian's chromium is not installed (apt-get install chromium); CI runs this"
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason=NO_CHROMIUM)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def needs_corpus(*parts: str) -> pytest.MarkDecorator:
     """Skip outside CI when the shared corpus file `parts` (under ../shared/corpora) is absent."""
     path = CORPORA.joinpath(*parts)
     return pytest.mark.skipif(not path.exists() and not IN_CI, reason=f"{path} is absent; CI runs this")
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Browser]:
+    """Debian's chromium under playwright, closed on exit (for tests marked `needs_chromium`)."""
+    if CHROMIUM is None:  # only in CI: elsewhere needs_chromium skipped the test
+        pytest.fail(NO_CHROMIUM)  # one line, not playwright's "run playwright install" box
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+OpenPage = Callable[[int, int], AbstractContextManager["Page"]]
+
+
+@pytest.fixture
+def chromium_page() -> OpenPage:
+    """Opens a page of the given viewport (width, height) in chromium when the test asks. The
+    browser does not start at setup: playwright's sync API runs an event loop in the test's
+    thread, so a test starts it only after its own asyncio work."""
+
+    @contextmanager
+    def open_page(width: int, height: int) -> Iterator[Page]:
+        with chromium_browser() as browser:
+            yield browser.new_page(viewport={"width": width, "height": height})
+
+    return open_page
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +159,7 @@ CONFIG_TEMPLATE = """
 name = "Test Weekly"
 from_address = "Test Weekly <news@example.com>"
 reply_to = "editor@example.com"
-base_url = "http://127.0.0.1:8000"
+base_url = "http://127.0.0.1:{web_port}"
 postal_address = "1 Test Street, Testville"
 timezone = "Europe/Berlin"
 secret_key = "test-Z2SBMvm9eezoBQE5j6e-u4Dh9PA5k1c0MwALNU23wK4"
@@ -153,12 +197,20 @@ limit = 6
 
 
 @pytest.fixture
+def port() -> int:
+    """A free port for the `newsletter serve` a test starts (the config's base_url points there)."""
+    return free_port()
+
+
+@pytest.fixture
 def config_path(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    """A config.toml in tmp_path pointing at this test's database (and SMTP server, if any)."""
+    """A config.toml in tmp_path pointing at this test's database (and SMTP server, if any);
+    its base_url is on the test's `port` when it asks for one, else on port 8000."""
     db = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else f"sqlite:///{tmp_path / 'test.db'}"
-    port = request.getfixturevalue("smtp_server").port if "smtp_server" in request.fixturenames else 2525
+    smtp_port = request.getfixturevalue("smtp_server").port if "smtp_server" in request.fixturenames else 2525
+    web_port = request.getfixturevalue("port") if "port" in request.fixturenames else 8000
     path = tmp_path / "config.toml"
-    path.write_text(CONFIG_TEMPLATE.format(db_url=db, smtp_port=port), encoding="utf-8")
+    path.write_text(CONFIG_TEMPLATE.format(db_url=db, smtp_port=smtp_port, web_port=web_port), encoding="utf-8")
     return path
 
 

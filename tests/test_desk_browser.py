@@ -11,51 +11,20 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import CHROMIUM, SmtpServer, free_port, needs_chromium
+from conftest import OpenPage, SmtpServer, needs_chromium
 from desk_support import EDITOR, PASSWORD, add_editor
 from sqlalchemy.orm import Session, sessionmaker
-from test_web_browser import CHROMIUM_ARGS, publisher_site
-from web_support import add_subscriber, link_in, running_server
+from web_support import add_subscriber, link_in, publisher_site, running_server
 
 from newsletter import builder
 from newsletter import config as config_mod
 from newsletter.models import Article, utcnow
 
 pytestmark = needs_chromium
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def config_path(config_path: Path, port: int) -> Path:
-    text = config_path.read_text().replace(
-        'base_url = "http://127.0.0.1:8000"', f'base_url = "http://127.0.0.1:{port}"'
-    )
-    config_path.write_text(text)
-    return config_path
-
-
-@contextmanager
-def desk_page() -> Iterator[Any]:
-    """A desktop-sized page in Debian's chromium (started after the test's own setup)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
-        finally:
-            browser.close()
 
 
 def screenshot(page: Any, folder: Path, name: str) -> None:
@@ -66,6 +35,7 @@ def screenshot(page: Any, folder: Path, name: str) -> None:
 
 
 def test_sign_in_curate_preview_send_and_see_the_click(
+    chromium_page: OpenPage,
     config_path: Path,
     engine: object,
     port: int,
@@ -103,7 +73,7 @@ def test_sign_in_curate_preview_send_and_see_the_click(
             issue = builder.build(s, settings, week)
             issue.scheduled_at = utcnow()  # due now, whatever day the test runs
 
-        with running_server(config_path, port) as (base, _log), desk_page() as page:
+        with running_server(config_path, port) as (base, _log), chromium_page(1280, 900) as page:
             page.goto(f"{base}/admin/issues")
             assert page.url.startswith(f"{base}/admin/login?next=")
             page.fill("#email", EDITOR)

@@ -7,20 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, needs_chromium
-from playwright.sync_api import Browser, sync_playwright
+from conftest import chromium_browser, needs_chromium
+from playwright.sync_api import Browser
 from typer.testing import CliRunner
 
 from newsletter.cli import app
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 pytestmark = needs_chromium
 LONG_WORD = "Polyethylenterephthalat-Mehrwegflaschenrücknahmesystemverordnungsänderung" * 2
 
@@ -33,12 +25,8 @@ def run(config_path: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture

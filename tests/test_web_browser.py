@@ -12,20 +12,16 @@ really sent to and captured by aiosmtpd:
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from conftest import CHROMIUM, SmtpServer, free_port, needs_chromium
+from conftest import OpenPage, SmtpServer, needs_chromium
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from web_support import add_subscriber, link_in, make_issue, running_server, subscriber
+from web_support import add_subscriber, link_in, make_issue, publisher_site, running_server, subscriber
 
 from newsletter import config as config_mod
 from newsletter import sender, subscribers
@@ -33,29 +29,6 @@ from newsletter.config import Settings
 from newsletter.models import Event, EventKind, SubscriberStatus
 
 pytestmark = needs_chromium
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def config_path(config_path: Path, port: int) -> Path:
-    """The test config with base_url pointing at the server this test starts."""
-    text = config_path.read_text().replace(
-        'base_url = "http://127.0.0.1:8000"', f'base_url = "http://127.0.0.1:{port}"'
-    )
-    config_path.write_text(text)
-    return config_path
 
 
 @pytest.fixture
@@ -64,22 +37,8 @@ def server(config_path: Path, engine: object, port: int) -> Iterator[str]:
         yield base
 
 
-@contextmanager
-def chromium_page() -> Iterator[Any]:
-    """A phone-sized page in Debian's chromium. Not a fixture: playwright's sync API runs an
-    event loop in this thread, so the test starts it only after its own asyncio work."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 375, "height": 700})
-        finally:
-            browser.close()
-
-
 def test_unsubscribe_link_from_a_really_sent_issue(
-    server: str, config_path: Path, sessions: sessionmaker[Session], smtp_server: SmtpServer
+    chromium_page: OpenPage, server: str, config_path: Path, sessions: sessionmaker[Session], smtp_server: SmtpServer
 ) -> None:
     settings: Settings = config_mod.load(config_path, environ={})
     ada = add_subscriber(sessions, "ada@example.com")
@@ -93,7 +52,7 @@ def test_unsubscribe_link_from_a_really_sent_issue(
     # Ada clicks the footer link: a page with one button; the GET changed nothing.
     url = re.search(r"<(http[^>]+)>", mails["ada@example.com"]["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
     assert url.startswith(server + "/unsubscribe/")
-    with chromium_page() as page:
+    with chromium_page(375, 700) as page:
         page.goto(url)
         assert page.locator("h1").inner_text() == "Unsubscribe?"
         assert subscriber(sessions, ada).status == SubscriberStatus.ACTIVE
@@ -118,9 +77,9 @@ def test_unsubscribe_link_from_a_really_sent_issue(
 
 
 def test_subscribe_through_the_form_and_confirm_from_the_mail(
-    server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer
+    chromium_page: OpenPage, server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer
 ) -> None:
-    with chromium_page() as page:
+    with chromium_page(375, 700) as page:
         page.goto(f"{server}/subscribe")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         page.fill("#email", "reader@example.com")
@@ -149,41 +108,14 @@ def test_subscribe_through_the_form_and_confirm_from_the_mail(
     assert sub_row.status == SubscriberStatus.ACTIVE and sub_row.name == "Rita Reader"
 
 
-@contextmanager
-def publisher_site(html: str) -> Iterator[str]:
-    """Another origin (the publisher's own site) serving one page; stopped in finally."""
-
-    class Page(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            body = html.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Page)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
-
-
 def test_embedded_form_works_on_another_site_and_other_pages_refuse_framing(
-    server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer
+    chromium_page: OpenPage, server: str, sessions: sessionmaker[Session], smtp_server: SmtpServer
 ) -> None:
     html = (
         f'<iframe name="embed" src="{server}/subscribe?embed=1" width="360" height="480"></iframe>'
         f'<iframe name="page" src="{server}/subscribe" width="360" height="480"></iframe>'
     )
-    with publisher_site(html) as site, chromium_page() as page:
+    with publisher_site(html) as site, chromium_page(375, 700) as page:
         page.goto(site)
         page.wait_for_load_state("load")
         embed = page.frame(name="embed")

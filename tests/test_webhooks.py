@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -11,14 +10,11 @@ import hmac
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
-from conftest import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -28,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from test_bounces_policy import _issues, _mailed
+from web_support import uvicorn_in_thread
 
 from newsletter import subscribers, tokens
 from newsletter.config import Secret, Settings
@@ -410,23 +407,6 @@ def test_ses_subscription_confirmation_and_foreign_topic(
     assert r.status_code == 403 and "ses_topic_arn" in r.json()["error"]
 
 
-@contextlib.contextmanager
-def _serving(app: Starlette) -> Iterator[int]:
-    """The app under a real uvicorn on a free port (a raw socket can then send what clients would not)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield server.config.port
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 def _first_reply(port: int, request: bytes) -> bytes:
     """Send `request` (headers, maybe part of a body) and read the whole answer, never finishing the body."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
@@ -458,10 +438,10 @@ def test_webhook_bodies_are_refused_before_they_are_read(
         small, bounces=dataclasses.replace(small.bounces, mailgun_signing_key=Secret(""))
     )
     head = "POST /webhooks/bounces/mailgun HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-    with _serving(Starlette(routes=webhooks.routes(small, sessions))) as port:
+    with uvicorn_in_thread(Starlette(routes=webhooks.routes(small, sessions))) as port:
         declared = _first_reply(port, f"{head}Content-Length: 200000000\r\n\r\n{{".encode())
         chunked = _first_reply(port, f"{head}Transfer-Encoding: chunked\r\n\r\n5dc\r\n{'x' * 1500}\r\n".encode())
-    with _serving(Starlette(routes=webhooks.routes(unconfigured, sessions))) as port:
+    with uvicorn_in_thread(Starlette(routes=webhooks.routes(unconfigured, sessions))) as port:
         refused = _first_reply(port, f"{head}Content-Length: 200000000\r\n\r\n{{".encode())
     assert declared.startswith(b"HTTP/1.1 413") and b"larger than 1000 bytes" in declared
     assert chunked.startswith(b"HTTP/1.1 413")

@@ -14,14 +14,13 @@ is one 500 page and one log line, with any token in its path hidden.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email.policy
+import functools
 import logging
 import re
-import secrets
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,13 +42,16 @@ from newsletter import builder, desk, message, render, selfservice, subscribers,
 from newsletter.config import EXAMPLE_SECRET, MIN_KEY_BITS, Settings, check_secret_key, key_bits
 from newsletter.db import Sessions
 from newsletter.errors import ConfigError, Conflict, DeliveryError, InvalidInput, InvalidToken, NotFound
+from newsletter.holds import HeldWork, Hold, random_hold
 from newsletter.inbound import webhooks
 from newsletter.models import IssueStatus, SubscriberStatus
 from newsletter.ratelimit import RateLimiter
 
 log = logging.getLogger("newsletter.web")
 T = TypeVar("T")
-Hold = Callable[[], Awaitable[None]]
+# Subscribe posts whose work waits its hold at one time; past that the form answers 503
+# (at most 3 s of holds: 1,000 means over 300 posts a second, far beyond any real list).
+MAX_HELD_SUBSCRIBES = 1000
 
 # Our own pages load nothing from elsewhere, run no script and may not be framed
 # (a framed unsubscribe button could be clickjacked). Personal URLs carry a token,
@@ -74,31 +76,18 @@ class AppState:
     templates: Jinja2Templates
     per_address: RateLimiter
     per_client: RateLimiter
-    hold: Hold
-
-
-async def random_hold() -> None:
-    """Wait 0.5-3 s, drawn from the OS's random source, before the work of a subscribe post.
-
-    That work differs by address (a new one costs an insert and a mail, a listed one a read)
-    and loads the server while it runs. Run at once, it slowed the poster's next request on
-    the same connection enough to tell a listed address from a new one (measured: 72 % right,
-    `benchmarks/subscribe_next_request.py`); held, it lands at a time the poster cannot know."""
-    await asyncio.sleep(hold_seconds())
-
-
-def hold_seconds() -> float:
-    """0.5-3 s in steps of 1 ms, from the OS's random source (the poster cannot predict it)."""
-    return 0.5 + secrets.randbelow(2500) / 1000
+    held: HeldWork
 
 
 def create_app(settings: Settings, session_factory: Sessions, *, hold: Hold = random_hold) -> Starlette:
     """The ASGI app for `newsletter serve` (and for tests, through Starlette's TestClient).
-    `hold` is awaited before the work a subscribe post causes (tests pass a gate or no wait)."""
+    `hold` is awaited before the work a subscribe post causes (tests pass a gate or no wait);
+    that work runs in the app's own tasks, finished when the app shuts down (its lifespan)."""
     app = Starlette(
         routes=[*ROUTES, *webhooks.routes(settings, session_factory), *desk.routes(settings, session_factory)],
         middleware=[Middleware(SecureResponses)],
         exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=_lifespan,
     )
     app.router.redirect_slashes = False  # the app never redirects, not even to add or drop a '/'
     app.state.newsletter = AppState(
@@ -107,9 +96,16 @@ def create_app(settings: Settings, session_factory: Sessions, *, hold: Hold = ra
         templates=Jinja2Templates(env=render.environment(settings)),
         per_address=RateLimiter(settings.web.subscribe_per_address_per_hour, 3600),
         per_client=RateLimiter(settings.web.subscribe_per_client_per_hour, 3600),
-        hold=hold,
+        held=HeldWork(hold, limit=MAX_HELD_SUBSCRIBES),
     )
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    """At shutdown, the subscribe posts still held are done at once (none is lost)."""
+    yield
+    await app.state.newsletter.held.close()
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -271,23 +267,14 @@ async def subscribe(request: Request) -> Response:
     """GET: the form (`?embed=1`: without page chrome, for an iframe). POST: ask for a
     confirmation mail. The answer is the same whether or not the address is listed, and so
     is the work done before it: the address is looked up (and a new one stored) only after
-    the answer is sent and a random hold has passed, in `_subscribe_later`, so neither the
-    answer's timing nor that of the next request can tell a listed address either."""
+    the answer is sent and a random hold has passed, in `_subscribe_later`, in a task of the
+    app's (`holds.py`), so neither the answer's timing nor that of the next request on the
+    same connection can tell a listed address either."""
     embed = request.query_params.get("embed") == "1"
     csp = EMBED_CSP if embed else PAGE_CSP
     topics = await _read(request, selfservice.categories)
     if request.method != "POST":
-        return _page(
-            request,
-            "web/subscribe.html",
-            title="Subscribe",
-            topics=topics,
-            embed=embed,
-            csp=csp,
-            error="",
-            values={},
-            public=True,
-        )
+        return _subscribe_form(request, topics, embed=embed)
     st = _state(request)
     client = request.client.host if request.client else "unknown"
     if not st.per_client.hit(client):
@@ -302,25 +289,23 @@ async def subscribe(request: Request) -> Response:
         )
     form = await request.form()
     values = {k: str(form.get(k, "")) for k in ("email", "name")}
-    background = None
     if not form.get("website"):  # a hidden field only bots fill in
         slugs = [str(v) for v in form.getlist("category")]
         try:
             address = selfservice.form_address(values["email"])
             selfservice.check_topics(topics, slugs)
         except InvalidInput as exc:
-            return _page(
+            return _subscribe_form(request, topics, embed=embed, error=str(exc), values=values)
+        if not st.held.start(functools.partial(_subscribe_later, st, address, values["name"], slugs)):
+            return _message(
                 request,
-                "web/subscribe.html",
-                title="Subscribe",
-                topics=topics,
+                "Please try again soon",
+                "We are busy right now. Please try again in a minute.",
+                status_code=503,
+                headers={"Retry-After": "60"},
                 embed=embed,
                 csp=csp,
-                error=str(exc),
-                values=values,
-                status_code=400,
             )
-        background = BackgroundTask(_subscribe_later, st, address, values["name"], slugs)
     return _message(
         request,
         "Check your inbox",
@@ -328,13 +313,34 @@ async def subscribe(request: Request) -> Response:
         "Nothing is sent to you until you confirm.",
         embed=embed,
         csp=csp,
-        background=background,
+    )
+
+
+def _subscribe_form(
+    request: Request,
+    topics: list[tuple[str, str]],
+    *,
+    embed: bool,
+    error: str = "",
+    values: dict[str, str] | None = None,
+) -> Response:
+    """The form, empty (a public page) or shown again with what was typed and why it was refused (400)."""
+    return _page(
+        request,
+        "web/subscribe.html",
+        title="Subscribe",
+        topics=topics,
+        embed=embed,
+        csp=EMBED_CSP if embed else PAGE_CSP,
+        error=error,
+        values=values or {},
+        public=not error,
+        status_code=400 if error else 200,
     )
 
 
 async def _subscribe_later(st: AppState, address: str, name: str, slugs: list[str]) -> None:
-    """After the answer and the hold: list a new address as pending and mail it a confirmation link."""
-    await st.hold()
+    """After the answer and the hold (`holds.py`): list a new address as pending and mail it a confirmation link."""
     sid = await _transaction(st.sessions.begin, selfservice.request_subscription, address, name=name, slugs=slugs)
     if sid is not None:
         await _mail_confirmation(st, sid, address)

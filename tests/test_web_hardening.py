@@ -3,11 +3,10 @@ what is allowed, and an unexpected error is logged once without the token in its
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import http.client
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -18,12 +17,13 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
-from web_support import add_subscriber, no_hold, running_server
+from web_support import HoldGate, SettledClient, add_subscriber, no_hold, running_server, uvicorn_in_thread
 
-from newsletter import tokens
+from newsletter import tokens, web
 from newsletter.config import Settings
+from newsletter.holds import hold_seconds
 from newsletter.models import Subscriber
-from newsletter.web import create_app, hold_seconds
+from newsletter.web import create_app
 
 BASE = "http://127.0.0.1:8000"
 SECURITY_HEADERS = {"referrer-policy": "no-referrer", "x-content-type-options": "nosniff", "cache-control": "no-store"}
@@ -31,7 +31,7 @@ SECURITY_HEADERS = {"referrer-policy": "no-referrer", "x-content-type-options": 
 
 @pytest.fixture
 def client(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, sessions, hold=no_hold), base_url=BASE, follow_redirects=False) as c:
+    with SettledClient(create_app(settings, sessions, hold=no_hold), base_url=BASE, follow_redirects=False) as c:
         yield c
 
 
@@ -133,7 +133,7 @@ def test_a_server_without_smtputf8_gets_no_garbled_confirmation(
     try:
         smtp = dataclasses.replace(settings.smtp, port=port)
         app = create_app(dataclasses.replace(settings, smtp=smtp), sessions, hold=no_hold)
-        with caplog.at_level("WARNING", logger="newsletter.web"), TestClient(app, base_url=BASE) as c:
+        with caplog.at_level("WARNING", logger="newsletter.web"), SettledClient(app, base_url=BASE) as c:
             assert c.post("/subscribe", data={"email": "jörg@bücher.example"}).status_code == 200
             assert c.post("/subscribe", data={"email": "ascii@example.com"}).status_code == 200
     finally:
@@ -145,53 +145,21 @@ def test_a_server_without_smtputf8_gets_no_garbled_confirmation(
 # -- the work after a subscribe post ------------------------------------------------------
 
 
-async def asgi_request(
-    app: Any, method: str, path: str, body: bytes = b"", answered: asyncio.Event | None = None
-) -> int:
-    """One request straight through ASGI; `answered` is set when the answer's last byte is out
-    (the app call itself returns only after any work the request left behind)."""
-    headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/x-www-form-urlencoded")]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    done = answered or asyncio.Event()
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    status = {}
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop()
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status["code"] = message["status"]
-        elif message["type"] == "http.response.body" and not message.get("more_body"):
-            done.set()
-
-    await app(scope, receive, send)
-    return status["code"]
+def post_form(conn: http.client.HTTPConnection, path: str, fields: dict[str, str]) -> int:
+    """POST a form on `conn` (kept alive) and read the whole answer; its status."""
+    conn.request("POST", path, urlencode(fields), {"Content-Type": "application/x-www-form-urlencoded"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
 
 
-def test_the_work_for_a_new_address_waits_until_after_the_next_request(
+def test_the_next_request_on_the_same_connection_is_answered_while_the_work_is_held(
     settings: Settings, sessions: sessionmaker[Session], engine: Engine, smtp_server: SmtpServer
 ) -> None:
-    """The timing attack: the insert and the mail a new address causes used to run right after
-    the answer, slowing the poster's next request. They wait for the hold (random in `serve`,
-    a gate here), so the next request is answered before any of it has run."""
+    """The timing attack of issue 13: post an address, then at once ask for another page on the
+    same keep-alive connection. The work a new address causes (an insert, a mail) waits for the
+    hold (random in `serve`, a gate here) in a task of the app's, so the next answer comes while
+    none of it has run; as a BackgroundTask it held the connection until the work was done."""
     add_subscriber(sessions, "listed@example.com")
     inserts: list[str] = []
 
@@ -199,30 +167,66 @@ def test_the_work_for_a_new_address_waits_until_after_the_next_request(
         if statement.lstrip().upper().startswith("INSERT"):
             inserts.append(statement)
 
-    async def run() -> None:
-        gate = asyncio.Event()
-
-        async def hold() -> None:
-            await gate.wait()
-
-        app = create_app(settings, sessions, hold=hold)
-        answered = asyncio.Event()
-        body = urlencode({"email": "fresh@example.com"}).encode()
-        first = asyncio.create_task(asgi_request(app, "POST", "/subscribe", body, answered))
-        await answered.wait()
-        assert await asgi_request(app, "GET", "/archive") == 200  # the next request
-        assert await asgi_request(app, "GET", "/healthz") == 200
-        assert inserts == [] and smtp_server.messages == []  # nothing of the work has run yet
-        gate.set()
-        assert await asyncio.wait_for(first, 30) == 200
-
+    gate = HoldGate()
+    app = create_app(settings, sessions, hold=gate)
     event.listen(engine, "before_cursor_execute", record)
     try:
-        asyncio.run(run())
+        with uvicorn_in_thread(app) as port:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            assert post_form(conn, "/subscribe", {"email": "fresh@example.com"}) == 200
+            gate.wait_entered(1)
+            sock = conn.sock
+            conn.request("GET", "/healthz")  # the next request, on the same connection
+            health = conn.getresponse()
+            assert health.status == 200 and health.read() and conn.sock is sock
+            assert post_form(conn, "/subscribe", {"email": "listed@example.com"}) == 200
+            gate.wait_entered(2)
+            assert inserts == [] and smtp_server.messages == []  # nothing of the work has run yet
+            gate.open()
+            gate.in_server_loop(app.state.newsletter.held.join())
+            assert any("subscribers" in sql for sql in inserts)
+            assert smtp_server.recipients() == ["fresh@example.com"]
+            conn.close()
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert any("subscribers" in sql for sql in inserts)
-    assert smtp_server.recipients() == ["fresh@example.com"]
+
+
+def test_shutdown_does_the_held_work_at_once(
+    settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    """Stopping `serve` while posts are held cuts their holds short: every address is stored
+    and mailed before the server has stopped, none is lost."""
+    gate = HoldGate()  # never opened: only the shutdown ends these holds
+    with uvicorn_in_thread(create_app(settings, sessions, hold=gate)) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for n in range(3):
+            assert post_form(conn, "/subscribe", {"email": f"late{n}@example.com"}) == 200
+        gate.wait_entered(3)
+        conn.close()
+        assert smtp_server.messages == []
+    assert sorted(smtp_server.recipients()) == [f"late{n}@example.com" for n in range(3)]
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Subscriber)) == 3
+
+
+def test_held_posts_are_bounded(
+    settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the limit of posts held at once the form answers 503 and stores nothing (a flood
+    cannot grow the server's memory); the answer is the same for any address."""
+    monkeypatch.setattr(web, "MAX_HELD_SUBSCRIBES", 2)
+    gate = HoldGate()
+    add_subscriber(sessions, "listed@example.com")
+    with TestClient(create_app(settings, sessions, hold=gate), base_url=BASE) as c:
+        assert [c.post("/subscribe", data={"email": f"r{n}@example.com"}).status_code for n in range(2)] == [200, 200]
+        busy = [c.post("/subscribe", data={"email": email}) for email in ("r2@example.com", "listed@example.com")]
+        assert {(r.status_code, r.headers["retry-after"], r.text) for r in busy} == {
+            (503, "60", busy[0].text)
+        } and "try again in a minute" in busy[0].text
+        gate.open()
+    assert sorted(smtp_server.recipients()) == ["r0@example.com", "r1@example.com"]
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Subscriber)) == 3  # r0, r1 and the listed one
 
 
 def test_the_default_hold_is_random_and_short() -> None:

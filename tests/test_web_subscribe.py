@@ -3,12 +3,9 @@ no enumeration, rate limits per address and per client, confirm only on POST."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 from conftest import SmtpServer
@@ -16,7 +13,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
-from web_support import add_subscriber, link_in, make_issue, no_hold, path_of, subscriber
+from web_support import HoldGate, SettledClient, add_subscriber, link_in, make_issue, no_hold, path_of, subscriber
 
 from newsletter import message, selfservice, sender, subscribers, tokens
 from newsletter.config import Settings
@@ -27,11 +24,12 @@ from newsletter.web import create_app
 BASE = "http://127.0.0.1:8000"
 
 
-def app_client(settings: Settings, sessions: sessionmaker[Session], **web: int) -> TestClient:
+def app_client(settings: Settings, sessions: sessionmaker[Session], **web: int) -> SettledClient:
     if web:
         settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, **web))
-    # No hold before the work (tests see the mail when the answer returns; the hold has its own test).
-    return TestClient(create_app(settings, sessions, hold=no_hold), base_url=BASE, follow_redirects=False)
+    # No hold before the work, waited for after each request: tests see the mail when the
+    # answer returns (the hold has its own tests in test_web_hardening.py).
+    return SettledClient(create_app(settings, sessions, hold=no_hold), base_url=BASE, follow_redirects=False)
 
 
 @pytest.fixture
@@ -103,83 +101,40 @@ def test_answer_is_the_same_for_listed_and_unlisted_addresses(
         assert sub is not None and sub.name == "Ada"
 
 
-def _post_and_watch(
-    settings: Settings, sessions: sessionmaker[Session], engine: Engine, email: str
-) -> tuple[int, list[str], SubscriberStatus | None]:
-    """POST /subscribe straight through ASGI and note, at the moment the answer's last byte
-    is sent (before any background work), the SQL run so far and the address's row."""
-    app = create_app(settings, sessions, hold=no_hold)
-    body = urlencode({"email": email, "name": "X"}).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/subscribe",
-        "raw_path": b"/subscribe",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"content-type", b"application/x-www-form-urlencoded"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    statements: list[str] = []
-    seen: dict[str, Any] = {}
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    async def run() -> None:
-        answered = asyncio.Event()
-        pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop()
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                seen["code"] = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                seen["sql"] = list(statements)
-                seen["row"] = status_of(sessions, email)
-                answered.set()
-
-        await asyncio.wait_for(app(scope, receive, send), 30)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        asyncio.run(run())
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return seen["code"], seen["sql"], seen["row"]
-
-
 def test_the_answer_comes_before_any_lookup_of_the_address(
     settings: Settings, sessions: sessionmaker[Session], engine: Engine, smtp_server: SmtpServer
 ) -> None:
     """Timing: a new address costs an insert and a commit, a listed one a read. The answer is
-    sent before either, after the very same SQL for every address; the work follows it."""
+    sent (and the request is over) before either, after the very same SQL for every address;
+    the work follows once its hold is over (a gate here)."""
     add_subscriber(sessions, "active@example.com")
     add_subscriber(sessions, "gone@example.com", status=SubscriberStatus.BOUNCED)
-    watched = {
-        email: _post_and_watch(settings, sessions, engine, email)
-        for email in ("fresh@example.com", "active@example.com", "gone@example.com")
-    }
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    gate = HoldGate()
+    app = create_app(settings, sessions, hold=gate)
+    watched = {}
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with TestClient(app, base_url=BASE) as c:
+            for email in ("fresh@example.com", "active@example.com", "gone@example.com"):
+                statements.clear()
+                code = c.post("/subscribe", data={"email": email, "name": "X"}).status_code
+                watched[email] = (code, list(statements), status_of(sessions, email))
+            gate.wait_entered(3)
+            gate.open()
+            gate.in_server_loop(app.state.newsletter.held.join())
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
     assert {code for code, _, _ in watched.values()} == {200}
     assert len({tuple(sql) for _, sql, _ in watched.values()}) == 1
     sql = " ".join(watched["fresh@example.com"][1]).lower()
     assert "subscribers" not in sql and "insert" not in sql
     assert watched["fresh@example.com"][2] is None  # not stored yet when the answer went out …
-    assert status_of(sessions, "fresh@example.com") == SubscriberStatus.PENDING  # … but right after
+    assert status_of(sessions, "fresh@example.com") == SubscriberStatus.PENDING  # … but after the hold
     assert smtp_server.recipients() == ["fresh@example.com"]
 
 

@@ -1,4 +1,4 @@
-"""`pip install .` in any directory works: the wheel carries templates, migrations, example config."""
+"""`pip install .` in any directory works: the wheel carries every module, templates, migrations, example config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_ships_templates_migrations_and_example_config(tmp_path: Path) -> None:
+def test_wheel_ships_every_module_templates_migrations_and_example_config(tmp_path: Path) -> None:
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", str(ROOT), "-w", str(tmp_path)],
         check=True,
@@ -24,6 +24,8 @@ def test_wheel_ships_templates_migrations_and_example_config(tmp_path: Path) -> 
     wheel = next(tmp_path.glob("newsletter-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "newsletter/config.example.toml" in names
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "newsletter").rglob("*.py")}
+    assert sorted(modules - names) == []  # a subpackage missing from `packages` is left out silently
     assert "newsletter/migrations/env.py" in names
     assert "newsletter/migrations/script.py.mako" in names
     shipped_versions = {n.rsplit("/", 1)[1] for n in names if n.startswith("newsletter/migrations/versions/")}

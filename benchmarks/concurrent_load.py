@@ -21,24 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 from aiosmtpd.controller import Controller
-from sqlalchemy import create_engine, func, insert, make_url, select
+from bench_support import databases, free_port, insert_subscribers, start, stop, wait_for_server
+from sqlalchemy import func, select
 
 from newsletter import builder, config, tokens
 from newsletter.db import make_engine, session_factory, upgrade
@@ -76,12 +74,6 @@ category = "news"
 FEED = """<?xml version="1.0"?><rss version="2.0"><channel><title>Slow</title><link>https://example.com/</link>
 <item><title>Late news</title><link>https://example.com/late</link><pubDate>{date}</pubDate></item>
 </channel></rss>"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Sink:
@@ -153,27 +145,8 @@ def prepare(url: str, folder: Path, subscribers: int, port: int, smtp_port: int,
     settings = config.load(cfg, environ={})
     engine = make_engine(settings.database_url)
     upgrade(engine, settings)
-    now = utcnow()
     with engine.begin() as conn:
-        for start in range(1, subscribers + 1, 10_000):
-            conn.execute(
-                insert(Subscriber),
-                [
-                    {
-                        "email": f"s{i}@example.com",
-                        "email_key": f"s{i}@example.com",
-                        "name": "",
-                        "status": SubscriberStatus.ACTIVE,
-                        "consent_source": "load",
-                        "consent_at": now,
-                        "status_changed_at": now,
-                        "created_at": now,
-                        "attributes": {},
-                        "soft_bounces": 0,
-                    }
-                    for i in range(start, min(start + 10_000, subscribers + 1))
-                ],
-            )
+        insert_subscribers(conn, subscribers, source="load")
     with session_factory(engine).begin() as session:
         session.add(
             Article(
@@ -182,7 +155,7 @@ def prepare(url: str, folder: Path, subscribers: int, port: int, smtp_port: int,
                 title="Load",
                 category="news",
                 summary="<p>Load test</p>",
-                published_at=now,
+                published_at=utcnow(),
             )
         )
         session.flush()
@@ -191,44 +164,11 @@ def prepare(url: str, folder: Path, subscribers: int, port: int, smtp_port: int,
     return cfg
 
 
-def _start(cfg: Path, log: Path, *args: str, stdout: int | IO[Any] | None = None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    with log.open("wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "--config", str(cfg), *args],
-            env=env,
-            stdout=stdout if stdout is not None else err,
-            stderr=err,
-        )
-
-
 def _wait(event: threading.Event, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
     while not event.wait(0.2):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} never started (exit {proc.returncode}):\n{log.read_text()}")
-
-
-def _wait_for_server(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling a starting server: nothing to wait on but its port
-    raise RuntimeError(f"newsletter serve did not answer (exit {proc.returncode}):\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def run(
@@ -256,16 +196,16 @@ def run(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = {name: folder / f"{name}.log" for name in ("serve", "fetch", "send", "export")}
     try:
-        procs["serve"] = _start(cfg, logs["serve"], "serve", "--port", str(port))
-        _wait_for_server(base, procs["serve"], logs["serve"])
-        procs["fetch"] = _start(cfg, logs["fetch"], "articles", "fetch")
+        procs["serve"] = start(cfg, logs["serve"], "serve", "--port", str(port))
+        wait_for_server(base, procs["serve"], logs["serve"])
+        procs["fetch"] = start(cfg, logs["fetch"], "articles", "fetch")
         _wait(feed.arrived, "articles fetch", procs["fetch"], logs["fetch"])
         if feed_delay is not None:
             threading.Timer(feed_delay, feed.release.set).start()
         limit = ["--limit", str(send_limit)] if send_limit else []
-        procs["send"] = _start(cfg, logs["send"], "send", "--force", *limit)
+        procs["send"] = start(cfg, logs["send"], "send", "--force", *limit)
         _wait(sink.first, "send", procs["send"], logs["send"])
-        procs["export"] = _start(cfg, logs["export"], "subscribers", "export", stdout=subprocess.PIPE)
+        procs["export"] = start(cfg, logs["export"], "subscribers", "export", stdout=subprocess.PIPE)
         export_out = procs["export"].stdout
         assert export_out is not None
         head = export_out.read(4096)  # the export is streaming (and its pipe soon full) while the POSTs run
@@ -299,7 +239,7 @@ def run(
         feed.release.set()
         sink.release.set()
         for proc in procs.values():
-            _stop(proc)
+            stop(proc)
         controller.stop()
         feed.httpd.shutdown()
         feed.httpd.server_close()
@@ -379,41 +319,18 @@ def main() -> None:
     parser.add_argument("--send-limit", type=int, default=5_000, help="messages the send mails (0: everyone)")
     parser.add_argument("--pg", default="")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    for label, url, folder in databases(args.pg):
         result = run(
-            f"sqlite:///{tmp}/load.db",
-            Path(tmp),
+            url,
+            folder,
             subscribers=args.subscribers,
             posts=args.posts,
             clients=args.clients,
             feed_delay=args.feed_delay,
             send_limit=args.send_limit,
         )
-        report(f"SQLite, {args.subscribers} subscribers", result, args.posts, args.clients)
-        print(f"  subscribers list of {args.subscribers}: {time_list(Path(tmp) / 'config.toml'):.2f} s")
-    if args.pg:
-        schema = "bench_" + uuid.uuid4().hex[:8]
-        admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        try:
-            url = make_url(args.pg).update_query_dict({"options": f"-csearch_path={schema}"})
-            with tempfile.TemporaryDirectory() as tmp:
-                result = run(
-                    url.render_as_string(hide_password=False),
-                    Path(tmp),
-                    subscribers=args.subscribers,
-                    posts=args.posts,
-                    clients=args.clients,
-                    feed_delay=args.feed_delay,
-                    send_limit=args.send_limit,
-                )
-                report(f"PostgreSQL, {args.subscribers} subscribers", result, args.posts, args.clients)
-                print(f"  subscribers list of {args.subscribers}: {time_list(Path(tmp) / 'config.toml'):.2f} s")
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-            admin.dispose()
+        report(f"{label}, {args.subscribers} subscribers", result, args.posts, args.clients)
+        print(f"  subscribers list of {args.subscribers}: {time_list(folder / 'config.toml'):.2f} s")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import dataclasses
 import logging
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, make_url
+from bench_support import databases
+from sqlalchemy import make_url
 from starlette.applications import Starlette
 
 from newsletter import config, subscribers
@@ -91,24 +91,11 @@ def run(url: str, n: int, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1200)
-    parser.add_argument("--pg", help="a PostgreSQL URL; a scratch schema is created and dropped")
+    parser.add_argument("--pg", default="", help="a PostgreSQL URL; a scratch schema is created and dropped")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        if not args.pg:
-            run(f"sqlite:///{tmp}/bench.db", args.n, Path(tmp))
-            return
-        schema = "bench_" + uuid.uuid4().hex[:12]
-        admin = create_engine(args.pg)
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        try:
-            url = make_url(args.pg).update_query_dict({"options": f"-csearch_path={schema}"})
-            run(url.render_as_string(hide_password=False), args.n, Path(tmp))
-        finally:
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-            admin.dispose()
+    for _label, url, folder in databases(args.pg):
+        run(url, args.n, folder)
 
 
 if __name__ == "__main__":

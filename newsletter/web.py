@@ -171,6 +171,12 @@ def _message(
     return _page(request, "web/message.html", title=title, text=text, links=links, status_code=status_code, **kwargs)
 
 
+def _done(request: Request, sub: selfservice.SubscriberView, title: str, text: str, label: str) -> Response:
+    """What a reader's click did, with a link (`label`) to their preferences."""
+    prefs = tokens.preferences_url(_state(request).settings, sub.id)
+    return _message(request, title, text, links=((label, prefs),))
+
+
 def _token(request: Request, purpose: str, token: str | None = None) -> tokens.TokenData:
     token = request.path_params["token"] if token is None else token
     return tokens.read(_state(request).settings.newsletter.secret_key, purpose, token)
@@ -202,12 +208,13 @@ async def unsubscribe(request: Request) -> Response:
     form = await request.form()
     source = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "page"
     sub = await _db(request, selfservice.unsubscribe, data, source=source)
-    prefs = tokens.preferences_url(_state(request).settings, sub.id)
-    return _message(
+    name = _state(request).settings.newsletter.name
+    return _done(
         request,
+        sub,
         "You are unsubscribed",
-        f"{sub.email} will receive no more issues of {_state(request).settings.newsletter.name}.",
-        links=(("Changed your mind? Manage your subscription", prefs),),
+        f"{sub.email} will receive no more issues of {name}.",
+        "Changed your mind? Manage your subscription",
     )
 
 
@@ -385,13 +392,9 @@ async def confirm(request: Request) -> Response:
             links=(("Subscribe", f"{_base(request)}/subscribe"),),
             status_code=400,
         )
-    prefs = tokens.preferences_url(_state(request).settings, sub.id)
-    return _message(
-        request,
-        "You are subscribed",
-        f"Thank you. {sub.email} will receive {_state(request).settings.newsletter.name}.",
-        links=(("Choose your topics", prefs),),
-    )
+    name = _state(request).settings.newsletter.name
+    text = f"Thank you. {sub.email} will receive {name}."
+    return _done(request, sub, "You are subscribed", text, "Choose your topics")
 
 
 # -- archive and preview ---------------------------------------------------------------

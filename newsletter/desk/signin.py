@@ -44,16 +44,20 @@ class SignIn:
             status_code=status_code,
             headers=headers,
         )
+        self._set_cookie(request, response, auth.LOGIN_COOKIE, cookie, max_age=auth.LOGIN_FORM_MAX_AGE)
+        return response
+
+    def _set_cookie(self, request: Request, response: Response, name: str, value: str, *, max_age: int) -> None:
+        """A desk cookie: sent only to /admin, never to scripts or other sites, Secure over https."""
         response.set_cookie(
-            auth.LOGIN_COOKIE,
-            cookie,
-            max_age=auth.LOGIN_FORM_MAX_AGE,
+            name,
+            value,
+            max_age=max_age,
             path=auth.COOKIE_PATH,
             httponly=True,
             samesite="strict",
             secure=self.state.secure(request),
         )
-        return response
 
     async def login(self, request: Request) -> Response:
         """GET: the form. POST: check the password, start a session, go to `next` (inside the desk only)."""
@@ -95,15 +99,8 @@ class SignIn:
             )
         state.throttle.succeeded(keys[0])
         response = RedirectResponse(next_url, status_code=303, headers=HEADERS)
-        response.set_cookie(
-            auth.SESSION_COOKIE,
-            state.signer.session_cookie(editor.id, editor.session_key),
-            max_age=int(state.signer.max_age),
-            path=auth.COOKIE_PATH,
-            httponly=True,
-            samesite="strict",
-            secure=state.secure(request),
-        )
+        cookie = state.signer.session_cookie(editor.id, editor.session_key)
+        self._set_cookie(request, response, auth.SESSION_COOKIE, cookie, max_age=int(state.signer.max_age))
         response.delete_cookie(auth.LOGIN_COOKIE, path=auth.COOKIE_PATH)
         return response
 

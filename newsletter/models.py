@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -128,6 +129,21 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     soft_bounces: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# The desk's search matches an address or a name from its start, so these answer it without
+# reading the list (a substring search read all 100,000 rows: 215 ms). PostgreSQL needs the
+# pattern operator classes for LIKE 'text%' under a non-C collation; SQLite's GLOB uses them as they are.
+Index(
+    "ix_subscribers_email_prefix",
+    Subscriber.email_key,
+    postgresql_ops={"email_key": "varchar_pattern_ops"},
+)
+Index(
+    "ix_subscribers_name_prefix",
+    func.lower(Subscriber.name).label("name_lower"),
+    postgresql_ops={"name_lower": "text_pattern_ops"},
+)
 
 
 class Category(Base):

@@ -3,6 +3,7 @@ per section and top articles, the list's growth and churn, the last issues as SV
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -10,14 +11,17 @@ from pathlib import Path
 import pytest
 from content_support import add_article, utc
 from desk_support import add_editor, sign_in
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 from web_support import add_subscriber
 
-from newsletter import builder, clicks, subscribers, trends
+from newsletter import builder, clicks, desk, subscribers, trends
 from newsletter.cli import app
 from newsletter.config import Settings
+from newsletter.db import make_engine, session_factory
 from newsletter.models import Delivery, DeliveryStatus, IssueStatus, Subscriber, SubscriberStatus, utcnow
 from newsletter.web import create_app
 
@@ -109,3 +113,33 @@ def test_stats_command_shows_clicks(config_path: Path, sent: dict[str, int]) -> 
     assert (table["clicks"], table["link scanner fetches (not counted)"]) == ("5", "2")
     assert (table["clicks in News"], table["clicks in Products"]) == ("4", "1")
     assert table["top 1: Steel <prices> (News)"] == "4" and table["top 2: New press (Products)"] == "1"
+
+
+def test_the_server_counts_sent_issues_when_it_starts(
+    settings: Settings, sessions: sessionmaker[Session], sent: dict[str, int]
+) -> None:
+    """The first /admin/issues after a start finds the sent issues already counted (with
+    100,000 subscribers that count took 2.4 s of the first page): proven by a change made
+    after the warm-up, which the page does not show until the counts expire."""
+    add_editor(sessions)
+    the_desk = desk.Desk(settings, sessions)
+    app = Starlette(routes=the_desk.routes(), lifespan=the_desk.lifespan)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as c:
+        assert the_desk.warmed.wait(120)
+        with sessions.begin() as s:
+            s.execute(update(Delivery).values(status=DeliveryStatus.SENT))
+        assert sign_in(c).status_code == 303
+        row = c.get("/admin/issues").text.split(f">{WEEK}<", 1)[1].split("</tr>", 1)[0]
+        assert re.findall(r'class="num">(\d+)<', row)[1:3] == ["3", "1"]  # sent, failed: as counted at start
+
+
+def test_a_failed_warm_up_leaves_the_pages_to_count(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = session_factory(make_engine(f"sqlite:///{tmp_path / 'no-schema.db'}"))
+    the_desk = desk.Desk(settings, empty)
+    app = Starlette(routes=the_desk.routes(), lifespan=the_desk.lifespan)
+    with TestClient(app, base_url=BASE) as c:
+        assert the_desk.warmed.wait(120)
+        assert c.get("/admin/login").status_code == 200
+    assert "desk: warming up failed (OperationalError); the first pages will be slower" in caplog.text

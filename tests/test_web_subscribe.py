@@ -112,7 +112,8 @@ def test_the_answer_comes_before_any_lookup_of_the_address(
     statements: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
+        if not statement.startswith("PRAGMA query_only"):  # a pooled connection's mode, whoever asks
+            statements.append(statement)
 
     gate = HoldGate()
     app = create_app(settings, sessions, hold=gate)
@@ -120,6 +121,7 @@ def test_the_answer_comes_before_any_lookup_of_the_address(
     event.listen(engine, "before_cursor_execute", record)
     try:
         with TestClient(app, base_url=BASE) as c:
+            assert app.state.desk.warmed.wait(120)  # the desk's start-up counts are not the subscribe's SQL
             for email in ("fresh@example.com", "active@example.com", "gone@example.com"):
                 statements.clear()
                 code = c.post("/subscribe", data={"email": email, "name": "X"}).status_code

@@ -51,6 +51,25 @@ def test_every_command_has_help_with_an_example_and_one_line_in_the_command_refe
         assert name in documented, f"'newsletter {name}' is missing from the README's command reference"
 
 
+def test_the_command_reference_lists_each_command_once_with_its_own_options() -> None:
+    root = typer.main.get_command(app)
+    real = commands(root)
+    block = re.search(r"```\n(.*?)```", section(README, "Command reference"), re.S)
+    assert block, "the command reference has no code block"
+    seen: list[str] = []
+    for line in block.group(1).splitlines():
+        words = line.split()[1:]
+        name = next((" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in real), None)
+        params = getattr(real[name] if name else root, "params", [])
+        options = {o for p in params if p.param_type_name == "option" for o in p.opts if o.startswith("--")}
+        listed = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line))
+        assert listed <= options, f"README: {line!r} lists {sorted(listed - options)}, which it does not take"
+        if name:
+            seen.append(name)
+            assert listed == options, f"README: {line!r} leaves out {sorted(options - listed)}"
+    assert sorted(n for n in set(seen) if seen.count(n) > 1) == [], "listed more than once in the command reference"
+
+
 def test_the_contents_list_is_the_readme_sections_in_order() -> None:
     headings = [h for h in re.findall(r"^## (.+)$", README, re.M) if h != "Contents"]
     listed = re.findall(r"^- \[(.+?)\]\(#(.+?)\)$", section(README, "Contents"), re.M)

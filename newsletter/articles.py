@@ -109,8 +109,11 @@ def default_category(settings: Settings) -> str:
     return settings.categories[0].slug
 
 
-# Column sizes of the articles table (models.Article).
+# Column sizes of the articles table (models.Article); unknown_category is MAX_SOURCE too.
 MAX_URL, MAX_TITLE, MAX_AUTHOR, MAX_SOURCE = 2000, 1000, 300, 300
+# An unreadable date is kept unknown (NULL), never made up; the builder places the article
+# in the week it was first seen, and an article already known keeps its stored date.
+UNDATED = "imported with an unknown date (placed in the week it was first seen; a known article keeps its date)"
 FIELDS = ("title", "url", "category", "author", "summary", "image_url", "published_at", "guid")
 ALIASES = {
     "link": "url",
@@ -136,7 +139,8 @@ class Entry:
     author: str = ""
     summary: str = ""
     image_url: str = ""
-    published_at: datetime | None = None  # None: first seen now
+    published_at: datetime | None = None  # None: unknown (the builder places it by when it was first seen)
+    unknown_category: str = ""  # what the source named, not configured (filed in the default section)
 
 
 @dataclass
@@ -166,7 +170,7 @@ class ImportReport:
             return f"{self.source}: not modified since the last fetch"
         return (
             f"{self.source}: {len(self.added)} added, {len(self.updated)} updated, "
-            f"{self.unchanged} unchanged, {len(self.skipped)} skipped, {len(self.warnings)} warnings"
+            f"{self.unchanged} unchanged, {len(self.skipped)} invalid, {len(self.warnings)} warnings"
         )
 
 
@@ -193,6 +197,25 @@ class CategoryMap:
                     return slug
         return None
 
+    def kept(self) -> str:
+        """How a warning ends for an article whose category is not configured."""
+        return (
+            f"put in '{self.default}'; the name is kept, so adding it to [[categories]] and running "
+            f"'newsletter db upgrade' files the article there"
+        )
+
+
+def _unknown(labels: Iterable[str]) -> str:
+    """Category labels that matched nothing, as kept in Article.unknown_category."""
+    return ", ".join(dict.fromkeys(label.strip() for label in labels if label.strip()))[:MAX_SOURCE]
+
+
+def _names(labels: Iterable[str], most: int = 5) -> str:
+    """'a', 'b' … for a warning line."""
+    labels = list(labels)
+    shown = ", ".join(map(repr, labels[:most]))
+    return shown + (f" and {len(labels) - most} more" if len(labels) > most else "")
+
 
 def _utc(value: Any) -> datetime | None:
     """feedparser's UTC struct_time as an aware datetime."""
@@ -207,10 +230,15 @@ def _key(guid: str, url: str, namespace: str) -> str:
     return key if len(key) <= MAX_URL else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def _entry_time(entry: Mapping[str, Any]) -> datetime | None:
+def _entry_time(entry: Mapping[str, Any]) -> tuple[datetime | None, str]:
+    """(the entry's time, or None; the date text feedparser could not read, or '')."""
     with warnings.catch_warnings():  # feedparser warns about its updated/published fallback
         warnings.simplefilter("ignore", DeprecationWarning)
-        return _utc(entry.get("published_parsed") or entry.get("updated_parsed") or entry.get("created_parsed"))
+        parsed = entry.get("published_parsed") or entry.get("updated_parsed") or entry.get("created_parsed")
+        if parsed:
+            return _utc(parsed), ""
+        raw = entry.get("published") or entry.get("updated") or entry.get("created") or ""
+    return None, _SPACES.sub(" ", str(raw)).strip()
 
 
 def _entry_image(entry: Mapping[str, Any]) -> str:
@@ -242,7 +270,8 @@ def _entry_summary(entry: Mapping[str, Any]) -> str:
 def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str, base: str) -> Parsed:
     cats = CategoryMap(settings)
     out = Parsed()
-    defaulted = 0
+    untagged = 0
+    unknown: dict[str, int] = {}  # label -> entries filed in the default section under it
     for number, entry in enumerate(parsed.entries, start=1):
         title = _entry_title(entry)
         where = f"{source} entry {number}" + (f" ({title[:60]!r})" if title else "")
@@ -260,8 +289,14 @@ def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str
             continue
         tags = [str(t.get(k) or "") for t in entry.get("tags", []) for k in ("term", "label")]
         slug = category or cats.match(tags)
-        if slug is None:
-            defaulted += 1
+        kept = "" if slug else _unknown(tags)
+        if slug is None and not kept:
+            untagged += 1
+        for label in dict.fromkeys(kept.split(", ") if kept else ()):
+            unknown[label] = unknown.get(label, 0) + 1
+        published, unreadable = _entry_time(entry)
+        if unreadable:
+            out.warnings.append(f"{where}: date {unreadable[:40]!r} is not readable; {UNDATED}")
         out.entries.append(
             Entry(
                 where=where,
@@ -272,12 +307,19 @@ def _feed_entries(parsed: Any, settings: Settings, *, source: str, category: str
                 author=_SPACES.sub(" ", str(entry.get("author", ""))).strip()[:MAX_AUTHOR],
                 summary=excerpt(_entry_summary(entry), settings.articles.excerpt_length),
                 image_url=_entry_image(entry),
-                published_at=_entry_time(entry),
+                published_at=published,
+                unknown_category=kept,
             )
         )
-    if defaulted:
-        noun = "entry has" if defaulted == 1 else "entries have"
-        out.warnings.append(f"{source}: {defaulted} {noun} no configured category; put in '{cats.default}'")
+    if unknown:
+        n = sum(1 for e in out.entries if e.unknown_category)
+        noun = "entry is" if n == 1 else "entries are"
+        out.warnings.append(
+            f"{source}: {n} {noun} in categories not in [[categories]] ({_names(unknown)}); {cats.kept()}"
+        )
+    if untagged:
+        noun = "entry has" if untagged == 1 else "entries have"
+        out.warnings.append(f"{source}: {untagged} {noun} no category; put in '{cats.default}'")
     return out
 
 
@@ -334,15 +376,14 @@ def _record_entry(
         try:
             published = _parse_time(record["published_at"], settings)
         except ValueError:
-            # Like a feed entry without a date: dated when first seen; a known article keeps its date.
             notes.append(
                 f"{where}: published_at {record['published_at'][:40]!r} is not an ISO 8601 date like "
-                f"2026-11-24T09:30:00+01:00; imported, dated when first seen"
+                f"2026-11-24T09:30:00+01:00; {UNDATED}"
             )
     label = record.get("category", "").strip()
     slug = cats.match([label]) if label else None
     if label and not slug:
-        notes.append(f"{where}: category {label!r} is not configured; put in '{cats.default}'")
+        notes.append(f"{where}: category {label!r} is not in [[categories]]; {cats.kept()}")
     image = safe_url(record.get("image_url", ""))
     return Entry(
         where=where,
@@ -354,6 +395,7 @@ def _record_entry(
         summary=excerpt(record.get("summary", ""), settings.articles.excerpt_length),
         image_url=image if len(image) <= MAX_URL else "",
         published_at=published,
+        unknown_category="" if slug else _unknown([label]),
     ), notes
 
 
@@ -438,6 +480,7 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
             "url": entry.url,
             "title": entry.title,
             "category": entry.category,
+            "unknown_category": entry.unknown_category,
             "author": entry.author,
             "summary": entry.summary,
             "image_url": entry.image_url,
@@ -446,7 +489,7 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
         if entry.published_at is not None:
             values["published_at"] = entry.published_at
         if article is None:
-            article = Article(guid=entry.guid, created_at=now, updated_at=now, **{"published_at": now, **values})
+            article = Article(guid=entry.guid, created_at=now, updated_at=now, **values)
             session.add(article)
             known[entry.guid] = article
             report.added.append(entry.title)
@@ -459,6 +502,24 @@ def store(session: Session, entries: list[Entry], report: ImportReport, *, sourc
             report.unchanged += 1
         seen[id(article)] = entry.where
     session.flush()
+
+
+def adopt_categories(session: Session, settings: Settings) -> dict[str, int]:
+    """File each article whose source named a category that was not configured (kept in
+    `unknown_category`) in it once [[categories]] has it; returns {slug: articles}.
+
+    The rule subscribers.adopt_categories keeps for readers: `db upgrade` and `init` run
+    both. An issue already sent keeps its sections (issue_articles holds them)."""
+    if not settings.categories:
+        return {}
+    cats = CategoryMap(settings)
+    given: dict[str, int] = {}
+    for article in session.scalars(select(Article).where(Article.unknown_category != "")):
+        slug = cats.match(article.unknown_category.split(", "))
+        if slug:
+            article.category, article.unknown_category = slug, ""
+            given[slug] = given.get(slug, 0) + 1
+    return given
 
 
 def import_file(session: Session, settings: Settings, name: str, data: bytes) -> ImportReport:

@@ -34,7 +34,7 @@ class ArticleView:
     author: str
     summary: str  # sanitised HTML
     image_url: str
-    published_at: datetime
+    published_at: datetime | None  # None: unknown, shown without a date
     category: str
 
 
@@ -91,13 +91,12 @@ def scheduled_at(settings: Settings, week: str) -> datetime:
 
 
 def week_articles(session: Session, settings: Settings, week: str) -> list[Article]:
-    """Articles published in that week, newest first."""
+    """Articles published in that week, newest first. An article whose date is unknown
+    (none given, or unreadable) counts as published when it was first seen: it lands in
+    the week it arrived, never lost and never in a past issue."""
     start, end = week_bounds(settings, week)
-    query = (
-        select(Article)
-        .where(Article.published_at >= start, Article.published_at < end)
-        .order_by(Article.published_at.desc(), Article.id.desc())
-    )
+    dated = func.coalesce(Article.published_at, Article.created_at)
+    query = select(Article).where(dated >= start, dated < end).order_by(dated.desc(), Article.id.desc())
     return list(session.scalars(query))
 
 

@@ -151,8 +151,9 @@ def print_table(title: str, columns: list[str], rows: Iterable[list[Any]]) -> No
             table.add_row(*[str(v) for v in row])
         console.print(table)
         return
+    write = sys.stdout.write
     for row in chain(head, rows):
-        sys.stdout.write("\t".join(str(v) for v in row) + "\n")
+        write("\t".join(map(str, row)) + "\n")
 
 
 @app.command()
@@ -203,13 +204,17 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 
 def _adopt_categories(c: Context) -> None:
-    """Categories just added to [[categories]] go to the subscribers who asked for them on import."""
-    from newsletter import subscribers
+    """Categories just added to [[categories]] go to the subscribers who asked for them on
+    import, and take the articles whose source named them."""
+    from newsletter import articles, subscribers
 
     with c.sessions.begin() as s:
-        given = subscribers.adopt_categories(s)
-    for slug, n in sorted(given.items()):
+        readers = subscribers.adopt_categories(s)
+        filed = articles.adopt_categories(s, c.settings)
+    for slug, n in sorted(readers.items()):
         typer.echo(f"category '{slug}' given to {n} subscriber{'' if n == 1 else 's'} who asked for it on import")
+    for slug, n in sorted(filed.items()):
+        typer.echo(f"category '{slug}' now holds {n} article{'' if n == 1 else 's'} whose source named it")
 
 
 def _status(value: str | None) -> SubscriberStatus | None:
@@ -397,7 +402,13 @@ def articles_list(
     week = week or builder.current_week(c.settings)
     with c.sessions.reading() as s:
         rows = [
-            [a.published_at.astimezone(c.settings.tz).strftime("%Y-%m-%d %H:%M"), a.category, a.title, a.url]
+            [
+                (a.published_at or a.created_at).astimezone(c.settings.tz).strftime("%Y-%m-%d %H:%M")
+                + ("" if a.published_at else " (undated: first seen)"),
+                a.category,
+                a.title,
+                a.url,
+            ]
             for a in builder.week_articles(s, c.settings, week)
         ]
     print_table(f"Articles {week}", ["published", "category", "title", "url"], rows)

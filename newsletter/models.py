@@ -190,8 +190,11 @@ class Article(Base):
     summary: Mapped[str] = mapped_column(Text, default="")
     image_url: Mapped[str] = mapped_column(String(2000), default="")
     source: Mapped[str] = mapped_column(String(300), default="")
-    published_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Category the source named that is not configured (the article is in the default
+    # section meanwhile); `newsletter db upgrade` files it there once it is configured.
+    unknown_category: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)  # None: unknown
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # first seen
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -123,7 +123,9 @@ def _common(settings: Settings, content: IssueContent, sections: tuple[str, ...]
     send_day = builder.scheduled_at(settings, content.week).astimezone(tz)
     chosen = tuple(s for s in content.sections if s.slug in sections)
 
-    def date(value: datetime) -> str:
+    def date(value: datetime | None) -> str:
+        if value is None:  # an article whose date is unknown is shown without one
+            return ""
         local = value.astimezone(tz)
         return f"{local.day} {local:%b %Y}"
 

@@ -63,7 +63,8 @@ def test_every_corpus_feed_imports_without_crash(session: Session, settings: Set
         assert "<script" not in lowered and "<style" not in lowered and "<img" not in lowered
         assert re.search(r"<[^>]*\son\w+\s*=", lowered) is None  # no event handler attribute
         assert "javascript:" not in lowered and "style=" not in lowered
-        assert article.url.startswith(("http://", "https://")) and article.published_at.tzinfo is not None
+        assert article.url.startswith(("http://", "https://"))
+        assert article.published_at is None or article.published_at.tzinfo is not None  # None: no readable date
         assert len(articles.html_to_text(article.summary)) <= settings.articles.excerpt_length
 
 
@@ -161,8 +162,9 @@ def test_json_and_csv_import_with_row_errors(session: Session, settings: Setting
         "week.json: ignored unknown field(s) rating; known: title, url, category, author, summary, image_url, "
         "published_at, guid",
         "week.json: item 3: published_at 'yesterday' is not an ISO 8601 date like 2026-11-24T09:30:00+01:00; "
-        "imported, dated when first seen",
-        "week.json: item 4: category 'Webinars' is not configured; put in 'news'",
+        + articles.UNDATED,
+        "week.json: item 4: category 'Webinars' is not in [[categories]]; put in 'news'; the name is kept, so "
+        "adding it to [[categories]] and running 'newsletter db upgrade' files the article there",
     ]
     first = session.scalar(select(Article).where(Article.title == "Case study: less film"))
     assert first is not None and first.category == "products"
@@ -293,7 +295,7 @@ def test_cli_import_list_and_fetch_lines(config_path: Path, engine: object, tmp_
         encoding="utf-8",
     )
     code, out, err = run("articles", "import", str(tmp_path / "week.csv"))
-    assert (code, out) == (0, "week.csv: 1 added, 0 updated, 0 unchanged, 1 skipped, 0 warnings\n")
+    assert (code, out) == (0, "week.csv: 1 added, 0 updated, 0 unchanged, 1 invalid, 0 warnings\n")
     assert err == "  week.csv:3: url 'ftp://example.com/x' is not an absolute http(s) URL (skipped)\n"
     assert run("articles", "list", "--week", "2026-W48")[1] == (
         "2026-11-24 10:00\tevents\tFair opens\thttps://example.com/fair\n"
@@ -350,9 +352,101 @@ def test_article_rows_with_unreadable_dates_or_huge_cells(session: Session, sett
     assert report.added == ["Kept"] and report.skipped == []
     assert report.warnings == [
         "week.csv:2: published_at 'yesterday' is not an ISO 8601 date like "
-        "2026-11-24T09:30:00+01:00; imported, dated when first seen"
+        "2026-11-24T09:30:00+01:00; imported with an unknown date (placed in the week it was first seen; "
+        "a known article keeps its date)"
     ]
-    assert report.summary_line == "week.csv: 1 added, 0 updated, 0 unchanged, 0 skipped, 1 warnings"
+    assert report.summary_line == "week.csv: 1 added, 0 updated, 0 unchanged, 0 invalid, 1 warnings"
     huge = 'title,url,summary\nBig,https://example.com/big,"' + "s" * 140_000 + '"\n'
     with pytest.raises(InvalidInput, match=r"^week\.csv:\d+: not readable as CSV \(field larger than field limit"):
         articles.import_file(session, settings, "week.csv", huge.encode())
+
+
+UNDATED_FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>T</title><link>https://example.com/</link>
+<item><title>Odd date</title><link>https://example.com/odd</link><pubDate>sometime soon</pubDate></item>
+<item><title>No date</title><link>https://example.com/none</link></item>
+<item><title>Tagged</title><link>https://example.com/tagged</link><category>Webinars</category>
+<pubDate>Tue, 24 Nov 2026 09:00:00 +0000</pubDate></item>
+</channel></rss>"""
+
+
+def test_an_unreadable_date_is_stored_unknown_and_placed_by_first_seen(session: Session, settings: Settings) -> None:
+    """Never a made-up date: NULL, a warning, and the issue of the week the article arrived holds it."""
+    doc = [
+        {"title": "Dated", "url": "https://example.com/dated", "published_at": "2026-11-24T09:30:00+01:00"},
+        {"title": "Later", "url": "https://example.com/later", "published_at": "12/03/2026"},
+    ]
+    report = articles.import_file(session, settings, "week.json", json.dumps(doc).encode())
+    assert report.added == ["Dated", "Later"]
+    assert report.warnings == [
+        "week.json: item 2: published_at '12/03/2026' is not an ISO 8601 date like 2026-11-24T09:30:00+01:00; "
+        + articles.UNDATED
+    ]
+    feed = articles.import_file(session, settings, "feed.xml", UNDATED_FEED)
+    assert feed.added == ["Odd date", "No date", "Tagged"]
+    assert "feed.xml entry 1 ('Odd date'): date 'sometime soon' is not readable; " + articles.UNDATED in feed.warnings
+    undated = {a.title: a for a in session.scalars(select(Article).where(Article.published_at.is_(None)))}
+    assert set(undated) == {"Later", "Odd date", "No date"}
+    assert all(a.created_at is not None for a in undated.values())
+
+    # The builder places an undated article in the week it was first seen (created_at).
+    assert "No date" in [a.title for a in builder.week_articles(session, settings, builder.current_week(settings))]
+    session.execute(
+        Article.__table__.update()
+        .where(Article.title.in_(["Later", "Odd date"]))
+        .values(created_at=builder.week_bounds(settings, "2026-W40")[0])
+    )
+    assert {a.title for a in builder.week_articles(session, settings, "2026-W40")} == {"Later", "Odd date"}
+    builder.build(session, settings, "2026-W40")
+    content = builder.load_content(session, settings, "2026-W40")
+    variant = render.render_variant(settings, content, [s.slug for s in content.sections])
+    assert "Later" in variant.html and "* Later\n" in variant.text
+
+    # A known article keeps its stored date when a later import cannot read one.
+    again = [{"title": "Dated", "url": "https://example.com/dated", "published_at": "soon"}]
+    assert articles.import_file(session, settings, "week.json", json.dumps(again).encode()).unchanged == 1
+    dated = session.scalar(select(Article).where(Article.title == "Dated"))
+    assert dated is not None and dated.published_at is not None and dated.published_at.hour == 8
+
+
+def test_an_unknown_category_is_kept_and_honoured_once_configured(
+    config_path: Path, engine: object, tmp_path: Path
+) -> None:
+    """Mirrors the subscriber import: filed in the default section, the name kept, and
+    `db upgrade` after the category is added to [[categories]] files the article there."""
+    runner = CliRunner()
+    (tmp_path / "week.csv").write_text(
+        "title,url,category,published_at\nWebinar week,https://example.com/w,Webinars,2026-11-24T10:00:00+01:00\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "feed.xml").write_bytes(UNDATED_FEED)
+    result = runner.invoke(app, ["--config", str(config_path), "articles", "import", str(tmp_path / "week.csv")])
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "week.csv: 1 added, 0 updated, 0 unchanged, 0 invalid, 1 warnings\n",
+    )
+    assert result.stderr == (
+        "warning: week.csv:2: category 'Webinars' is not in [[categories]]; put in 'news'; the name is kept, so "
+        "adding it to [[categories]] and running 'newsletter db upgrade' files the article there\n"
+    )
+    result = runner.invoke(app, ["--config", str(config_path), "articles", "import", str(tmp_path / "feed.xml")])
+    assert result.exit_code == 0
+    assert (
+        "warning: feed.xml: 1 entry is in categories not in [[categories]] ('Webinars'); put in 'news'; the name "
+        "is kept, so adding it to [[categories]] and running 'newsletter db upgrade' files the article there\n"
+    ) in result.stderr
+    assert "warning: feed.xml: 2 entries have no category; put in 'news'\n" in result.stderr
+    sessions = session_factory(engine)  # type: ignore[arg-type]
+    with sessions.begin() as s:
+        kept = {a.url: (a.category, a.unknown_category) for a in s.scalars(select(Article))}
+    assert kept["https://example.com/w"] == ("news", "Webinars")
+    assert kept["https://example.com/tagged"] == ("news", "Webinars")
+
+    with config_path.open("a", encoding="utf-8") as fp:
+        fp.write('\n[[categories]]\nslug = "webinars"\nname = "Webinars"\n')
+    result = runner.invoke(app, ["--config", str(config_path), "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "category 'webinars' now holds 2 articles whose source named it"
+    with sessions.begin() as s:
+        moved = {a.url: (a.category, a.unknown_category) for a in s.scalars(select(Article))}
+    assert moved["https://example.com/w"] == moved["https://example.com/tagged"] == ("webinars", "")
+    assert moved["https://example.com/odd"] == ("news", "")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import subscribers
 from newsletter.config import Settings
-from newsletter.db import alembic_config, make_engine, upgrade
+from newsletter.db import alembic_config, make_engine, newest_migration_file, upgrade
 from newsletter.models import Base, SubscriberStatus
 
 
@@ -24,6 +24,12 @@ def test_alembic_head_matches_models(engine: Engine) -> None:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
+
+
+def test_the_newest_migration_file_is_alembics_single_head(engine: Engine) -> None:
+    """Commands check the schema against the newest file's revision without loading Alembic."""
+    heads = ScriptDirectory.from_config(alembic_config(engine)).get_heads()
+    assert heads == [newest_migration_file()], "migrations must chain linearly as 000N_<what>.py (revision '000N')"
 
 
 def test_core_tables_exist(engine: Engine) -> None:
@@ -102,14 +108,18 @@ def test_adding_the_checks_keeps_every_row(db_url: str, settings: Settings) -> N
                 "'2026-01-01 00:00:00')",
                 "INSERT INTO events (id, kind, subscriber_id, issue_id, source, detail, created_at) VALUES "
                 "(101, 'subscribe', 101, NULL, 'cli', '', '2026-01-01 00:00:00')",
+                "INSERT INTO articles (id, guid, url, title, category, author, summary, image_url, source, "
+                "published_at, created_at, updated_at) VALUES (101, 'g', 'https://example.com/a', 'A', 'old', '', "
+                "'', '', 'feed', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+                "INSERT INTO issue_articles (issue_id, article_id, category, position) VALUES (101, 101, 'old', 0)",
             ]:
                 conn.exec_driver_sql(sql)
         upgrade(eng, settings)
         with eng.connect() as conn:
             counts = {
                 t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
-                for t in ("subscribers", "subscriber_categories", "issues", "deliveries", "events")
+                for t in ("subscribers", "subscriber_categories", "issues", "deliveries", "events", "issue_articles")
             }
-        assert counts == {"subscribers": 1, "subscriber_categories": 1, "issues": 1, "deliveries": 1, "events": 1}
+        assert counts == dict.fromkeys(counts, 1) and len(counts) == 6, counts
     finally:
         eng.dispose()

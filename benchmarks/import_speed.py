@@ -1,89 +1,102 @@
-"""Subscriber CSV import speed: rows/s for 100,000 generated rows, SQLite and PostgreSQL.
+"""Subscriber CSV import speed: rows/s and peak RSS for a generated CSV, SQLite and PostgreSQL.
 
-Prints, measured in the same run on the same file:
-  - `subscribers.import_csv` (bulk statements in chunks of 500),
-  - the baseline a user would otherwise write: one ORM object per row (`session.add`) after
-    the same email validation, committed once,
-  - a re-import of the same file (everything "unchanged"),
-  - peak RSS of the process.
+Prints, measured in the same run, each in a fresh process (so each has its own peak RSS):
+  - `subscriber_import.import_csv` on an empty database (staging table + one merge;
+    COPY on PostgreSQL),
+  - a re-import of the same file (every row "unchanged"),
+  - the baseline a user would otherwise write: csv.DictReader, the same email validation,
+    one ORM object per row (`session.add`), flushed every 10,000 rows, on the first
+    --baseline-rows rows (a million ORM objects take minutes and gigabytes).
 
-Usage: python benchmarks/import_speed.py [--rows 100000] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+Usage: python benchmarks/import_speed.py [--rows 1000000] [--baseline-rows 100000] [--no-pg]
+       [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
+import json
 import os
 import random
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from newsletter import config, subscribers
+from newsletter import config, subscriber_import, subscribers
 from newsletter.db import make_engine, session_factory, upgrade
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
 
 DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "example.com", "firma.de", "bücher.example", "mail.ru"]
 CATEGORIES = ["news", "case-studies", "products", "events", "comment", ""]
+HEADER = ["E-mail address", "First name", "Last name", "Company", "Categories"]
 
 
-def make_csv(rows: int) -> bytes:
+def write_csv(path: Path, rows: int) -> None:
+    """`rows` distinct addresses, a fifth with categories, every row with an extra column."""
     rnd = random.Random(42)
-    out = io.StringIO()
-    w = csv.writer(out, delimiter=";")
-    w.writerow(["E-mail address", "First name", "Last name", "Company", "Categories"])
-    for i in range(rows):
-        w.writerow(
-            [
-                f"user{i}.{rnd.randrange(10**6)}@{rnd.choice(DOMAINS)}",
-                f"First{i}",
-                f"Last{i}",
-                f"Company {i % 977}",
-                rnd.choice(CATEGORIES),
-            ]
-        )
-    return out.getvalue().encode("utf-8")
+    with path.open("w", encoding="utf-8", newline="") as fp:
+        w = csv.writer(fp, delimiter=";")
+        w.writerow(HEADER)
+        for i in range(rows):
+            w.writerow(
+                [
+                    f"user{i}.{rnd.randrange(10**6)}@{rnd.choice(DOMAINS)}",
+                    f"First{i}",
+                    f"Last{i}",
+                    f"Company {i % 977}",
+                    rnd.choice(CATEGORIES),
+                ]
+            )
 
 
-def fresh_engine(url: str | None, tmp: str, name: str):
-    settings = config.load(os.path.join(os.path.dirname(__file__), "..", "config.example.toml"), environ={})
+def settings() -> config.Settings:
+    return config.load(os.path.join(os.path.dirname(__file__), "..", "config.example.toml"), environ={})
+
+
+def database(url: str | None, tmp: str) -> tuple[str, str | None]:
+    """A fresh, migrated database: (url, PostgreSQL schema to drop afterwards)."""
     if url is None:
-        engine = make_engine(f"sqlite:///{tmp}/{name}.db")
-        cleanup = None
+        url, schema = f"sqlite:///{tmp}/{uuid.uuid4().hex[:8]}.db", None
     else:
         schema = "bench_" + uuid.uuid4().hex[:8]
-        admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
+        with create_engine(url, isolation_level="AUTOCOMMIT").connect() as c:
             c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        engine = make_engine(f"{url}?options=-csearch_path%3D{schema}")
-
-        def cleanup() -> None:
-            with admin.connect() as c:
-                c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-
-    upgrade(engine, settings)
-    return engine, cleanup
+        url = f"{url}?options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    upgrade(engine, settings())
+    engine.dispose()
+    return url, schema
 
 
-def bench_import(engine, data: bytes) -> tuple[float, subscribers.ImportReport]:
-    sessions = session_factory(engine)
+def drop(url: str, schema: str | None) -> None:
+    if schema is not None:
+        with create_engine(url, isolation_level="AUTOCOMMIT").connect() as c:
+            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def child_import(url: str, path: str) -> dict[str, object]:
+    sessions = session_factory(make_engine(url))
     t = time.perf_counter()
-    with sessions.begin() as s:
-        report = subscribers.import_csv(s, io.BytesIO(data), source="bench.csv")
-    return time.perf_counter() - t, report
+    with sessions.begin() as s, open(path, "rb") as fp:
+        report = subscriber_import.import_csv(s, fp, source="bench.csv")
+    return {"seconds": time.perf_counter() - t, "summary": report.summary}
 
 
-def bench_naive(engine, data: bytes) -> float:
+def child_naive(url: str, path: str, rows: int) -> dict[str, object]:
     """What a user would write: csv.DictReader, validate, one ORM object per row."""
-    sessions = session_factory(engine)
+    sessions = session_factory(make_engine(url))
     t = time.perf_counter()
-    with sessions.begin() as s:
-        for row in csv.DictReader(io.StringIO(data.decode("utf-8")), delimiter=";"):
+    with sessions.begin() as s, open(path, encoding="utf-8", newline="") as fp:
+        for n, row in enumerate(csv.DictReader(fp, delimiter=";")):
+            if n == rows:
+                break
             try:
                 email = subscribers.normalize_email(row["E-mail address"])
             except Exception:  # noqa: BLE001
@@ -103,39 +116,58 @@ def bench_naive(engine, data: bytes) -> float:
                     soft_bounces=0,
                 )
             )
-    return time.perf_counter() - t
+            if n % 10_000 == 9_999:
+                s.flush()
+                s.expunge_all()
+    return {"seconds": time.perf_counter() - t, "summary": f"added {rows}"}
+
+
+def run_child(*args: str) -> dict[str, object]:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--baseline-rows", type=int, default=100_000)
     parser.add_argument(
         "--pg",
         default=os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    data = make_csv(args.rows)
-    print(f"{args.rows:,} rows, {len(data) / 2**20:.1f} MiB CSV")
-    print(f"{'database':<12}{'import rows/s':>15}{'re-import rows/s':>18}{'naive ORM rows/s':>18}")
-    targets = [("SQLite", None)] + ([] if args.no_pg else [("PostgreSQL", args.pg)])
+    if args.child:
+        kind, url, path, *rest = args.child
+        result = child_import(url, path) if kind == "import" else child_naive(url, path, int(rest[0]))
+        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        for label, url in targets:
-            engine, cleanup = fresh_engine(url, tmp, "bulk")
-            first, report = bench_import(engine, data)
-            assert report.added == args.rows, report.summary
-            again, report2 = bench_import(engine, data)
-            assert report2.unchanged == args.rows, report2.summary
-            engine.dispose()
-            if cleanup:
-                cleanup()
-            engine, cleanup = fresh_engine(url, tmp, "naive")
-            naive = bench_naive(engine, data)
-            engine.dispose()
-            if cleanup:
-                cleanup()
-            print(f"{label:<12}{args.rows / first:>15,.0f}{args.rows / again:>18,.0f}{args.rows / naive:>18,.0f}")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        path = Path(tmp) / "members.csv"
+        write_csv(path, args.rows)
+        print(f"{args.rows:,} rows, {path.stat().st_size / 2**20:.0f} MiB CSV; load average {os.getloadavg()[0]:.1f}")
+        print(f"{'database':<12}{'run':<28}{'rows':>10}{'seconds':>9}{'rows/s':>9}{'peak RSS':>10}")
+        targets = [("SQLite", None)] + ([] if args.no_pg else [("PostgreSQL", args.pg)])
+        for label, base_url in targets:
+            url, schema = database(base_url, tmp)
+            runs = [
+                ("import (staging + merge)", args.rows, run_child("import", url, str(path))),
+                ("re-import (all unchanged)", args.rows, run_child("import", url, str(path))),
+            ]
+            drop(url, schema)
+            url, schema = database(base_url, tmp)
+            n = min(args.rows, args.baseline_rows)
+            runs.append(("naive ORM, row by row", n, run_child("naive", url, str(path), str(n))))
+            drop(url, schema)
+            for name, rows, result in runs:
+                seconds = float(result["seconds"])  # type: ignore[arg-type]
+                print(
+                    f"{label:<12}{name:<28}{rows:>10,}{seconds:>9.1f}{rows / seconds:>9,.0f}"
+                    f"{result['peak_rss_mib']:>7.0f} MiB"
+                )
+            print(f"{'':<12}(reports: {runs[0][2]['summary']} / {runs[1][2]['summary']})")
 
 
 if __name__ == "__main__":

@@ -262,11 +262,11 @@ def subscribers_import(
 
     Example: newsletter subscribers import members.csv --dry-run
     """
-    from newsletter import subscribers
+    from newsletter import subscriber_import
 
     c = get(ctx)
     with c.sessions.begin() as s, file.open("rb") as fp:
-        report = subscribers.import_csv(s, fp, source=str(file), dry_run=dry_run)
+        report = subscriber_import.import_csv(s, fp, source=str(file), dry_run=dry_run)
         if dry_run:
             s.rollback()
     for row_error in report.invalid:

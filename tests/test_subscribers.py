@@ -12,15 +12,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import subscribers
+from newsletter import subscriber_import, subscribers
 from newsletter.errors import Conflict, InvalidInput
 from newsletter.models import Category, Event, EventKind, Subscriber, SubscriberStatus
 
 
-def imp(sessions: sessionmaker[Session], data: bytes | str, *, dry_run: bool = False) -> subscribers.ImportReport:
+def imp(sessions: sessionmaker[Session], data: bytes | str, *, dry_run: bool = False) -> subscriber_import.ImportReport:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     with sessions.begin() as s:
-        report = subscribers.import_csv(s, io.BytesIO(raw), source="members.csv", dry_run=dry_run)
+        report = subscriber_import.import_csv(s, io.BytesIO(raw), source="members.csv", dry_run=dry_run)
         if dry_run:
             s.rollback()
     return report
@@ -256,6 +256,48 @@ def test_blank_cells_keep_what_the_subscriber_chose(sessions: sessionmaker[Sessi
     assert state(sessions)["ada@example.com"][3] == ()
 
 
+def test_import_status_changes_are_events_and_categories_are_replaced(sessions: sessionmaker[Session]) -> None:
+    """The set-based merge: each status change is one event naming old and new, categories
+    and attributes change only where the file says so, the rest counts as unchanged."""
+    with sessions.begin() as s:
+        subscribers.add(s, "wait@example.com", status=SubscriberStatus.PENDING, categories=["news"])
+        subscribers.add(s, "ada@example.com", name="Ada", categories=["news", "events"])
+        subscribers.add(s, "same@example.com", name="Same")
+    report = imp(
+        sessions,
+        "email,status,categories,Plan\n"
+        "wait@example.com,active,,\n"
+        "ada@example.com,bounced,products;sport,gold\n"
+        "same@example.com,pending,,\n"
+        "new@example.com,pending,events,\n",
+    )
+    assert (report.added, report.updated, report.unchanged) == (1, 2, 1)
+    got = state(sessions)
+    assert got["wait@example.com"][1:4] == ("active", "cli", ("news",))
+    assert got["ada@example.com"][1:] == (
+        "bounced",
+        "cli",
+        ("products",),
+        {"Plan": "gold", "unknown_categories": "sport"},
+    )
+    assert got["same@example.com"][1] == "active"  # an active reader is not sent back to pending
+    assert got["new@example.com"][1:4] == ("pending", "import:members.csv", ("events",))
+    with sessions.begin() as s:
+        events = s.execute(
+            select(Subscriber.email, Event.kind, Event.source, Event.detail)
+            .join(Subscriber, Subscriber.id == Event.subscriber_id)
+            .where(Event.source == "import:members.csv")
+            .order_by(Event.id)
+        ).all()
+    assert [tuple(e) for e in events] == [
+        ("wait@example.com", EventKind.CONFIRM, "import:members.csv", "pending -> active"),
+        ("ada@example.com", EventKind.BOUNCE, "import:members.csv", "active -> bounced"),
+    ]
+    again = imp(sessions, "email,categories\nada@example.com,products\n")  # sport dropped from the cell
+    assert (again.updated, again.unchanged) == (1, 0)
+    assert state(sessions)["ada@example.com"][3:] == (("products",), {"Plan": "gold"})
+
+
 def test_imported_rows_read_back_like_rows_added_one_by_one(sessions: sessionmaker[Session]) -> None:
     """The bulk insert binds values itself: times, status and attributes must come back typed."""
     from datetime import datetime
@@ -338,7 +380,7 @@ def test_a_dry_run_streams_the_file_in_flat_memory(sessions: sessionmaker[Sessio
     tracemalloc.start()
     try:
         with sessions.begin() as s, path.open("rb") as fp:
-            report = subscribers.import_csv(s, fp, source="members.csv", dry_run=True)
+            report = subscriber_import.import_csv(s, fp, source="members.csv", dry_run=True)
             s.rollback()
         peak = tracemalloc.get_traced_memory()[1]
     finally:

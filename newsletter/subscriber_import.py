@@ -1,0 +1,548 @@
+"""CSV import of subscribers: rows checked in Python, merged by the database in one pass.
+
+Each row is validated here (address, status, categories, consent date) and streamed into a
+temporary staging table (PostgreSQL `COPY`, SQLite one `executemany` over the stream); then a
+few set-based statements merge it: update the rows that changed, write an event per status
+change, insert the new subscribers and their categories. A statement per 500 rows ran at
+~5,300 rows/s on PostgreSQL; this runs at database speed (README "Scale").
+
+Rules kept from the row-by-row import (tests/test_subscribers.py holds them on both databases):
+one row per case-folded address (a repeat is reported, the first wins); import may suppress
+an address or confirm a pending one but never re-activates an unsubscribed, bounced or
+complained one; an erased address is refused; a category not configured is kept in an
+attribute with a warning; a blank cell changes nothing; the same file twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy.orm import Session
+
+from newsletter import spreadsheets
+from newsletter.errors import InvalidInput
+from newsletter.models import SUPPRESSED, Category, Erased, EventKind, SubscriberStatus, UTCDateTime, utcnow
+from newsletter.subscribers import ALL, UNKNOWN_CATEGORIES, clean_name, email_key, erased, normalize_email
+
+# Header names are compared after dropping case and everything but letters/digits, so
+# "E-mail address", "EMAIL", "Email Address" all match.
+HEADER_ALIASES = {
+    "email": {"email", "emailaddress", "mail", "emailadresse", "correo", "courriel", "address", "subscriberemail"},
+    "name": {"name", "fullname", "subscribername", "displayname"},
+    "first_name": {"firstname", "givenname", "forename", "vorname", "prenom"},
+    "last_name": {"lastname", "surname", "familyname", "nachname", "nom"},
+    "categories": {"categories", "category", "topics", "interests", "lists"},
+    "status": {"status", "subscriptionstatus"},
+    "consent_source": {"consentsource", "source"},
+    "consent_at": {"consentat", "consenttime", "optintime", "subscribedat", "confirmedat"},
+    "created_at": {"createdat"},  # written by export; the database keeps its own
+}
+IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
+MAX_CELL_CHARS = csv.field_size_limit()  # 131072 (128 KB): the csv module's own limit
+MAX_LINE_BYTES = 1024 * 1024  # a physical line; longer means this is not a list of people
+
+
+@dataclass
+class RowError:
+    line: int
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.line}: {self.value!r} {self.reason} (row skipped)"
+
+
+@dataclass
+class RowWarning:
+    line: int
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.line}: {self.value!r} {self.reason} (row imported)"
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    invalid: list[RowError] = field(default_factory=list)
+    warnings: list[RowWarning] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def summary(self) -> str:
+        verb = "would add" if self.dry_run else "added"
+        return (
+            f"{verb} {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+            f"invalid {len(self.invalid)}, warnings {len(self.warnings)}"
+        )
+
+
+# -- reading the file -----------------------------------------------------------------------
+
+
+def _norm_header(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.casefold())
+
+
+def _decode(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        # Excel on Windows writes cp1252; latin-1 decodes any remaining byte.
+        try:
+            return line.decode("cp1252")
+        except UnicodeDecodeError:
+            return line.decode("latin-1")
+
+
+def _lines(fp: IO[bytes], source: str) -> Iterator[str]:
+    """The file's lines, decoded one at a time (UTF-8, else cp1252, else latin-1), so a
+    file of any size is read in flat memory and never held whole."""
+    head = io.BytesIO(fp.read(4096))
+    if b"\x00" in head.getvalue():
+        raise InvalidInput(f"{source}: not a CSV file (binary data); export the sheet as CSV first")
+
+    def readline() -> bytes:
+        line = head.readline(MAX_LINE_BYTES + 1)
+        if not line.endswith(b"\n"):
+            line += fp.readline(MAX_LINE_BYTES + 1 - len(line))
+        return line
+
+    raw = readline().removeprefix(b"\xef\xbb\xbf")
+    number = 1
+    while raw:
+        if len(raw) > MAX_LINE_BYTES:
+            raise InvalidInput(
+                f"{source}:{number}: a line longer than {MAX_LINE_BYTES // 2**20} MB; is this the "
+                f"subscriber list as CSV? (nothing imported)"
+            )
+        yield _decode(raw)
+        raw = readline()
+        number += 1
+
+
+class _Rows:
+    """csv.reader over the streamed lines: the header, then (first line, cells) per record.
+
+    The delimiter is the header line's most frequent of , ; tab (Sniffer guesses badly on
+    quoted data rows). A cell over 128 KB or broken quoting is one InvalidInput line
+    naming the line, not a traceback; the caller's transaction then writes nothing."""
+
+    def __init__(self, fp: IO[bytes], source: str) -> None:
+        self.source = source
+        lines = _lines(fp, source)
+        first = next(lines, "")
+        self.reader = csv.reader(itertools.chain([first], lines), delimiter=max((",", ";", "\t"), key=first.count))
+        self.rows = self._guarded()
+        header = next(self.rows, (0, []))[1]
+        if not header or not any(h.strip() for h in header):
+            raise InvalidInput(f"{source}: empty file; expected a header line with an 'email' column")
+        self.header = header
+
+    def _guarded(self) -> Iterator[tuple[int, list[str]]]:
+        start = 1
+        reader = self.reader
+        restore = spreadsheets.restore
+        while True:
+            try:
+                row = next(reader, None)
+            except csv.Error as exc:
+                line = reader.line_num
+                if "field larger than field limit" in str(exc):
+                    raise InvalidInput(
+                        f"{self.source}:{start}: a cell is longer than {MAX_CELL_CHARS // 1024} KB; "
+                        f"shorten it or check the file is the subscriber list (nothing imported)"
+                    ) from None
+                raise InvalidInput(
+                    f"{self.source}:{line}: not readable as CSV ({exc}); fix the file (nothing imported)"
+                ) from None
+            if row is None:
+                return
+            yield start, [restore(c) if c[:1] == "'" else c for c in row]
+            start = reader.line_num + 1
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        return self.rows
+
+
+def _map_header(header: list[str], source: str) -> tuple[dict[str, int], dict[str, int]]:
+    known: dict[str, int] = {}
+    extra: dict[str, int] = {}
+    for i, raw in enumerate(header):
+        norm = _norm_header(raw)
+        field_name = next((f for f, aliases in HEADER_ALIASES.items() if norm in aliases), None)
+        if field_name is None and ("email" in norm or norm.endswith("mail")):
+            field_name = "email"
+        if field_name and field_name not in known:
+            known[field_name] = i
+        elif raw.strip():
+            extra[raw.strip()] = i
+    if "email" not in known:
+        shown = ", ".join(h.strip() for h in header[:6])[:80]
+        raise InvalidInput(f"{source}: line 1: no email column (found: {shown}); name one column 'email'")
+    return known, extra
+
+
+def _parse_time(value: str) -> datetime | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=utcnow().tzinfo)
+
+
+def _attribute_patch(attributes: dict[str, str], unknown: list[str] | None) -> tuple[dict[str, str], bool]:
+    """What the row does to the stored attributes: (keys to set, whether to drop the list of
+    unconfigured categories). A categories cell replaces that list with the names it asked
+    for, joined with the row's own UNKNOWN_CATEGORIES column if it has one (an export read back)."""
+    if unknown is None:
+        return attributes, False
+    names = attributes.get(UNKNOWN_CATEGORIES, "").split(",") + unknown
+    patch = {k: v for k, v in attributes.items() if k != UNKNOWN_CATEGORIES}
+    if any(names):
+        patch[UNKNOWN_CATEGORIES] = ",".join(dict.fromkeys(n for n in names if n))
+    return patch, not any(names)
+
+
+# One staged row, in STAGE_COLUMNS order.
+Staged = tuple[int, str, str, str | None, str | None, str | None, str | None, Any, bool, str, bool]
+STAGE_COLUMNS = (
+    "line",
+    "email",
+    "email_key",
+    "name",  # NULL: no cell, keep the stored name
+    "status",  # NULL: keep
+    "categories",  # sorted category ids "1,3"; '' = every category; NULL: keep
+    "consent_source",
+    "consent_at",
+    "consent_unknown",  # a consent_at cell that is not a date: stored as unknown, never as "now"
+    "attributes",  # JSON object of keys to set
+    "forget_unknown",  # drop UNKNOWN_CATEGORIES (a categories cell naming only configured ones)
+)
+
+
+def _parse_rows(
+    fp: IO[bytes], source: str, category_ids: dict[str, int], report: ImportReport, stored_time: Any
+) -> Iterator[Staged]:
+    """Each valid row as a staged tuple; bad rows and warnings go to the report.
+
+    Memory grows with the number of distinct addresses only (to report repeats), not with
+    the file. `stored_time` turns a datetime into the database's own form."""
+    rows = _Rows(fp, source)
+    known, extra = _map_header(rows.header, source)
+    seen: dict[str, int] = {}
+    no_cell = len(rows.header) + 1  # an index no row reaches: cell() answers None
+    i_email, i_name, i_first, i_last, i_status, i_cats, i_source, i_consent = (
+        known.get(k, no_cell)
+        for k in ("email", "name", "first_name", "last_name", "status", "categories", "consent_source", "consent_at")
+    )
+    split_names = "first_name" in known or "last_name" in known
+    extras = list(extra.items())
+
+    def cell(row: list[str], i: int) -> str | None:
+        """The cell's text, or None when absent or blank: a blank cell changes nothing, so
+        re-importing an old sheet never wipes a name or topics a subscriber chose since."""
+        return (row[i].strip() or None) if i < len(row) else None
+
+    for line, row in rows:
+        if not any(c.strip() for c in row):
+            continue
+        raw_email = cell(row, i_email) or ""
+        try:
+            email = normalize_email(raw_email) if raw_email else ""
+        except InvalidInput as exc:
+            reason = str(exc.__cause__ or exc).rstrip(".")
+            report.invalid.append(RowError(line, raw_email, f"is not an email address: {reason}"))
+            continue
+        if not email:
+            report.invalid.append(RowError(line, "", "has no email address"))
+            continue
+        key = email_key(email)
+        if key in seen:
+            report.invalid.append(RowError(line, email, f"repeats line {seen[key]}"))
+            continue
+        name = cell(row, i_name)
+        if name is None and split_names:
+            name = " ".join(p for p in (cell(row, i_first), cell(row, i_last)) if p) or None
+        name = None if name is None else clean_name(name)
+        status_raw = (cell(row, i_status) or "").lower()
+        if status_raw and status_raw not in IMPORT_STATUSES:
+            report.invalid.append(
+                RowError(line, email, f"has unknown status {status_raw!r} (use {', '.join(IMPORT_STATUSES)})")
+            )
+            continue
+        cats_raw = cell(row, i_cats)
+        cats: str | None = None
+        unknown: list[str] | None = None
+        if cats_raw is not None:
+            # "all" (what export writes for no choice) resets to every category.
+            slugs = [s.strip() for s in re.split(r"[,;|]", cats_raw) if s.strip() and s.strip().lower() != ALL]
+            unknown = [s for s in slugs if s not in category_ids]
+            cats = ",".join(map(str, sorted({category_ids[s] for s in slugs if s in category_ids})))
+            if unknown:
+                # The reader is imported all the same; what they asked for is kept, not guessed.
+                asked = ", ".join(map(repr, unknown))
+                kept = f"kept in the attribute '{UNKNOWN_CATEGORIES}' until configured"
+                report.warnings.append(RowWarning(line, email, f"asks for {asked}, not in [[categories]]: {kept}"))
+                if not cats:
+                    cats = None  # nothing known chosen: keep the current choice (new rows: every category)
+        consent_raw = cell(row, i_consent)
+        consent_at = _parse_time(consent_raw) if consent_raw else None
+        if consent_raw and consent_at is None:
+            report.warnings.append(
+                RowWarning(
+                    line,
+                    email,
+                    f"has consent_at {consent_raw[:40]!r}, not an ISO 8601 "
+                    f"date like 2024-03-12T09:30:00+01:00: stored as unknown",
+                )
+            )
+        seen[key] = line
+        attributes = {k: row[i] for k, i in extras if i < len(row) and row[i] != ""}
+        patch, forget = _attribute_patch(attributes, unknown)
+        yield (
+            line,
+            email,
+            key,
+            name,
+            status_raw or None,
+            cats,
+            cell(row, i_source),
+            None if consent_at is None else stored_time(consent_at),
+            bool(consent_raw) and consent_at is None,
+            json.dumps(patch) if patch else "{}",
+            forget,
+        )
+
+
+# -- staging --------------------------------------------------------------------------------
+
+_STAGE_TYPES = {
+    "postgresql": "line integer, email text, email_key text, name text, status text, categories text, "
+    "consent_source text, consent_at timestamptz, consent_unknown boolean, attributes jsonb, forget_unknown boolean",
+    # `line` is the rowid: ORDER BY line costs nothing.
+    "sqlite": "line INTEGER PRIMARY KEY, email TEXT, email_key TEXT, name TEXT, status TEXT, categories TEXT, "
+    "consent_source TEXT, consent_at TEXT, consent_unknown INTEGER, attributes TEXT, forget_unknown INTEGER",
+}
+
+
+def _stage(connection: Connection, rows: Iterator[Staged]) -> None:
+    """Stream the rows into the temporary table import_rows without holding them."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        # For this transaction: JIT compiling the merge took a second of a five-second
+        # merge (100,000 rows), and hash joins of a million rows spilled to disk at 4 MB.
+        connection.exec_driver_sql("SET LOCAL jit = off")
+        connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+    connection.exec_driver_sql(f"CREATE TEMPORARY TABLE import_rows ({_STAGE_TYPES[dialect]})")
+    driver = connection.connection.driver_connection
+    columns = ", ".join(STAGE_COLUMNS)
+    if dialect == "postgresql":
+        with driver.cursor() as cursor, cursor.copy(f"COPY import_rows ({columns}) FROM STDIN") as copy:  # type: ignore[union-attr]  # psycopg's connection
+            for row in rows:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" * len(STAGE_COLUMNS))
+        driver.executemany(f"INSERT INTO import_rows ({columns}) VALUES ({marks})", rows)  # type: ignore[union-attr]  # sqlite3's connection
+
+
+def _drop_erased(session: Session, report: ImportReport) -> None:
+    """Refuse new rows whose address was erased at the person's request (only a hash is kept)."""
+    if session.scalar(select(Erased.email_hash).limit(1)) is None:
+        return
+    connection = session.connection()
+    new_rows = connection.execute(
+        text(
+            "SELECT p.line, p.email, p.email_key FROM import_rows p "
+            "WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = p.email_key)"
+        )
+    ).all()
+    refused: list[int] = []
+    for start in range(0, len(new_rows), 1000):
+        batch = new_rows[start : start + 1000]
+        gone = erased(session, [key for _, _, key in batch])
+        for line, email, key in batch:
+            if key in gone:
+                report.invalid.append(
+                    RowError(line, email, "was erased at their request; only they can subscribe again")
+                )
+                refused.append(line)
+    for start in range(0, len(refused), 1000):
+        connection.execute(
+            text("DELETE FROM import_rows WHERE line IN :lines").bindparams(bindparam("lines", expanding=True)),
+            {"lines": refused[start : start + 1000]},
+        )
+
+
+# -- the merge ------------------------------------------------------------------------------
+
+_SUPPRESSED = ", ".join(f"'{s.value}'" for s in SUPPRESSED)
+_NEW_STATUS = f"""CASE WHEN p.status IS NULL OR s.status IN ({_SUPPRESSED}) THEN s.status
+    WHEN p.status = '{SubscriberStatus.PENDING.value}' AND s.status = '{SubscriberStatus.ACTIVE.value}' THEN s.status
+    ELSE p.status END"""
+_EVENT_KIND = f"""CASE c.status
+    WHEN '{SubscriberStatus.UNSUBSCRIBED.value}' THEN '{EventKind.UNSUBSCRIBE.value}'
+    WHEN '{SubscriberStatus.BOUNCED.value}' THEN '{EventKind.BOUNCE.value}'
+    WHEN '{SubscriberStatus.COMPLAINED.value}' THEN '{EventKind.COMPLAINT.value}'
+    WHEN '{SubscriberStatus.ACTIVE.value}' THEN '{EventKind.CONFIRM.value}'
+    ELSE '{EventKind.IMPORT.value}' END"""
+
+
+@dataclass(frozen=True)
+class _Sql:
+    """The few expressions the two databases spell differently."""
+
+    old_attributes: str  # the stored attributes, never NULL
+    new_attributes: str  # ... with the row's patch applied
+    same_attributes: str  # new equals old
+    current_categories: str  # "1,3": the subscriber's category ids, sorted
+    category_ids: str  # a FROM item: one row per id in the comma-joined {cats}
+    category_id: str  # ... and its column
+    json_column: str  # cast of the merged attributes for the json column
+
+
+_PG_OLD = "COALESCE(NULLIF(s.attributes::jsonb, 'null'::jsonb), '{}'::jsonb)"
+_SQLITE_OLD = "COALESCE(NULLIF(s.attributes, 'null'), '{}')"
+_DIALECTS = {
+    "postgresql": _Sql(
+        old_attributes=_PG_OLD,
+        new_attributes=f"CASE WHEN p.forget_unknown THEN ({_PG_OLD} || p.attributes) - '{UNKNOWN_CATEGORIES}' "
+        f"ELSE {_PG_OLD} || p.attributes END",
+        same_attributes="{new} = {old}",
+        current_categories="(SELECT string_agg(sc.category_id::text, ',' ORDER BY sc.category_id) "
+        "FROM subscriber_categories sc WHERE sc.subscriber_id = s.id)",
+        category_ids="unnest(string_to_array({cats}, ',')::integer[]) AS ids(cid)",
+        category_id="ids.cid",
+        json_column="{value}::json",
+    ),
+    # SQLite keeps JSON as text: json() and json_patch() both write it minified, keys in
+    # the stored order, so equal text is equal content.
+    "sqlite": _Sql(
+        old_attributes=_SQLITE_OLD,
+        new_attributes=f"CASE WHEN p.forget_unknown THEN json_remove(json_patch({_SQLITE_OLD}, p.attributes), "
+        f"'$.{UNKNOWN_CATEGORIES}') ELSE json_patch({_SQLITE_OLD}, p.attributes) END",
+        same_attributes="{new} = json({old})",
+        current_categories="(SELECT group_concat(category_id, ',') FROM (SELECT sc.category_id "
+        "FROM subscriber_categories sc WHERE sc.subscriber_id = s.id ORDER BY sc.category_id))",
+        category_ids="json_each('[' || {cats} || ']') AS ids",
+        category_id="ids.value",
+        json_column="{value}",
+    ),
+}
+
+
+def _merge(session: Session, report: ImportReport, *, now: datetime, consent: str, dry_run: bool) -> None:
+    """Apply the staged rows: count, then (unless a dry run) update, record, insert."""
+    connection = session.connection()
+    sql = _DIALECTS[connection.dialect.name]
+    new_attributes = sql.new_attributes
+    changed_categories = f"(p.categories IS NOT NULL AND p.categories <> COALESCE({sql.current_categories}, ''))"
+    same = sql.same_attributes.format(new=new_attributes, old=sql.old_attributes)
+    # The existing subscribers this file changes, with their new values: one join.
+    connection.exec_driver_sql(
+        f"""CREATE TEMPORARY TABLE import_changes AS
+        SELECT p.line, s.id AS subscriber_id, s.status AS old_status, {_NEW_STATUS} AS status,
+               COALESCE(p.name, s.name) AS name, {new_attributes} AS attributes,
+               p.categories, {changed_categories} AS categories_changed
+        FROM import_rows p JOIN subscribers s ON s.email_key = p.email_key
+        WHERE COALESCE(p.name, s.name) <> s.name OR {_NEW_STATUS} <> s.status
+           OR NOT ({same}) OR {changed_categories}"""
+    )
+    staged, matched = connection.exec_driver_sql(
+        "SELECT (SELECT count(*) FROM import_rows), "
+        "(SELECT count(*) FROM import_rows p JOIN subscribers s ON s.email_key = p.email_key)"
+    ).one()
+    report.updated = connection.exec_driver_sql("SELECT count(*) FROM import_changes").scalar_one()
+    report.unchanged = matched - report.updated
+    report.added = staged - matched
+    if not dry_run:
+        _write(connection, sql, now=now, consent=consent)
+    connection.exec_driver_sql("DROP TABLE import_changes")
+
+
+def _write(connection: Connection, sql: _Sql, *, now: datetime, consent: str) -> None:
+    def run(statement: str, **params: Any) -> None:
+        clause = text(statement)
+        if ":now" in statement:
+            clause = clause.bindparams(bindparam("now", type_=UTCDateTime()))
+        connection.execute(clause, {"now": now, "consent": consent, **params})
+
+    run(
+        f"""UPDATE subscribers SET name = c.name, status = c.status,
+            attributes = {sql.json_column.format(value="c.attributes")},
+            status_changed_at = CASE WHEN c.status <> c.old_status THEN :now ELSE subscribers.status_changed_at END
+        FROM import_changes c WHERE subscribers.id = c.subscriber_id"""
+    )
+    # Events for status changes only, so an import of 100k rows does not write 100k events.
+    run(
+        f"""INSERT INTO events (kind, subscriber_id, source, detail, created_at)
+        SELECT {_EVENT_KIND}, c.subscriber_id, :consent, c.old_status || ' -> ' || c.status, :now
+        FROM import_changes c WHERE c.status <> c.old_status ORDER BY c.line"""
+    )
+    run(
+        "DELETE FROM subscriber_categories WHERE subscriber_id IN "
+        "(SELECT subscriber_id FROM import_changes WHERE categories_changed)"
+    )
+    ids = sql.category_ids.format(cats="c.categories")
+    run(
+        f"""INSERT INTO subscriber_categories (subscriber_id, category_id)
+        SELECT c.subscriber_id, {sql.category_id} FROM import_changes c, {ids}
+        WHERE c.categories_changed AND c.categories <> ''"""
+    )
+    # New subscribers get ids above today's largest (this transaction holds the write lock
+    # on SQLite; on PostgreSQL the sequence only grows), so their categories are found by id.
+    before = connection.exec_driver_sql("SELECT COALESCE(max(id), 0) FROM subscribers").scalar_one()
+    # The consent record of a new row is its consent_source/consent_at (else this import).
+    run(
+        f"""INSERT INTO subscribers (email, email_key, name, status, consent_source, consent_at,
+            status_changed_at, created_at, attributes, soft_bounces)
+        SELECT p.email, p.email_key, COALESCE(p.name, ''), COALESCE(p.status, '{SubscriberStatus.ACTIVE.value}'),
+            COALESCE(p.consent_source, :consent),
+            CASE WHEN p.consent_at IS NOT NULL THEN p.consent_at WHEN p.consent_unknown THEN NULL ELSE :now END,
+            :now, :now, {sql.json_column.format(value="p.attributes")}, 0
+        FROM import_rows p WHERE NOT EXISTS (SELECT 1 FROM subscribers s WHERE s.email_key = p.email_key)
+        ORDER BY p.line"""
+    )
+    ids = sql.category_ids.format(cats="p.categories")
+    run(
+        f"""INSERT INTO subscriber_categories (subscriber_id, category_id)
+        SELECT s.id, {sql.category_id} FROM import_rows p JOIN subscribers s ON s.email_key = p.email_key, {ids}
+        WHERE s.id > :before AND p.categories <> ''""",
+        before=before,
+    )
+
+
+def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = False) -> ImportReport:
+    """Import a real-world CSV (BOM or not, UTF-8 or Latin-1, ',' or ';'), streamed.
+
+    A file without an email column raises InvalidInput and writes nothing; a bad row is
+    reported with its line and skipped; a valid reader is never dropped for what cannot be
+    used (an unknown category, an unreadable date): the row is imported with a warning.
+    Importing the same file twice changes nothing. Does not commit."""
+    report = ImportReport(dry_run=dry_run)
+    category_ids: dict[str, int] = dict(session.execute(select(Category.slug, Category.id)).all())
+    connection = session.connection()
+    processor = UTCDateTime().dialect_impl(connection.dialect).bind_processor(connection.dialect)
+    stored_time = processor or (lambda value: value)
+    _stage(connection, _parse_rows(fp, source, category_ids, report, stored_time))
+    _drop_erased(session, report)
+    _merge(session, report, now=utcnow(), consent=f"import:{source.rsplit('/', 1)[-1]}", dry_run=dry_run)
+    connection.exec_driver_sql("DROP TABLE import_rows")
+    report.invalid.sort(key=lambda e: e.line)
+    report.warnings.sort(key=lambda w: w.line)
+    return report

@@ -159,9 +159,11 @@ class Upgrade:
 
 
 def _unreachable(engine: Engine, exc: OperationalError) -> ConfigError:
+    """One line: libpq's messages run over several ("…Connection refused\n\tIs the server running…")."""
+    reason = " ".join(str(exc.orig).split())
     return ConfigError(
         f"[database] cannot reach {engine.url.render_as_string(hide_password=True)}: "
-        f"{exc.orig}; check the url and that the server runs"
+        f"{reason}; check the url and that the server runs"
     )
 
 

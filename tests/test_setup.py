@@ -5,6 +5,7 @@ commands that sign or check links refusing a guessable secret key."""
 from __future__ import annotations
 
 import mailbox
+import socket
 import stat
 from email.message import EmailMessage
 from pathlib import Path
@@ -38,6 +39,18 @@ def test_a_missing_sqlite_database_is_one_line_and_no_file_is_created(tmp_path: 
             f"(new setup) or 'newsletter db upgrade', or fix [database] url\n",
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_a_postgresql_server_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[database]\nurl = "postgresql+psycopg://news:s3cret@127.0.0.1:{port}/news"\n')
+    code, _, err = run(cfg, "subscribers", "list")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"Error: [database] cannot reach postgresql+psycopg://news:***@127.0.0.1:{port}/news: ")
+    assert err.endswith("; check the url and that the server runs\n") and "s3cret" not in err
 
 
 def test_an_unmigrated_database_says_which_command_to_run(db_url: str, config_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -95,6 +96,49 @@ def test_list_and_export_cost_the_same_queries_for_any_length(sessions: Sessions
         ("news", "events"),
         (),
     )
+
+
+def test_the_list_is_read_in_batches_so_memory_does_not_grow_with_it(
+    sessions: Sessions, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`list` of 100,000 must not hold 100,000 rows: the peak of Python memory while the
+    whole list is read stays that of one batch (read all at once, 3,000 rows cost ~1 MB)."""
+    monkeypatch.setattr(subscribers, "LIST_BATCH", 100)
+
+    def insert_rows(first: int, last: int) -> None:
+        now = utcnow()
+        rows = [
+            {
+                "email": f"r{i}@example.com",
+                "email_key": f"r{i}@example.com",
+                "name": f"Reader number {i}",
+                "status": SubscriberStatus.ACTIVE,
+                "consent_source": "test",
+                "status_changed_at": now,
+                "created_at": now,
+                "attributes": {},
+                "soft_bounces": 0,
+            }
+            for i in range(first, last)
+        ]
+        with engine.begin() as conn:
+            conn.execute(insert(Subscriber), rows)
+
+    def peak() -> int:
+        with sessions.reading() as s:
+            tracemalloc.start()
+            try:
+                listed = sum(1 for _ in subscribers.iter_listed(s))
+                return tracemalloc.get_traced_memory()[1] if listed else 0
+            finally:
+                tracemalloc.stop()
+
+    insert_rows(0, 300)
+    peak()  # compiled statements and caches, once
+    small = peak()
+    insert_rows(300, 3000)
+    large = peak()
+    assert 0 < large < small + 200_000, (small, large)
 
 
 def test_export_streams_every_subscriber_with_attributes_and_status_filter(sessions: Sessions, engine: Engine) -> None:

@@ -26,9 +26,9 @@ import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 
@@ -47,7 +47,26 @@ from newsletter.replies import Stage
 BeforeData = Callable[[], Awaitable[None]]
 ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20<>\x7f]")  # would break out of MAIL FROM:<…> / RCPT TO:<…>
 LINE_END = re.compile(rb"\r\n|\r|\n")
-STAGES = {b"MAIL": Stage.MAIL, b"RCPT": Stage.RCPT, b"DATA": Stage.DATA, b"RSET": Stage.UNKNOWN}
+MAX_REPLY = 32_768  # bytes of one reply at most (aiosmtplib's bound too)
+
+
+class NoReply(Exception):
+    """The server did not answer in time (kept apart from socket timeouts: a late reply
+    must never be read as another command's, so the connection is always dropped)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of a transaction: its line, its name in errors, and the replies hoped for."""
+
+    text: bytes
+    name: str
+    stage: Stage
+    ok: tuple[int, ...] = (250,)
+
+    @property
+    def line(self) -> bytes:
+        return self.text + b"\r\n"
 
 
 class Transport(Protocol):
@@ -147,26 +166,98 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
         raise ConfigError(f"[smtp] ca_file {smtp.ca_file!r}: {reason}; give a PEM file of CA certificates") from exc
 
 
-class _Wire:
-    """The one place that uses aiosmtplib below its `sendmail` API. Why: `sendmail` re-scans
-    every message with regexes (line ends, dot-stuffing) and cannot wait between the
-    server's 354 and the body; the engine needs both the prepared bytes sent as they are
-    and that wait (its ledger commit). So: commands through `execute_command`, the body
-    through the connection's protocol in one write, its reply through `read_response`."""
+class _Wire(asyncio.Protocol):
+    """One SMTP connection's message phase, below aiosmtplib's API.
 
-    @staticmethod
-    async def command(conn: aiosmtplib.SMTP, *args: bytes) -> tuple[int, str]:
-        response = await conn.execute_command(*args, timeout=None)
-        return response.code, response.message
+    aiosmtplib opens the connection (TCP, TLS or STARTTLS, EHLO, AUTH); then this
+    protocol takes the transport over for MAIL, RCPT, DATA, the body, RSET and QUIT.
+    Why: aiosmtplib reads one reply per command and drops what arrives before it asks, so
+    it cannot pipeline (RFC 2920), re-scans every body with regexes, and pays a lock,
+    a future and a `wait_for` per command. Here a write carries any number of commands
+    and one future wakes the sender once all their replies are in; a body already in
+    wire form goes out as it is. Replies nobody asked for (a server's 421 before it
+    hangs up on an idle connection) are dropped, never paired with a later command."""
 
-    @staticmethod
-    async def body(conn: aiosmtplib.SMTP, body: bytes, timeout: float) -> tuple[int, str]:
-        protocol = conn.protocol
-        if protocol is None:
+    def __init__(self, conn: aiosmtplib.SMTP) -> None:
+        transport = conn.transport
+        if transport is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        protocol.write(body + b".\r\n")  # one send() call: the copy costs less than a syscall
-        response = await protocol.read_response(timeout=timeout)
-        return response.code, response.message
+        self.conn = conn
+        self.pipelining = conn.supports_extension("pipelining")
+        self.smtputf8 = conn.supports_extension("smtputf8")
+        self.transport: asyncio.WriteTransport = cast(asyncio.WriteTransport, transport)
+        self.buffer = bytearray()
+        self.replies: list[tuple[int, str]] = []
+        self.text: list[str] = []  # the lines of a multi-line reply read so far
+        self.wanted = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost = False
+        transport.set_protocol(self)
+
+    @property
+    def is_connected(self) -> bool:
+        return not self.lost and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self.lost = True
+        self.transport.close()
+        self.conn.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.wanted:
+            return  # unsolicited: see the class docstring
+        self.buffer += data
+        while (end := self.buffer.find(b"\n")) >= 0:
+            line = bytes(self.buffer[: end + 1])
+            del self.buffer[: end + 1]
+            if not line[:3].isdigit():
+                self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed SMTP reply {line[:80]!r}"))
+                return
+            self.text.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
+            if line[3:4] != b"-":  # the last line of a reply (multi-line ones joined as aiosmtplib does)
+                self.replies.append((int(line[:3]), "\n".join(self.text)))
+                self.text = []
+        if len(self.buffer) > MAX_REPLY:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "SMTP reply too long"))
+        elif len(self.replies) >= self.wanted and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(aiosmtplib.SMTPServerDisconnected(f"connection lost{f': {exc}' if exc else ''}"))
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("connection closed by the server"))
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    async def exchange(self, data: bytes, count: int, timeout: float | None) -> list[tuple[int, str]]:
+        """Write `data` (`count` commands, or a body ending in its dot) and wait for `count`
+        replies, `timeout` seconds at most (NoReply; the caller then drops the
+        connection, so a late reply is never read as another command's)."""
+        if self.lost or self.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        loop = asyncio.get_running_loop()
+        self.buffer.clear()  # anything left is unsolicited
+        self.replies, self.text, self.wanted = [], [], count
+        self.waiter = waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, self._expire, waiter)
+        try:
+            self.transport.write(data)  # one send() call: the copy costs less than a syscall
+            await waiter
+        finally:
+            self.wanted, self.waiter = 0, None
+            if timer is not None:
+                timer.cancel()
+        return self.replies[:count]
+
+    @staticmethod
+    def _expire(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(NoReply())
 
 
 class SmtpTransport:
@@ -176,14 +267,15 @@ class SmtpTransport:
         self.smtp = smtp
         self.address = f"{smtp.host}:{smtp.port}"
         self._tls = tls_context(smtp)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Wire] = []
         self._slots = asyncio.Semaphore(smtp.concurrency)
         # EHLO name: socket.getfqdn() (aiosmtplib's default) can stall on DNS.
         self._local_hostname = socket.gethostname() or "localhost"
 
-    def _new_connection(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> _Wire:
+        """A new connection, greeted, secured and logged in by aiosmtplib, handed to a _Wire."""
         s = self.smtp
-        return aiosmtplib.SMTP(
+        conn = aiosmtplib.SMTP(
             hostname=s.host,
             port=s.port,
             username=s.username or None,
@@ -194,92 +286,91 @@ class SmtpTransport:
             tls_context=self._tls,
             local_hostname=self._local_hostname,
         )
-
-    async def _connect(self, conn: aiosmtplib.SMTP) -> None:
         with _map_errors(f"cannot connect to SMTP server {self.address}", Stage.CONNECT):
-            await conn.connect()
-            if conn.is_ehlo_or_helo_needed:
-                await conn.ehlo()
-
-    async def _command(
-        self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, stage: str, *args: bytes, ok: tuple[int, ...] = (250,)
-    ) -> str:
-        deadline.reschedule(asyncio.get_running_loop().time() + self.smtp.timeout)
-        step = STAGES[args[0]]
-        with _map_errors(f"{stage} at {self.address}", step):
-            code, message = await _Wire.command(conn, *args)
-        if code not in ok:
-            # 421: the server is closing this connection; a 5xx to MAIL FROM refuses our sender.
-            # Neither is the recipient's fault: the run stops or reconnects, nobody bounces.
-            if code == 421 or (step is Stage.MAIL and code >= 500):
-                raise TransportUnavailable(
-                    f"{stage}: {code} {message}", code=code, reply=f"{code} {message}", stage=step
-                )
-            raise _reply_error(code, message, stage, step)
-        return message
-
-    async def _data(
-        self, conn: aiosmtplib.SMTP, deadline: asyncio.Timeout, body: bytes, before: BeforeData | None
-    ) -> str:
-        """DATA with a body already in wire form: written as is, no second normalisation pass.
-
-        `before` runs once the server waits for the body (354). If it raises, the
-        connection is dropped, so the server discards the unfinished transaction."""
-        await self._command(conn, deadline, "DATA", b"DATA", ok=(354,))
-        if before is not None:
-            deadline.reschedule(None)  # our own wait, not the server's
             try:
-                await before()
+                await conn.connect()
+                if conn.is_ehlo_or_helo_needed:
+                    await conn.ehlo()
+                return _Wire(conn)
             except BaseException:
                 conn.close()
                 raise
-        deadline.reschedule(None)  # the final reply has its own, longer wait (RFC 5321 4.5.3.2.6)
+
+    def _check(self, reply: tuple[int, str], command: Command) -> None:
+        """Raise the DeliveryError a reply to `command` means, unless it is the one hoped for."""
+        code, message = reply
+        if code in command.ok:
+            return
+        # 421: the server is closing this connection; a 5xx to MAIL FROM refuses our sender.
+        # Neither is the recipient's fault: the run stops or reconnects, nobody bounces.
+        if code == 421 or (command.stage is Stage.MAIL and code >= 500):
+            raise TransportUnavailable(
+                f"{command.name}: {code} {message}", code=code, reply=f"{code} {message}", stage=command.stage
+            )
+        raise _reply_error(code, message, command.name, command.stage)
+
+    async def _envelope(self, wire: _Wire, commands: tuple[Command, ...]) -> None:
+        """MAIL, RCPT and DATA: in one write when the server offers PIPELINING (RFC 2920),
+        else one at a time. Either way the replies are judged in order, so the first
+        refusal decides, exactly as without pipelining."""
+        timeout = self.smtp.timeout
+        with _map_errors(f"{commands[0].name} at {self.address}", Stage.MAIL):
+            if wire.pipelining:
+                replies = await wire.exchange(b"".join(c.line for c in commands), len(commands), timeout)
+            else:
+                replies = []
+                for c in commands:
+                    replies += await wire.exchange(c.line, 1, timeout)
+                    if replies[-1][0] not in c.ok:
+                        break
+        try:
+            for reply, command in zip(replies, commands, strict=False):
+                self._check(reply, command)
+        except DeliveryError:
+            if replies[-1][0] == 354:  # DATA went ahead of a refusal: only hanging up ends it
+                wire.close()
+            raise
+
+    async def _data(self, wire: _Wire, body: bytes, before: BeforeData | None) -> str:
+        """The body, already in wire form, written as it is, once `before` has run.
+
+        If `before` raises, the connection is dropped, so the server discards the
+        unfinished transaction."""
+        if before is not None:
+            try:
+                await before()
+            except BaseException:
+                wire.close()
+                raise
         try:
             with _map_errors(f"sending the message to {self.address}", Stage.DATA):
-                code, message = await _Wire.body(conn, body, self.smtp.data_timeout)
-        except TransportUnavailable as exc:
-            conn.close()  # the reply may still arrive: never pair it with a later command
-            if isinstance(exc.__cause__, aiosmtplib.SMTPTimeoutError):
-                # The message is out and the server is silent: it may be queued already.
-                # A dropped connection, by contrast, means the server discards the transaction.
-                raise AmbiguousDelivery(
-                    f"no reply from SMTP server {self.address} within "
-                    f"{self.smtp.data_timeout:g} s after the whole message",
-                    reply="ambiguous: no reply to the end of the message",
-                ) from exc
+                # The final reply has its own, longer wait (RFC 5321 4.5.3.2.6).
+                ((code, message),) = await wire.exchange(body + b".\r\n", 1, self.smtp.data_timeout)
+        except NoReply as exc:
+            wire.close()
+            # The message is out and the server is silent: it may be queued already.
+            # A dropped connection, by contrast, means the server discards the transaction.
+            raise AmbiguousDelivery(
+                f"no reply from SMTP server {self.address} within {self.smtp.data_timeout:g} s after the whole message",
+                reply="ambiguous: no reply to the end of the message",
+            ) from exc
+        except TransportUnavailable:
+            wire.close()  # the reply may still arrive: never pair it with a later command
             raise
         if code != 250:
             if code == 421:
-                conn.close()
+                wire.close()
             raise _reply_error(code, message, "end of DATA", Stage.DATA)
         return f"{code} {message}"
 
-    async def _transaction(
-        self,
-        conn: aiosmtplib.SMTP,
-        mail_from: bytes,
-        rcpt_to: bytes,
-        options: tuple[bytes, ...],
-        body: bytes,
-        before: BeforeData | None,
-    ) -> str:
-        """MAIL, RCPT, DATA and the body. One deadline, moved forward at each command, bounds
-        each wait for the server (cheaper than a wait_for around every reply)."""
-        async with asyncio.timeout(None) as deadline:
-            await self._command(conn, deadline, "MAIL FROM", b"MAIL", b"FROM:<" + mail_from + b">", *options)
-            await self._command(
-                conn, deadline, f"RCPT TO {rcpt_to.decode()}", b"RCPT", b"TO:<" + rcpt_to + b">", ok=(250, 251)
-            )
-            return await self._data(conn, deadline, body, before)
-
-    async def _reset(self, conn: aiosmtplib.SMTP) -> None:
+    async def _reset(self, wire: _Wire) -> None:
         try:
             with _map_errors("RSET"):
-                code, _ = await _Wire.command(conn, b"RSET")
+                ((code, _),) = await wire.exchange(b"RSET\r\n", 1, self.smtp.timeout)
             if code != 250:
-                conn.close()
-        except TransportUnavailable:
-            conn.close()
+                wire.close()
+        except (TransportUnavailable, NoReply):
+            wire.close()
 
     async def send(
         self, envelope_from: str, recipient: str, data: bytes, *, before_data: BeforeData | None = None
@@ -288,42 +379,48 @@ class SmtpTransport:
             raise PermanentDeliveryError(f"{recipient!r} is not a usable address", reply="not sent: bad address")
         body = wire_form(data)
         async with self._slots:
-            conn = self._idle.pop() if self._idle else self._new_connection()
+            wire = self._idle.pop() if self._idle else None
+            if wire is None or not wire.is_connected:
+                wire = await self._connect()
             try:
-                if not conn.is_connected:
-                    await self._connect(conn)
-                mail_from, rcpt_to = envelope_from.encode(), recipient.encode()
-                options: tuple[bytes, ...] = ()
+                options = b""
                 if not (envelope_from + recipient).isascii():
-                    if not conn.supports_extension("smtputf8"):
+                    if not wire.smtputf8:
                         raise PermanentDeliveryError(
                             f"{recipient}: the server does not offer SMTPUTF8, needed for a non-ASCII address",
                             reply="not sent: server lacks SMTPUTF8",
                         )
-                    options = (b"SMTPUTF8",)
+                    options = b" SMTPUTF8"
+                commands = (
+                    Command(b"MAIL FROM:<" + envelope_from.encode() + b">" + options, "MAIL FROM", Stage.MAIL),
+                    Command(b"RCPT TO:<" + recipient.encode() + b">", f"RCPT TO {recipient}", Stage.RCPT, (250, 251)),
+                    Command(b"DATA", "DATA", Stage.DATA, (354,)),
+                )
                 try:
-                    return await self._transaction(conn, mail_from, rcpt_to, options, body, before_data)
-                except TimeoutError as exc:
-                    conn.close()  # a late reply must never be paired with a later command
+                    await self._envelope(wire, commands)
+                except NoReply as exc:
+                    wire.close()  # a late reply must never be paired with a later command
                     raise TransportUnavailable(
                         f"no reply from SMTP server {self.address} within {self.smtp.timeout:g} s", reply="timeout"
                     ) from exc
                 except BaseException:
-                    if conn.is_connected:
-                        await self._reset(conn)
+                    if wire.is_connected:
+                        await self._reset(wire)
                     raise
+                return await self._data(wire, body, before_data)
             finally:
-                if conn.is_connected:
-                    self._idle.append(conn)
+                if wire.is_connected:
+                    self._idle.append(wire)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for wire in idle:
             try:
                 with _map_errors("QUIT"):
-                    await conn.quit()
-            except TransportUnavailable:
-                conn.close()
+                    await wire.exchange(b"QUIT\r\n", 1, self.smtp.timeout)
+            except (TransportUnavailable, NoReply):
+                pass
+            wire.close()
 
 
 MESSAGE_ID_RE = re.compile(rb"^Message-ID:\s*<([^>@\r\n]+)", re.IGNORECASE | re.MULTILINE)

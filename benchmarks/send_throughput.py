@@ -1,7 +1,9 @@
 """Send one built issue to N subscribers into Postfix's smtp-sink and print messages/s of:
 this engine (SQLite ledger, real rendering, end to end), the naive script a user would
 otherwise write (an EmailMessage per subscriber, smtplib over one connection), and
-Postfix's own C client `smtp-source -s 8` (the practical ceiling); plus peak RSS.
+Postfix's own C client `smtp-source -s 8` (the practical ceiling); plus peak RSS. The
+engine runs twice: into smtp-sink as it is (it offers PIPELINING) and into one started
+with -p (no PIPELINING), the ledger emptied between.
 
 Needs the sink: `bash ../shared/tools/install-smtp-peer.sh` (binaries land in
 ~/.cache/postfix-peer/bin). Run: python benchmarks/send_throughput.py [--subscribers 20000]
@@ -27,7 +29,7 @@ from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import create_engine, insert, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,14 +79,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def sink() -> Iterator[int]:
-    """smtp-sink on a free port (discards everything, little CPU)."""
+def sink(*flags: str) -> Iterator[int]:
+    """smtp-sink on a free port (discards everything, little CPU); it offers PIPELINING
+    unless `flags` has "-p"."""
     binary = PEER / "smtp-sink"
     if not binary.exists():
         sys.exit(f"{binary} not found; run: bash /work/shared/tools/install-smtp-peer.sh")
     port = free_port()
     proc = subprocess.Popen(
-        [str(binary), "-u", "nobody", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(binary), *flags, "-u", "nobody", f"127.0.0.1:{port}", "1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(100):
@@ -99,11 +104,13 @@ def sink() -> Iterator[int]:
         proc.wait(timeout=10)
 
 
-def write_config(folder: Path, port: int, concurrency: int) -> Path:
+def write_config(
+    folder: Path, port: int, concurrency: int, database_url: str = "sqlite:///bench.db", name: str = "config.toml"
+) -> Path:
     cats = "".join(
         f'\n[[categories]]\nslug = "{c}"\nname = "{c.replace("-", " ").title()}"\nlimit = 6\n' for c in CATEGORIES
     )
-    path = folder / "config.toml"
+    path = folder / name
     path.write_text(
         f"""
 [newsletter]
@@ -113,7 +120,7 @@ postal_address = "Trade Weekly, 1 Bench Street, Benchtown"
 base_url = "https://news.example.com"
 secret_key = "benchmark-secret-key-c2VjcmV0LWtleS1mb3ItYmVuY2htYXJrcy1vbmx5"
 [database]
-url = "sqlite:///bench.db"
+url = "{database_url}"
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -174,6 +181,15 @@ def populate(settings: config.Settings, n: int) -> str:
         conn.execute(insert(SubscriberCategory), prefs)
     engine.dispose()
     return week
+
+
+def reset(database_url: str) -> None:
+    """Empty the ledger and make the issue a draft again, for the next run of a sender."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM deliveries"))
+        conn.execute(text("UPDATE issues SET status = 'draft', sent_at = NULL, send_started_at = NULL"))
+    engine.dispose()
 
 
 def peak_rss_mb() -> float:
@@ -260,14 +276,23 @@ def main() -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="send-bench-"))
     try:
-        with sink() as port:
+        with sink() as port, sink("-p") as plain_port:
             cfg = write_config(folder, port, args.concurrency)
+            plain = write_config(folder, plain_port, args.concurrency, name="plain.toml")
             settings = config.load(cfg, environ={})
             week = populate(settings, args.subscribers)
-            child = subprocess.run(
-                [sys.executable, __file__, "--engine-child", str(cfg), week], capture_output=True, text=True, check=True
-            )
-            ours = json.loads(child.stdout.strip().splitlines()[-1])
+            runs = []
+            for path in (cfg, plain):  # the same issue and list, pipelined and not; the ledger emptied between
+                if runs:
+                    reset(settings.database_url)
+                child = subprocess.run(
+                    [sys.executable, __file__, "--engine-child", str(path), week],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            ours, unpiped = runs
             naive = naive_run(settings, week, port, args.naive)
             source = smtp_source_run(port, args.subscribers, int(naive["size"]))
     finally:
@@ -279,6 +304,10 @@ def main() -> None:
     print(
         f"this engine (end to end, SQLite ledger): {ours['rate']:7.0f} msg/s  "
         f"({ours['sent']} sent in {ours['elapsed']:.1f} s, peak RSS {ours['rss_mb']:.0f} MB)"
+    )
+    print(
+        f"  the same, server without PIPELINING:   {unpiped['rate']:7.0f} msg/s  "
+        f"(pipelining gains {ours['rate'] / unpiped['rate']:.2f}x)"
     )
     print(
         f"naive EmailMessage + smtplib:            {naive['rate']:7.0f} msg/s  "

@@ -127,6 +127,7 @@ class DeliverySettings:
     transport: str = "smtp"
     outbox_dir: str = "outbox"
     max_age_hours: float = 72.0
+    sender_lease_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -554,6 +555,8 @@ def _validate(settings: Settings, source: str) -> None:
     ):
         raise ConfigError(f"[dkim] selector, domain and private_key_path must all be set (or all empty); fix {source}")
     _validate_smtp(settings.smtp, source)
+    if settings.delivery.sender_lease_seconds < 1:
+        raise ConfigError(f"[delivery] sender_lease_seconds must be at least 1; fix {source}")
     bounces = settings.bounces
     if not 1 <= bounces.soft_bounce_limit <= bounces.soft_bounce_issues:
         raise ConfigError(

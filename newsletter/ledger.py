@@ -41,6 +41,7 @@ SENDER_LEASE = locks.SENDER
 NO_SECTIONS = "not sent: none of the subscriber's categories is in this issue"
 REFUSED_US = "deferred, the server refuses us: "  # a pending row's reply that blames the sender
 PLAN_CHUNK = 1000
+RESERVED_POLL = timedelta(seconds=1)  # how often a sender looks whether another's reservations came free
 
 
 @dataclass(frozen=True)
@@ -280,17 +281,21 @@ def release(session: Session, issue_id: int, worker: str) -> None:
 
 
 def next_due(session: Session, issue_id: int, worker: str) -> datetime | None:
-    """When the earliest pending row this worker could claim becomes due (None: none left)."""
-    live = [*locks.live_holders(session, SENDER_LEASE), worker]
-    free = or_(Delivery.claimed_by == "", Delivery.claimed_by.not_in(live))
-    row = session.execute(
-        select(func.count(), func.min(Delivery.next_attempt_at)).where(
-            Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, free
-        )
-    ).one()
-    if not row[0]:
-        return None
-    return row[1] or utcnow()
+    """When `worker` should look for claimable rows again; None once no pending row is left
+    but its own (those are in its queue, or were dropped with a run that failed).
+
+    Rows another live sender reserved count as due in RESERVED_POLL: they come free when
+    that sender gives them back, or when its lease lapses (its host died), and then this
+    sender takes them, so the issue is finished while any sender is left."""
+    now = utcnow()
+    others = set(locks.live_holders(session, SENDER_LEASE)) - {worker}
+    rows = session.execute(
+        select(Delivery.claimed_by, func.min(Delivery.next_attempt_at))
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.PENDING, Delivery.claimed_by != worker)
+        .group_by(Delivery.claimed_by)
+    ).all()
+    due = [now + RESERVED_POLL if holder in others else (first or now) for holder, first in rows]
+    return min(due, default=None)
 
 
 def ambiguous_filter(session: Session, issue_id: int) -> ColumnElement[bool]:

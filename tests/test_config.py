@@ -126,6 +126,11 @@ def test_smtp_settings_that_would_leak_or_contradict_are_refused(tmp_path: Path,
             "[delivery] transport 'pigeon' must be one of smtp, outbox; fix {path}",
         ),
         (
+            "[delivery]\nsender_lease_seconds = 0\n",
+            {},
+            "[delivery] sender_lease_seconds must be at least 1; fix {path}",
+        ),
+        (
             '[newsletter]\ntimezone = "Mars/Olympus"\n',
             {},
             "[newsletter] timezone 'Mars/Olympus' is not a known time zone (e.g. 'Europe/Berlin'); fix {path}",

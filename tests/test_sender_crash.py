@@ -11,15 +11,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
+from newsletter.models import Lock
 from tests.conftest import Gate, SmtpServer
-from tests.sending_support import add_subscribers, build_issue, cli, deliveries, issue_status, start_cli
+from tests.sending_support import ROOT, add_subscribers, build_issue, cli, deliveries, issue_status, start_cli
+
+# `newsletter send` as if on another machine: its leases name the host "elsewhere", so the
+# others judge it by its lease alone (on one host they would ask the kernel about its pid).
+ELSEWHERE = (
+    "import sys; from newsletter import cli, locks; locks.HOST = 'elsewhere'; sys.argv[0] = 'newsletter'; cli.main()"
+)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -118,3 +127,61 @@ def test_a_second_sender_on_sqlite_is_told_to_wait(
     finally:
         stop(first)
     assert Counter(smtp_server.recipients()) == Counter(emails)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_sender_killed_on_another_host_leaves_its_reservations_to_the_other_after_its_lease(
+    config_path: Path, sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer
+) -> None:
+    lease = 3  # seconds, instead of 120: the test waits for it to lapse
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(
+        text.replace("[delivery]\n", f"[delivery]\nsender_lease_seconds = {lease}\n"), encoding="utf-8"
+    )
+    week = build_issue(sessions, settings)
+    emails = add_subscribers(sessions, 300)
+    gate = smtp_server.faults.gate = Gate()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    remote = subprocess.Popen(
+        [sys.executable, "-c", ELSEWHERE, "--config", str(config_path), "send", "--week", week],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    local = start_cli(config_path, "send", "--week", week)
+    try:
+        # Every connection of both senders waits at the gate: each has a batch reserved
+        # and `concurrency` messages on the wire when the remote one dies.
+        gate.wait_held(2 * settings.smtp.concurrency)
+        remote.kill()
+        remote.communicate(timeout=10)
+        rows = deliveries(sessions, week)
+        dead = {d.claimed_by for d in rows.values() if d.claimed_by.startswith("elsewhere:")}
+        assert len(dead) == 1
+        (holder,) = dead
+        reserved = {e for e, d in rows.items() if d.claimed_by == holder and d.status == "pending"}
+        ambiguous = {e for e, d in rows.items() if d.claimed_by == holder and d.status == "sending"}
+        assert reserved and 0 < len(ambiguous) <= settings.smtp.concurrency
+        gate.open()  # the server took what it held, the dead sender's messages too: it never heard the reply
+        out = local.communicate(timeout=120)
+        assert local.returncode == 0, out
+    finally:
+        stop(remote)
+        stop(local)
+    got = Counter(smtp_server.recipients())
+    assert max(got.values()) == 1  # nobody twice
+    # Everyone else got it, the dead sender's reservations included; its messages on the wire
+    # may or may not have been taken (the kill cut their connections before any reply).
+    assert set(emails) - ambiguous <= set(got) <= set(emails)
+    final = deliveries(sessions, week)
+    assert {e for e, d in final.items() if d.status == "sending"} == ambiguous  # listed, never resent
+    assert all(final[e].status == "sent" for e in set(emails) - ambiguous)
+    assert f"{len(ambiguous)} deliveries still open ({len(ambiguous)} ambiguous)" in out[0]
+    # Its reservations were taken over by the survivor, and only once its lease had lapsed.
+    with sessions.begin() as s:
+        expired = s.scalar(select(Lock.expires_at).where(Lock.holder == holder))
+    assert expired is not None
+    taken = [final[e] for e in reserved]
+    assert all(d.claimed_by not in ("", holder) and d.claimed_at >= expired for d in taken)

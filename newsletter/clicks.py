@@ -7,6 +7,10 @@ that issue. Link scanners are told apart from readers without knowing who anyone
 a HEAD request, or one client fetching a second article of the same issue within
 `[tracking] scanner_burst_seconds`, counts as a scanner (and takes back the click that
 client made just before). Opens are not tracked.
+
+Only with `[tracking] per_subscriber = true` does a link name its reader: the render puts
+a slot after each token, which the sender fills per message with `/<reader token>`
+(subscriber, issue), and a reader's click is then also kept as a `SubscriberClick`.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import tokens
 from newsletter.builder import ArticleView, IssueContent
 from newsletter.config import Settings
-from newsletter.errors import NotFound
-from newsletter.models import Article, ClickCount, Issue, IssueArticle, IssueStatus
+from newsletter.errors import InvalidToken, NotFound
+from newsletter.models import Article, ClickCount, Issue, IssueArticle, IssueStatus, Subscriber, SubscriberClick
 
 
 def tracked_url(settings: Settings, issue_id: int, article_id: int) -> str:
@@ -32,13 +37,23 @@ def tracked_url(settings: Settings, issue_id: int, article_id: int) -> str:
     return f"{settings.newsletter.base_url.rstrip('/')}/c/{token}"
 
 
-def tracked(settings: Settings, content: IssueContent) -> IssueContent:
-    """The content with every article link through the click redirect (when [tracking] clicks)."""
+def reader_path(settings: Settings, subscriber_id: int, issue_id: int) -> str:
+    """What follows a tracked link's token in one subscriber's message: `/<reader token>`
+    with [tracking] per_subscriber, else nothing (and for test copies, subscriber 0)."""
+    if not (settings.tracking.per_subscriber and subscriber_id):
+        return ""
+    return "/" + tokens.make(settings.newsletter.secret_key, tokens.READER, subscriber_id, issue_id)
+
+
+def tracked(settings: Settings, content: IssueContent, *, reader: str = "") -> IssueContent:
+    """The content with every article link through the click redirect (when [tracking] clicks),
+    each followed by `reader` (the render's slot for `reader_path`) with per_subscriber."""
     if not settings.tracking.clicks:
         return content
+    after = reader if settings.tracking.per_subscriber else ""
 
     def link(a: ArticleView) -> ArticleView:
-        return dataclasses.replace(a, url=tracked_url(settings, content.issue_id, a.id))
+        return dataclasses.replace(a, url=tracked_url(settings, content.issue_id, a.id) + after)
 
     return dataclasses.replace(
         content,
@@ -79,6 +94,14 @@ class Verdict(enum.Enum):
     SCANNER = "scanner"
 
 
+@dataclass(frozen=True)
+class Seen:
+    at: float
+    article_id: int
+    reader: int | None  # the subscriber the link named (per_subscriber), else None
+    counted: bool
+
+
 class ScannerFilter:
     """Recent clicks per (client, issue), in the serving process's memory only."""
 
@@ -86,20 +109,23 @@ class ScannerFilter:
 
     def __init__(self, window: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.window, self.clock = window, clock
-        self._recent: dict[tuple[str, int], list[tuple[float, int, bool]]] = {}
+        self._recent: dict[tuple[str, int], list[Seen]] = {}
 
-    def judge(self, client: str, issue_id: int, article_id: int) -> tuple[Verdict, list[int]]:
-        """The verdict on this click and the articles whose counted click from this client
-        turned out to be a scanner's (to take back)."""
+    def judge(
+        self, client: str, issue_id: int, article_id: int, reader: int | None = None
+    ) -> tuple[Verdict, list[tuple[int, int | None]]]:
+        """The verdict on this click and the (article, reader) clicks from this client that
+        were counted but turned out to be a scanner's (to take back)."""
         now = self.clock()
         if len(self._recent) > self.PRUNE_AT:
-            self._recent = {k: v for k, v in self._recent.items() if v and v[-1][0] > now - self.window}
-        recent = [e for e in self._recent.get((client, issue_id), []) if e[0] > now - self.window]
-        if any(aid != article_id for _, aid, _ in recent):
-            revoked = [aid for _, aid, counted in recent if counted]
-            self._recent[(client, issue_id)] = [(t, aid, False) for t, aid, _ in recent] + [(now, article_id, False)]
+            self._recent = {k: v for k, v in self._recent.items() if v and v[-1].at > now - self.window}
+        recent = [e for e in self._recent.get((client, issue_id), []) if e.at > now - self.window]
+        if any(e.article_id != article_id for e in recent):
+            revoked = [(e.article_id, e.reader) for e in recent if e.counted]
+            uncounted = [dataclasses.replace(e, counted=False) for e in recent]
+            self._recent[(client, issue_id)] = [*uncounted, Seen(now, article_id, reader, False)]
             return Verdict.SCANNER, revoked
-        self._recent[(client, issue_id)] = [*recent, (now, article_id, not recent)]
+        self._recent[(client, issue_id)] = [*recent, Seen(now, article_id, reader, not recent)]
         return (Verdict.REPEAT if recent else Verdict.READER), []
 
 
@@ -135,6 +161,57 @@ def click_stats(session: Session, settings: Settings, issue_id: int, *, top: int
         by_section=[(names.get(s, s), per_section[s]) for s in sections],
         top=[(r[0], r[1], names.get(r[2], r[2]), r[3]) for r in ranked if r[3] > 0],
     )
+
+
+def reader_of(settings: Settings, issue_id: int, reader: str | None) -> int | None:
+    """The subscriber a link's reader part names, when per-person clicks are kept (else None:
+    mail sent with per_subscriber on still counts, only in aggregate, once it is turned off).
+    InvalidToken for a forged part or one of another issue's message."""
+    if reader is None:
+        return None
+    data = tokens.read(settings.newsletter.secret_key, tokens.READER, reader)
+    if data.issue_id != issue_id:
+        raise InvalidToken("this link is not valid")
+    return data.subscriber_id if settings.tracking.per_subscriber else None
+
+
+def record_person(session: Session, subscriber_id: int, issue_id: int, article_id: int) -> None:
+    """Keep one reader's click (nothing if the subscriber was erased since the mail went out)."""
+    if session.get(Subscriber, subscriber_id) is not None:
+        session.add(SubscriberClick(subscriber_id=subscriber_id, issue_id=issue_id, article_id=article_id))
+
+
+def forget_person(session: Session, subscriber_id: int, issue_id: int, article_id: int) -> None:
+    """Take back that reader's latest click on the article: it was a link scanner's."""
+    latest = session.scalar(
+        select(func.max(SubscriberClick.id)).where(
+            SubscriberClick.subscriber_id == subscriber_id,
+            SubscriberClick.issue_id == issue_id,
+            SubscriberClick.article_id == article_id,
+        )
+    )
+    if latest is not None:
+        session.execute(delete(SubscriberClick).where(SubscriberClick.id == latest))
+
+
+@dataclass(frozen=True)
+class PersonClick:
+    week: str
+    title: str
+    url: str
+    at: datetime
+
+
+def person_clicks(session: Session, subscriber_id: int) -> list[PersonClick]:
+    """One subscriber's recorded clicks, newest first."""
+    rows = session.execute(
+        select(Issue.week, Article.title, Article.url, SubscriberClick.clicked_at)
+        .join(Issue, Issue.id == SubscriberClick.issue_id)
+        .join(Article, Article.id == SubscriberClick.article_id)
+        .where(SubscriberClick.subscriber_id == subscriber_id)
+        .order_by(SubscriberClick.id.desc())
+    )
+    return [PersonClick(*row) for row in rows]
 
 
 def clicks_per_issue(session: Session, issue_ids: list[int]) -> dict[int, int]:

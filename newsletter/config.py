@@ -155,6 +155,7 @@ class DeskSettings:
 @dataclass(frozen=True)
 class TrackingSettings:
     clicks: bool = True
+    per_subscriber: bool = False
     scanner_burst_seconds: float = 5.0
 
 
@@ -557,6 +558,8 @@ def _validate(settings: Settings, source: str) -> None:
     _validate_smtp(settings.smtp, source)
     if settings.delivery.sender_lease_seconds < 1:
         raise ConfigError(f"[delivery] sender_lease_seconds must be at least 1; fix {source}")
+    _validate_desk(settings.desk, source)
+    _validate_tracking(settings.tracking, source)
     bounces = settings.bounces
     if not 1 <= bounces.soft_bounce_limit <= bounces.soft_bounce_issues:
         raise ConfigError(
@@ -580,4 +583,31 @@ def _validate_smtp(smtp: SmtpSettings, source: str) -> None:
             f"[smtp] username is set but neither starttls nor ssl is: the password would cross the "
             f"network in clear; set starttls = true (port 587) or ssl = true (port 465), or "
             f"auth_without_tls = true for a relay on this host; fix {source}"
+        )
+
+
+def _validate_desk(desk: DeskSettings, source: str) -> None:
+    positive = {"session_hours": desk.session_hours, "login_window_minutes": desk.login_window_minutes}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"[desk] {key} {value!r} must be more than 0; fix {source}")
+    if desk.login_failures_before_delay < 0 or desk.login_delay_seconds < 0:
+        key = "login_failures_before_delay" if desk.login_failures_before_delay < 0 else "login_delay_seconds"
+        raise ConfigError(f"[desk] {key} {getattr(desk, key)!r} must be 0 or more; fix {source}")
+    if desk.login_failures_limit <= desk.login_failures_before_delay:
+        raise ConfigError(
+            f"[desk] login_failures_limit {desk.login_failures_limit} must be more than "
+            f"login_failures_before_delay ({desk.login_failures_before_delay}); fix {source}"
+        )
+
+
+def _validate_tracking(tracking: TrackingSettings, source: str) -> None:
+    if tracking.scanner_burst_seconds < 0:
+        raise ConfigError(
+            f"[tracking] scanner_burst_seconds {tracking.scanner_burst_seconds!r} must be 0 (no burst check) "
+            f"or more; fix {source}"
+        )
+    if tracking.per_subscriber and not tracking.clicks:
+        raise ConfigError(
+            f"[tracking] per_subscriber = true needs clicks = true (there are no tracked links to record); fix {source}"
         )

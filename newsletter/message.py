@@ -30,13 +30,13 @@ from pathlib import Path
 
 import dkim
 
-from newsletter import render, tokens
+from newsletter import clicks, render, tokens
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, InvalidInput
 from newsletter.render import Variant
 
 # Slot numbers: index into the per-subscriber values tuple built by `MessageFactory.values`.
-TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML, DATE = range(8)
+TO, MESSAGE_ID, LIST_UNSUBSCRIBE, URL_UNSUBSCRIBE, URL_PREFERENCES, NAME_TEXT, NAME_HTML, DATE, READER = range(9)
 # Headers a DKIM signature covers; Gmail requires the two List-Unsubscribe ones (RFC 8058 §4).
 DKIM_HEADERS = (
     b"From",
@@ -133,6 +133,7 @@ def _qp_with_slots(text: str, slots: render.Slots, html_part: bool) -> list[byte
         slots.unsubscribe_url: URL_UNSUBSCRIBE,
         slots.preferences_url: URL_PREFERENCES,
         slots.subscriber_name: NAME_HTML if html_part else NAME_TEXT,
+        slots.reader: READER,
     }
     out: list[bytes | int] = []
     for i, piece in enumerate(slots.pattern().split(text.replace("\r\n", "\n").replace("\r", "\n"))):
@@ -321,6 +322,7 @@ class MessageFactory:
         greeting = render.greeting_name(name)
         name_text = _qp_value(greeting) if greeting else b""
         name_html = _qp_value(html.escape(greeting, quote=True)) if greeting else b""
+        reader = clicks.reader_path(self.settings, subscriber_id, self.issue_id)  # URL-safe: one value for both parts
         return (
             to,
             _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(),
@@ -330,6 +332,7 @@ class MessageFactory:
             name_text,
             name_html,
             self.date(),
+            _qp_value(reader) if reader else b"",
         )
 
     def build(self, template: Template, subscriber_id: int, address: str, name: str) -> WireBytes:

@@ -348,6 +348,19 @@ class ClickCount(Base):
     scanner: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class SubscriberClick(Base):
+    """Who followed which tracked link, kept only with `[tracking] per_subscriber = true`:
+    shown on the subscriber's desk page, in their GDPR export, deleted with them."""
+
+    __tablename__ = "subscriber_clicks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"), index=True)
+    clicked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Erased(Base):
     """An address erased at the person's request: only a one-way hash of it, so a later
     import cannot add them back (they may still subscribe themselves and confirm)."""

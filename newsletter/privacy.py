@@ -1,7 +1,7 @@
 """One person's data (GDPR): everything held about them, and erasure.
 
 Erasure deletes the subscriber row and, through the foreign keys, their topics, their
-deliveries and their events; only a one-way hash of the address is kept (`erased`), so
+deliveries, their events and their recorded clicks; only a one-way hash of the address is kept (`erased`), so
 an import cannot add them back. Issue counts that came from their deliveries drop.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import subscribers
+from newsletter import clicks, subscribers
 from newsletter.errors import NotFound
 from newsletter.models import Delivery, Erased, Event, Issue, Subscriber, utcnow
 
@@ -62,7 +62,11 @@ def export_person(session: Session, subscriber_id: int) -> dict[str, Any]:
             }
             for week, d in deliveries
         ],
-        "clicks": "not recorded per person",
+        # Kept only with [tracking] per_subscriber; otherwise clicks are counts that name no one.
+        "clicks": [
+            {"issue": c.week, "article": c.title, "url": c.url, "at": _when(c.at)}
+            for c in clicks.person_clicks(session, sub.id)
+        ],
     }
 
 

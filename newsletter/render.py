@@ -48,20 +48,20 @@ class Slots:
     unsubscribe_url: str
     preferences_url: str
     subscriber_name: str
+    reader: str  # after each tracked link's token, with [tracking] per_subscriber (clicks.reader_path)
 
     @classmethod
     def fresh(cls) -> Slots:
         """Markers no article can contain: 128 random bits, drawn after the content is fixed."""
         nonce = secrets.token_hex(16)
-        return cls(f"@@{nonce}.unsubscribe_url@@", f"@@{nonce}.preferences_url@@", f"@@{nonce}.subscriber_name@@")
+        return cls(
+            *(f"@@{nonce}.{name}@@" for name in ("unsubscribe_url", "preferences_url", "subscriber_name", "reader"))
+        )
 
     def pattern(self) -> re.Pattern[str]:
         """Matches any of the markers (for one-pass replacement or splitting, capturing the marker)."""
-        return re.compile(
-            "("
-            + "|".join(re.escape(m) for m in (self.unsubscribe_url, self.preferences_url, self.subscriber_name))
-            + ")"
-        )
+        markers = (self.unsubscribe_url, self.preferences_url, self.subscriber_name, self.reader)
+        return re.compile("(" + "|".join(re.escape(m) for m in markers) + ")")
 
 
 @dataclass(frozen=True)
@@ -171,13 +171,13 @@ def render_variant(settings: Settings, content: IssueContent, sections: Iterable
     ignored; an empty iterable gives none, see `sections_for`). The lead and intro are
     in every variant. Personal values are this render's `Slots` markers. Article links go
     through the click redirect when [tracking] clicks is on (clicks.py)."""
-    content = clicks.tracked(settings, content)
+    slots = Slots.fresh()
+    content = clicks.tracked(settings, content, reader=slots.reader)
     wanted = set(sections)
     chosen = tuple(s.slug for s in content.sections if s.slug in wanted)
     env = environment(settings)
     context = _common(settings, content, chosen)
     every = len(chosen) == len(content.sections)
-    slots = Slots.fresh()
     context.update(
         preheader=_preheader(content, chosen),
         greeting_name=slots.subscriber_name,
@@ -205,9 +205,12 @@ def greeting_name(name: str) -> str:
     return f" {name}" if name else ""
 
 
-def personalize(variant: Variant, *, unsubscribe_url: str, preferences_url: str, name: str) -> tuple[str, str]:
+def personalize(
+    variant: Variant, *, unsubscribe_url: str, preferences_url: str, name: str, reader: str = ""
+) -> tuple[str, str]:
     """(html, text) of the variant for one subscriber: its slots filled, the values
-    HTML-escaped in the HTML part. Line breaks in the name are dropped (`greeting_name`)."""
+    HTML-escaped in the HTML part. Line breaks in the name are dropped (`greeting_name`).
+    `reader`: what follows each tracked link's token (`clicks.reader_path`)."""
     slots, greeting = variant.slots, greeting_name(name)
 
     def fill(doc: str, esc: Callable[[str], str]) -> str:
@@ -216,6 +219,7 @@ def personalize(variant: Variant, *, unsubscribe_url: str, preferences_url: str,
         return (
             doc.replace(slots.unsubscribe_url, esc(unsubscribe_url))
             .replace(slots.preferences_url, esc(preferences_url))
+            .replace(slots.reader, esc(reader))
             .replace(slots.subscriber_name, esc(greeting))
         )
 

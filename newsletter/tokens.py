@@ -33,7 +33,8 @@ BOUNCE = "bounce"
 CSRF = "csrf"  # hidden field of the preferences form, bound to its subscriber
 PREVIEW = "preview"  # an editor's link to a draft issue: payload (0, issue id), no subscriber
 CLICK = "click"  # a tracked article link: payload (article id, issue id), no subscriber
-PURPOSES = (UNSUBSCRIBE, PREFERENCES, CONFIRM, BOUNCE, CSRF, PREVIEW, CLICK)
+READER = "reader"  # who followed a tracked link, with [tracking] per_subscriber: (subscriber id, issue id)
+PURPOSES = (UNSUBSCRIBE, PREFERENCES, CONFIRM, BOUNCE, CSRF, PREVIEW, CLICK, READER)
 # Confirmation links expire; unsubscribe and preferences links never do (people click months later).
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 # Seconds each timed purpose stays valid; the other purposes never expire.

@@ -255,3 +255,44 @@ def test_nothing_is_sent_without_a_postal_address(tmp_path: Path) -> None:
         "[newsletter] postal_address is empty; every message must show the publisher's "
         "postal address: set it in config.toml"
     )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[desk]\nsession_hours = 0\n", "[desk] session_hours 0.0 must be more than 0; fix {path}"),
+        ("[desk]\nlogin_window_minutes = -5\n", "[desk] login_window_minutes -5.0 must be more than 0; fix {path}"),
+        ("[desk]\nlogin_delay_seconds = -1\n", "[desk] login_delay_seconds -1.0 must be 0 or more; fix {path}"),
+        (
+            "[desk]\nlogin_failures_before_delay = -1\n",
+            "[desk] login_failures_before_delay -1 must be 0 or more; fix {path}",
+        ),
+        (
+            "[desk]\nlogin_failures_limit = 3\n",
+            "[desk] login_failures_limit 3 must be more than login_failures_before_delay (3); fix {path}",
+        ),
+        ('[desk]\nsession_hours = "12h"\n', "[desk] session_hours '12h' is not a number; fix {path}"),
+        (
+            "[desk]\nsesion_hours = 1\n",
+            "[desk] unknown key 'sesion_hours' in {path}; see config.example.toml for the keys",
+        ),
+        (
+            "[tracking]\nscanner_burst_seconds = -1\n",
+            "[tracking] scanner_burst_seconds -1.0 must be 0 (no burst check) or more; fix {path}",
+        ),
+        (
+            "[tracking]\nclicks = false\nper_subscriber = true\n",
+            "[tracking] per_subscriber = true needs clicks = true (there are no tracked links to record); fix {path}",
+        ),
+        ('[tracking]\nper_subscriber = "yes"\n', "[tracking] per_subscriber 'yes' is not true or false; fix {path}"),
+        (
+            "[tracking]\nopens = true\n",
+            "[tracking] unknown key 'opens' in {path}; see config.example.toml for the keys",
+        ),
+    ],
+)
+def test_desk_and_tracking_values_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ={})
+    assert str(err.value) == message.format(path=path)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from conftest import SmtpServer
@@ -189,8 +191,16 @@ def test_schedule_is_what_the_cron_run_honours(
 
 
 def test_send_now_runs_the_cli_engine_and_shows_progress(
-    client: TestClient, settings: Settings, sessions: sessionmaker[Session], smtp_server: SmtpServer
+    client: TestClient,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the send's log goes
     for n in range(5):
         add_subscriber(sessions, f"reader{n}@example.com")
     r = client.post(
@@ -209,6 +219,10 @@ def test_send_now_runs_the_cli_engine_and_shows_progress(
         time.sleep(0.2)
     assert "has finished." in page.text, page.text
     assert re.search(r'id="sent">5<', page.text)
+    last = re.search(r'<p class="muted">([^<]+)</p>', page.text)
+    assert last and "5" in last.group(1), page.text  # the command's last line
+    assert list(temp.iterdir()) == []  # … read, and its log deleted
+    assert last.group(0) in client.get(f"/admin/issues/{WEEK}/progress").text  # the line is kept
     assert sorted(smtp_server.recipients()) == [f"reader{n}@example.com" for n in range(5)]
     with sessions.begin() as s:
         assert s.scalar(select(Issue)).status == IssueStatus.SENT  # type: ignore[union-attr]  # one issue

@@ -41,6 +41,7 @@ async def script(request: Request) -> Response:
 class Desk:
     def __init__(self, settings: Settings, sessions: Sessions) -> None:
         self.state = DeskState(settings, sessions)
+        self.sending = Sending(self.state)
         self.warmed = threading.Event()
 
     def warm(self) -> None:
@@ -59,23 +60,26 @@ class Desk:
     @asynccontextmanager
     async def lifespan(self, app: object) -> AsyncIterator[None]:
         """Warm up beside the server: subscriber pages answer at once, and a desk page asked
-        meanwhile waits for the same count rather than starting another one."""
+        meanwhile waits for the same count rather than starting another one. At the end,
+        the logs of the sends it started are deleted."""
         thread = threading.Thread(target=self.warm, name="desk-warm-up", daemon=True)
         thread.start()
         yield
         thread.join()
+        self.sending.workers.close()
 
     def routes(self) -> list[BaseRoute]:
         """The desk's routes, to be listed in the web app."""
-        return _routes(self.state)
+        return _routes(self.state, self.sending)
 
 
-def _routes(state: DeskState) -> list[BaseRoute]:
-    signin, overview, issues, sending = SignIn(state), Overview(state), Issues(state), Sending(state)
-    people = People(state)
+def _routes(state: DeskState, sending: Sending) -> list[BaseRoute]:
+    signin, overview, issues = SignIn(state), Overview(state), Issues(state)
+    people, tracking = People(state), Tracking(state)
     week = "/issues/{week}"
     return [
-        Route("/c/{token}", Tracking(state).click, methods=["GET"]),
+        Route("/c/{token}", tracking.click, methods=["GET"]),
+        Route("/c/{token}/{reader}", tracking.click, methods=["GET"]),
         Route("/admin", lambda request: RedirectResponse("/admin/", status_code=308), methods=["GET"]),
         Mount(
             "/admin",

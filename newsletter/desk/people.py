@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from newsletter import privacy, subscribers
+from newsletter import clicks, privacy, subscribers
 from newsletter.desk.base import HEADERS, DeskState, Signed, editor_only
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import Category, Event, Subscriber, SubscriberCategory, SubscriberStatus
@@ -82,7 +82,12 @@ def _person(session: Session, subscriber_id: int) -> dict[str, Any]:
     if sub is None:
         raise NotFound(f"no subscriber {subscriber_id}")
     events = list(session.scalars(select(Event).where(Event.subscriber_id == sub.id).order_by(Event.id.desc())))
-    return {"sub": sub, "events": events, "categories": subscribers.category_slugs(session, sub)}
+    return {
+        "sub": sub,
+        "events": events,
+        "categories": subscribers.category_slugs(session, sub),
+        "clicks": clicks.person_clicks(session, sub.id),
+    }
 
 
 class People:
@@ -113,7 +118,14 @@ class People:
     @editor_only
     async def show(self, request: Request, signed: Signed) -> Response:
         data = await self.state.db(_person, int(request.path_params["id"]))
-        return self.state.page(request, "admin/subscriber.html", signed=signed, title=data["sub"].email, **data)
+        return self.state.page(
+            request,
+            "admin/subscriber.html",
+            signed=signed,
+            title=data["sub"].email,
+            per_subscriber=self.state.settings.tracking.per_subscriber,
+            **data,
+        )
 
     @editor_only
     async def export(self, request: Request, signed: Signed) -> Response:

@@ -29,15 +29,29 @@ from newsletter.errors import Conflict, InvalidInput
 
 @dataclass
 class Worker:
-    """A `newsletter send` child started from the desk."""
+    """A `newsletter send` child started from the desk. Its output goes to a temporary file
+    (not a pipe: the child outlives a restart of the server), deleted once the child has
+    ended and its last line was read, or when the server stops."""
 
     process: subprocess.Popen[bytes]
     log: Path
     started_by: str
+    final: str | None = None  # the last line, once the child has ended
 
     def last_line(self) -> str:
+        if self.final is not None:
+            return self.final
+        ended = self.process.poll() is not None
         lines = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return lines[-1][:500] if lines else ""
+        line = lines[-1][:500] if lines else ""
+        if ended:
+            self.final = line
+            self.close()
+        return line
+
+    def close(self) -> None:
+        """Delete the log (a child still running keeps writing to it unseen, then exits)."""
+        self.log.unlink(missing_ok=True)
 
 
 @dataclass
@@ -48,7 +62,13 @@ class Workers:
         worker = self.by_week.get(week)
         return worker is not None and worker.process.poll() is None
 
+    def close(self) -> None:
+        for worker in self.by_week.values():
+            worker.close()
+
     def start(self, config: Path, week: str, editor: str) -> Worker:
+        if week in self.by_week:
+            self.by_week[week].close()  # the previous send of the week has ended (see `running`)
         log = Path(tempfile.mkstemp(prefix=f"newsletter-send-{week}-", suffix=".log")[1])
         with log.open("wb") as out:
             process = subprocess.Popen(

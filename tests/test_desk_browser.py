@@ -1,7 +1,8 @@
 """The desk in Debian's chromium against a real `newsletter serve`, mail really sent to
 aiosmtpd: sign in, curate the week (leave one article out, choose the lead, edit the
 intro with its live preview), preview at both widths, send now, follow a tracked link
-from a captured message, and see the click on the results page. Screenshots of the
+from a captured message, and see the click on the results page and (with [tracking]
+per_subscriber) on that reader's page. Screenshots of the
 desk and the results page are saved in the test's folder (and in $DESK_SCREENSHOTS,
 when set: that is how the README's images are made)."""
 
@@ -43,6 +44,8 @@ def test_sign_in_curate_preview_send_and_see_the_click(
     smtp_server: SmtpServer,
     tmp_path: Path,
 ) -> None:
+    with config_path.open("a", encoding="utf-8") as config_file:
+        config_file.write("\n[tracking]\nper_subscriber = true\n")  # so the reader's page shows their click
     settings = config_mod.load(config_path, environ={})
     week = builder.current_week(settings)
     start, _ = builder.week_bounds(settings, week)
@@ -115,7 +118,8 @@ def test_sign_in_curate_preview_send_and_see_the_click(
             mail = next(m for m in smtp_server.messages if m.rcpt_tos == ["reader0@example.com"]).message
             tracked = link_in(mail, rf"{re.escape(base)}/c/\S+")
             page.goto(tracked)
-            assert page.url.startswith(site) and page.locator("h1").inner_text() == "The story"
+            landed = page.url
+            assert landed.startswith(site) and page.locator("h1").inner_text() == "The story"
 
             page.goto(f"{base}/admin/issues/{week}/stats")
             deadline = time.monotonic() + 10
@@ -124,5 +128,16 @@ def test_sign_in_curate_preview_send_and_see_the_click(
             assert page.locator("#clicks").inner_text() == "1"
             assert page.locator("#delivered").inner_text() == "3"
             assert page.locator("#top-articles tbody tr").count() == 1
+            assert "each reader's own clicks are kept" in page.locator("#click-note").inner_text()
             screenshot(page, tmp_path, "stats")
+
+            # With [tracking] per_subscriber, the click is also on that reader's own page.
+            page.goto(f"{base}/admin/subscribers")
+            page.fill("#q", "READER0")
+            page.get_by_role("button", name="Search").click()
+            page.get_by_role("link", name="reader0@example.com").click()
+            clicked = page.locator("#clicks tbody tr")
+            assert clicked.count() == 1 and week in clicked.inner_text()
+            assert page.locator("#clicks a").get_attribute("href") == landed
+            screenshot(page, tmp_path, "subscriber")
     assert (tmp_path / "desk.png").stat().st_size > 10_000 and (tmp_path / "stats.png").stat().st_size > 10_000

@@ -64,7 +64,7 @@ def test_results_page(client: TestClient, sent: dict[str, int]) -> None:
     assert r.status_code == 200
     for stat, value in (("delivered", "3"), ("clicks", "5"), ("bounced", "0"), ("complaints", "0")):
         assert f'id="{stat}">{value}<' in r.text, stat
-    assert "2 fetches by link scanners" in r.text
+    assert "2 fetches by link scanners" in r.text and "never per person" in r.text  # [tracking] per_subscriber off
     assert r.text.index("Steel &lt;prices&gt;") < r.text.index("New press")  # escaped, most clicked first
     assert '<svg class="chart"' in r.text and 'aria-label="Clicks per section"' in r.text
     assert ">News</text>" in r.text and ">Products</text>" in r.text

@@ -34,4 +34,12 @@ class Results:
     async def issue(self, request: Request, signed: Signed) -> Response:
         week = request.path_params["week"]
         data = await self.state.db(_results, self.state.settings, week, self.state.sent_counts)
-        return self.state.page(request, "admin/stats.html", signed=signed, title=f"Results {week}", week=week, **data)
+        return self.state.page(
+            request,
+            "admin/stats.html",
+            signed=signed,
+            title=f"Results {week}",
+            week=week,
+            per_subscriber=self.state.settings.tracking.per_subscriber,
+            **data,
+        )

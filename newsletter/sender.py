@@ -44,7 +44,7 @@ from newsletter.errors import (
 from newsletter.feedback import Breaker, Pace
 from newsletter.ledger import Job, Outcome
 from newsletter.message import MessageFactory, Template, return_path
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
 from newsletter.replies import Blame, Stage
 from newsletter.transport import Transport, open_transport, send_one
 
@@ -614,35 +614,10 @@ def dry_run(session: Session, settings: Settings, week: str | None = None) -> li
     yet planned); changes nothing."""
     issue = builder.get_issue(session, settings, week)
     content = builder.load_content(session, settings, issue.week)
-    counts: dict[str, int] = {}
-    examples: dict[str, list[str]] = {}
-
-    def add(key: str, n: int, emails: list[str]) -> None:
-        counts[key] = counts.get(key, 0) + n
-        examples[key] = [*examples.get(key, []), *emails][:3]
-
-    open_rows = session.execute(
-        select(Delivery.variant, Subscriber.email)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(
-            Delivery.issue_id == issue.id,
-            Delivery.status == DeliveryStatus.PENDING,
-            Subscriber.status == SubscriberStatus.ACTIVE,
-        )
-        .execution_options(yield_per=1000)
-    )
-    for key, email in open_rows:
-        add(key, 1, [email])
-    for chunk in ledger.plan_chunks(session, content):
-        emails = dict(
-            session.execute(
-                select(Subscriber.id, Subscriber.email).where(Subscriber.id.in_([sid for sid, _ in chunk]))
-            ).all()
-        )
-        for sid, sections in chunk:
-            if sections:
-                add(ledger.variant_key(sections), 1, [emails[sid]])
-    return [VariantPlan(ledger.variant_sections(k), n, tuple(examples[k])) for k, n in sorted(counts.items())]
+    return [
+        VariantPlan(ledger.variant_sections(key), n, tuple(emails))
+        for key, n, emails in sorted(ledger.recipients_per_variant(session, content))
+    ]
 
 
 def send_test(sessions: Sessions, settings: Settings, week: str | None, address: str) -> str:

@@ -27,6 +27,7 @@ EXPORT_COLUMNS = [
     "sections",
 ]
 AMBIGUOUS_SHOWN = 20
+EXPORT_BATCH = 2000  # rows fetched per round trip while streaming the export
 
 
 # Gmail and Yahoo ask bulk senders to stay under 0.3% spam complaints; warn well before.
@@ -203,28 +204,40 @@ def issue_stats(
 
 
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:
-    """Write every recipient of the issue as CSV (status, attempts, last reply, times); returns the row count."""
+    """Write every recipient of the issue as CSV (status, attempts, last reply, times); returns the row count.
+
+    Streamed as plain rows (no ORM objects: a million of them took ~30 s), so memory stays flat."""
     issue = builder.get_issue(session, settings, week)
     writer = spreadsheets.writer(fp)
     writer.writerow(EXPORT_COLUMNS)
-    rows = session.execute(
-        select(Subscriber.email, Subscriber.name, Delivery)
+    rows = session.connection().execute(
+        select(
+            Subscriber.email,
+            Subscriber.name,
+            Delivery.status,
+            Delivery.attempts,
+            Delivery.last_reply,
+            Delivery.sent_at,
+            Delivery.claimed_at,
+            Delivery.next_attempt_at,
+            Delivery.variant,
+        )
         .join(Delivery, Delivery.subscriber_id == Subscriber.id)
         .where(Delivery.issue_id == issue.id)
         .order_by(Delivery.id)
-        .execution_options(yield_per=1000)
+        .execution_options(yield_per=EXPORT_BATCH)
     )
     n = 0
-    for email, name, d in rows:
+    for email, name, status, attempts, reply, *times, variant in rows:
         writer.writerow(
             [
                 email,
                 name,
-                d.status,
-                d.attempts,
-                d.last_reply,
-                *(t.isoformat(timespec="seconds") if t else "" for t in (d.sent_at, d.claimed_at, d.next_attempt_at)),
-                d.variant.replace(",", " "),
+                status,
+                attempts,
+                reply,
+                *(t.isoformat(timespec="seconds") if t else "" for t in times),
+                variant.replace(",", " "),
             ]
         )
         n += 1

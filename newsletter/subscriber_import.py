@@ -49,6 +49,7 @@ HEADER_ALIASES = {
 IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
 MAX_CELL_CHARS = csv.field_size_limit()  # 131072 (128 KB): the csv module's own limit
 MAX_LINE_BYTES = 1024 * 1024  # a physical line; longer means this is not a list of people
+ANALYZE_AFTER = 10_000  # rows added at once that make the tables' statistics stale
 
 
 @dataclass
@@ -556,6 +557,11 @@ def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = 
     _drop_erased(session, report)
     _merge(session, report, now=utcnow(), consent=f"import:{source.rsplit('/', 1)[-1]}", dry_run=dry_run)
     connection.exec_driver_sql("DROP TABLE import_rows")
+    if not dry_run and report.added > ANALYZE_AFTER and connection.dialect.name == "postgresql":
+        # The next statements (planning a send) would otherwise be planned with the row
+        # counts from before the import; see ledger.plan.
+        connection.exec_driver_sql("ANALYZE subscribers")
+        connection.exec_driver_sql("ANALYZE subscriber_categories")
     report.invalid.sort(key=lambda e: e.line)
     report.warnings.sort(key=lambda w: w.line)
     return report

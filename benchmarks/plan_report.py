@@ -13,7 +13,7 @@ CPU seconds are this process's plus its PostgreSQL backend's (from /proc): on th
 development machine the wall clock says more about the neighbours than about the code.
 
 Usage: python benchmarks/plan_report.py [--subscribers 1000000] [--baseline-subscribers 100000]
-       [--no-pg] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+       [--no-pg] [--no-sqlite] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def main() -> None:
         default=os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -194,7 +195,7 @@ def main() -> None:
         write_csv(csv_path, args.subscribers)
         print(f"{args.subscribers:,} subscribers; load average {os.getloadavg()[0]:.1f}")
         print(f"{'database':<12}{'step':<24}{'seconds':>9}{'CPU s':>7}{'peak RSS':>10}  result")
-        targets = [("SQLite", None)] + ([] if args.no_pg else [("PostgreSQL", args.pg)])
+        targets = ([] if args.no_sqlite else [("SQLite", None)]) + ([] if args.no_pg else [("PostgreSQL", args.pg)])
         for label, base_url in targets:
             url, schema = database(base_url, tmp)
             week = setup(url, csv_path)

@@ -63,14 +63,26 @@ _SENDER_ADDRESS = _words(
     r"(?:envelope )?sender (?:is )?(?:not|un)(?:allowed|authori[sz]ed|authenticated|verified)",
     r"from address (?:is )?not (?:verified|allowed|a confirmed)",
     r"sender signature",
+    r"sender (?:address|domain) has (?:a )?null mx",
     r"email address is not verified",
     r"(?:unroutable|unknown|invalid|bad|unverified) sender|sender rejected",
 )
 _STAGE_WORDS = (
     (Stage.DATA, _words(r"(?:in reply to|after) (?:the )?end of data", r"(?:in reply to|after) (?:the )?data\b")),
-    (Stage.RCPT, _words(r"(?:in reply to|after) (?:the )?rcpt(?: to)?\b", r"\brcpt to:?\s*<[^>]*>\s*[:,]?\s*[45]\d\d")),
+    (
+        Stage.RCPT,
+        _words(
+            r"(?:in reply to|after) (?:the )?rcpt(?: to)?\b",
+            r"\brcpt to:?\s*<[^>]*>\s*[:,]?\s*[45]\d\d",
+            r"\bsmtp:rcpt\b|\[rcpt_?to\]",  # Exchange's "Technical details: SMTP:RCPT", Yahoo's "[RCPT_TO]"
+        ),
+    ),
     (Stage.MAIL, _words(r"(?:in reply to|after) (?:the )?mail(?: from)?\b")),
 )
+
+# Words only ever said in reply to RCPT, whatever stage a report names: Postfix's recipient
+# restrictions ("<a@b>: Recipient address rejected: …") and qmail's "does not like recipient".
+_RCPT_ONLY = _words(r"recipient address rejected", r"does not like recipient")
 
 _GREYLIST = _words(r"grey-?list", r"gray-?list", r"greylisting in action", r"try again in \d+ (?:sec|min)")
 _THROTTLE = _words(
@@ -114,9 +126,16 @@ _BLOCKLIST = _words(
     r"not allowed to send",
     r"\bcredits? exceeded|maximum credits",
 )
-_ADDRESS = _words(
+_NO_DOMAIN = _words(
+    r"host (?:or domain name )?(?:not found|unknown)|unknown host|domain (?:not found|does not exist|unknown)",
+    r"no such domain|\bhost [\w.-]+\.[a-z]{2,} not found|illegal (?:host|domain)",
+    r"name or service not known|nxdomain|no (?:valid )?mx (?:record|host)|null mx|does not accept mail",
+    r"indicated no smtp service|not accepting network messages|domain is not reachable",
+    r"unrouteable|unroutable|no route to (?:host|domain)",
+)
+_NO_USER = _words(
     r"user unknown|unknown user|unknown (?:recipient|local[- ]?part|address|mailbox|account)",
-    r"no such (?:user|mailbox|recipient|address|account|person|domain|local user)",
+    r"no such (?:user|mailbox|recipient|address|account|person|local user)",
     r"(?:user|recipient|address|mailbox|account|addressee)(?: name)? (?:does not|doesn'?t|did not) exist",
     r"(?:user|recipient|address|mailbox|account|addressee) (?:was |is )?not (?:found|known|listed|valid)",
     r"(?:recipient|address|mailbox|user|account) (?:is )?(?:invalid|unknown|inactive or)",
@@ -128,25 +147,26 @@ _ADDRESS = _words(
     r"mailbox (?:not found|unavailable|does not exist|name not allowed)",
     r"no mailbox here",
     r"doesn'?t have an? [\w.-]+ account",
-    r"(?:mailbox|account|address) (?:is |has been )?(?:disabled|deactivated|closed|terminated)",
+    r"(?:mailbox|account|address) (?:is |has been )?(?:closed|terminated)",
     r"(?:mailbox|account|address) (?:is |has been )?(?:removed|deleted|discontinued)",
     r"(?:mailbox|account|address|user) (?:has )?moved",
-    r"host (?:or domain name )?(?:not found|unknown)|unknown host|domain (?:not found|does not exist|unknown)",
-    r"\bhost [\w.-]+\.[a-z]{2,} not found|illegal (?:host|domain)",
-    r"name or service not known|nxdomain|no (?:valid )?mx (?:record|host)|null mx|does not accept mail",
-    r"indicated no smtp service|not accepting network messages",
     r"invalid (?:final delivery )?userid",
-    r"unrouteable|unroutable|no route to (?:host|domain)",
     r"recipient address rejected: access denied",
     r"name is not recognized|no longer on server|not our customer|inactive email address",
     r"\bdoes not exist\b|\bdoesn'?t exist\b",
 )
+# A quoted reply that names an address ("550 <a@b>: User unknown"), unlike "550 : User unknown",
+# which Japanese carriers (au, docomo) answer for a reader's own filter settings.
+_NAMED_ADDRESS = re.compile(r"[^\s<>@:;,()\[\]\"']+@[a-z0-9-]+(?:\.[a-z0-9-]+)+", re.IGNORECASE)
 _MAILBOX = _words(
     r"mailbox (?:is )?full|mail ?box full|over ?quota|quota (?:exceeded|full)|exceed(?:s|ed)? (?:its |the )?quota",
     r"insufficient (?:disk |storage )?(?:space|storage)|out of (?:disk )?space|storage (?:full|limit)",
     r"mailbox (?:is )?(?:busy|locked|temporarily)",
     r"receiving mail (?:too quickly|at a rate)",
-    r"suspend",
+    # A disabled or inactive account is a suspension its owner can lift (Gmail's 5.2.1): soft,
+    # and the soft-bounce window still ends the mailing if it lasts.
+    r"suspend|(?:mailbox|account|address) (?:is |has been )?(?:disabled|deactivated|inactive\b)",
+    r"account that you tried to reach is (?:disabled|inactive)",
     r"too many messages (?:in|for) (?:this|the) mailbox",
 )
 _MESSAGE = _words(
@@ -167,6 +187,7 @@ _CONTENT = _words(
     r"filtered|filter|blocked by",
     r"security (?:issue|policy)",
     r"suspicious",
+    r"recipient(?:'s)? (?:preferences|settings|filter)",
 )
 
 # RFC 3463 subject.detail -> blame, for when the wording says nothing we recognise.
@@ -206,8 +227,9 @@ _BY_STATUS = {
     "7.28": Blame.THROTTLE,
 }
 
+_POLICY_CODE = re.compile(r"(?<![\d.])5\.7\.\d{1,3}(?![\d.])")
 ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-REPLY_CODE = re.compile(r"(?<![\d.-])([45][0-5]\d)(?=[ -]|$)", re.MULTILINE)
+REPLY_CODE = re.compile(r"(?<![\d.-])([45][0-5]\d)(?=[ :,-]|$)", re.MULTILINE)
 
 
 def judge(code: int | None, status: str, text: str, *, stage: Stage = Stage.UNKNOWN) -> Verdict:
@@ -226,14 +248,41 @@ def judge(code: int | None, status: str, text: str, *, stage: Stage = Stage.UNKN
         reply = REPLY_CODE.search(text)
         code = int(reply.group(1)) if reply else None
     permanent = status.startswith("5") if status[:1] in ("4", "5") else code is None or code >= 500
-    if stage is Stage.UNKNOWN:
+    if _RCPT_ONLY.search(text):
+        stage = Stage.RCPT
+    elif stage is Stage.UNKNOWN:
         stage = next((named for named, words in _STAGE_WORDS if words.search(text)), Stage.UNKNOWN)
     blame = _blame(code, status, text, permanent)
     if blame is Blame.ADDRESS and stage is Stage.DATA:
         blame = Blame.CONTENT
     if blame is Blame.ADDRESS and stage is Stage.MAIL:  # MAIL FROM names our sender, never the reader
         blame = Blame.SENDER
-    return Verdict(blame, permanent, status, permanent and blame is Blame.ADDRESS)
+    hard = permanent and blame is Blame.ADDRESS and _names_the_address(status, text, stage)
+    return Verdict(blame, permanent, status, hard)
+
+
+def _names_the_address(status: str, text: str, stage: Stage) -> bool:
+    """Whether "no such user" evidence is pinned on this address rather than said by a filter.
+
+    Pinned: a refusal at RCPT; an addressing status (X.1.x: bad mailbox, bad domain, moved, null
+    MX) or X.4.4 (unroutable); a domain that does not exist. Under any other specific status
+    (5.2.1 mailbox disabled, 5.3.0 system) the words alone are a filter's or a suspension's, and
+    stay soft. With no specific status: the reporting MTA's own verdict (it quotes no reply), or
+    a quoted reply that names an address."""
+    if stage is Stage.RCPT:
+        return True
+    detail = status.split(".", 1)[1] if status else ""
+    if detail.startswith("1.") or detail == "4.4":
+        return True
+    if _NO_DOMAIN.search(text):
+        return True
+    if detail not in ("", "0.0"):
+        return False
+    reply = REPLY_CODE.search(text)
+    if reply is None:
+        return True
+    line_end = text.find("\n", reply.end())
+    return _NAMED_ADDRESS.search(text, reply.end(), line_end if line_end >= 0 else len(text)) is not None
 
 
 def _blame(code: int | None, status: str, text: str, permanent: bool) -> Blame:
@@ -252,10 +301,12 @@ def _blame(code: int | None, status: str, text: str, permanent: bool) -> Blame:
         return Blame.MESSAGE
     if _MAILBOX.search(text):  # before ADDRESS: "unknown address error ... mailbox full" is ambiguous, so soft
         return Blame.MAILBOX
-    if _ADDRESS.search(text):
-        # "User unknown" under a security or policy code (550 5.7.1): evidence that disagrees with
-        # itself never names the address.
-        return Blame.UNKNOWN if detail.startswith("7.") else Blame.ADDRESS
+    if _NO_DOMAIN.search(text):
+        return Blame.ADDRESS
+    if _NO_USER.search(text):
+        # "User unknown" under a security or policy code (550 5.7.1, also one quoted inside the
+        # text): evidence that disagrees with itself never names the address.
+        return Blame.UNKNOWN if detail.startswith("7.") or _POLICY_CODE.search(text) else Blame.ADDRESS
     if _CONTENT.search(text):
         return Blame.CONTENT
     by_status = _BY_STATUS.get(detail)

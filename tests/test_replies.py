@@ -24,12 +24,14 @@ CASES = [
     (554, "", "delivery error: dd This user doesn't have a yahoo.com account (bob@yahoo.com) [0]", Blame.ADDRESS),
     (None, "", "Sorry, no mailbox here by that name. (#5.1.1)", Blame.ADDRESS),
     (556, "5.1.10", "Recipient address has null MX", Blame.ADDRESS),
-    (550, "5.2.1", "The email account that you tried to reach is disabled.", Blame.ADDRESS),
     (None, "5.4.4", "Host or domain name not found. Name service error for name=nx.example", Blame.ADDRESS),
     # The mailbox is full or busy: soft.
     (552, "5.2.2", "The email account that you tried to reach is over quota.", Blame.MAILBOX),
     (452, "4.2.2", "Mailbox full", Blame.MAILBOX),
     (450, "4.2.1", "The user you are trying to contact is receiving mail too quickly.", Blame.MAILBOX),
+    # A disabled or inactive account is a suspension its owner can lift: soft, counted by the window.
+    (550, "5.2.1", "The email account that you tried to reach is disabled.", Blame.MAILBOX),
+    (550, "5.2.1", "The email account that you tried to reach is inactive.", Blame.MAILBOX),
     # Greylisting: retry that recipient, never slow the run.
     (451, "4.7.1", "Greylisted, try again later", Blame.GREYLIST),
     (
@@ -154,3 +156,33 @@ def test_user_unknown_under_a_code_of_another_subject_is_not_hard() -> None:
         assert (verdict.blame, verdict.hard) == (Blame.UNKNOWN, False), status
     for status in ("5.1.1", "5.0.0", "5.5.0", ""):
         assert judge(550, status, "550 <bob@example.org>: User unknown", stage=Stage.RCPT).hard, status
+
+
+def test_user_unknown_bounces_only_when_pinned_on_the_address() -> None:
+    """Hard needs the words pinned on the address: RCPT, an X.1.x status, or a reply naming it.
+    Japanese carriers answer "550 : User unknown" for a reader's own filter settings."""
+    assert judge(None, "5.0.0", "550 <bob@ezweb.ne.jp>: User unknown").hard
+    assert not judge(None, "5.0.0", "550 : User unknown").hard
+    assert not judge(None, "", "<bob@ezweb.ne.jp>: 550: : User unknown").hard
+    assert judge(None, "", "Unknown user: bob@example.com").hard  # the reporting MTA's own verdict
+    # Under a specific non-address status, only the RCPT stage pins it.
+    assert not judge(None, "5.2.1", "550 5.2.1 <bob@example.jp>... User Unknown").hard
+    assert judge(None, "5.2.1", "550 5.2.1 <bob@example.jp>... User Unknown", stage=Stage.RCPT).hard
+    assert judge(
+        None, "", "192.0.2.1 does not like recipient. Remote host said: 550 5.2.1 <b@x.jp>... User Unknown"
+    ).hard
+    assert judge(None, "", "Remote host said: 550 5.2.1 <b@x.jp>... User Unknown [RCPT_TO]").hard
+    assert judge(None, "5.3.0", "Technical details: SMTP:RCPT host 192.0.2.8: 553 5.3.0 <b@x.com>... No such user").hard
+    # Postfix says "Recipient address rejected" only at RCPT, whatever stage a filter's report names.
+    postfix = "550 5.1.1 <b@x.jp>: Recipient address rejected: User unknown in local recipient table"
+    assert judge(None, "", postfix, stage=Stage.DATA).hard
+    # A domain that does not exist is about the domain, whatever was quoted.
+    assert judge(None, "5.0.0", "No such domain.").hard
+    assert judge(554, "5.5.0", "The mail could not be delivered because the domain is not reachable.").hard
+
+
+def test_a_policy_code_inside_the_text_outranks_user_unknown_words() -> None:
+    text = "5.1.0 - Unknown address error 550-'5.7.1 <x@email-bounces.example>... Access denied'"
+    assert not judge(None, "5.1.0", text).hard
+    assert judge(550, "5.1.1", "RCP-P2 Refused due to recipient preferences").blame is Blame.CONTENT
+    assert judge(550, "5.7.27", "Sender address has null MX").blame is Blame.SENDER

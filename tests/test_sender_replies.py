@@ -30,7 +30,7 @@ def statuses(sessions: sessionmaker[Session]) -> Counter[str]:
     "reply, row, bounced",
     [
         ("550 5.1.1 <r@x>: Recipient address rejected: User unknown", "failed", True),
-        ("550 5.2.1 The email account that you tried to reach is disabled", "failed", True),
+        ("550 5.2.1 The email account that you tried to reach is disabled", "failed", False),  # a suspension
         ("552 5.2.2 Mailbox full", "failed", False),
         ("550 Rejected", "failed", False),
         ("554 5.7.1 Message rejected as spam by content filter", "failed", False),

@@ -81,6 +81,10 @@ def _bounces(msg: Message) -> list[Finding]:
         return []
     mentions = plaintext.mentions(msg)
     text = plaintext.report_text(msg)
+    failed = plaintext.failed_recipients(msg)
+    if failed:  # the MTA's own list outranks addresses read out of prose
+        about = {m.recipient: m.about for m in mentions}
+        mentions = [plaintext.Mention(r, about.get(r, text)) for r in failed]
     if not mentions:
         named = plaintext.original_recipients(msg)
         mentions = [plaintext.Mention(r, text) for r in named[:1]]

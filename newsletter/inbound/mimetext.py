@@ -19,7 +19,8 @@ REPORT_TYPES = ("message/delivery-status", "message/global-delivery-status", "me
 
 
 def parse(raw: bytes) -> Message:
-    return message_from_bytes(raw)
+    """Parse with line ends made LF: IMAP delivers CRLF, and the parser keeps the CR in bodies."""
+    return message_from_bytes(raw.replace(b"\r\n", b"\n"))
 
 
 def header(msg: Message, name: str) -> str:

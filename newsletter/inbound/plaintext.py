@@ -21,7 +21,7 @@ ORIGINAL_STARTS = re.compile(
     r"^[ \t>*=_#|:-]*(?:"
     r"(?:the |your |a )?(?:original|returned|unsent|undelivered|undeliverable|failed) message(?! was received)"
     r"(?: (?:follows|below|headers|text|is (?:below|attached|enclosed)))?\b"
-    r"|(?:the |original )?message headers? follows?|headers? of (?:the |your )?(?:original|message)"
+    r"|(?:the |original )?message headers? follows?|(?:the )?headers? of (?:the |your )?(?:original|message)"
     r"|original (?:message )?headers|(?:a |the )?(?:full )?copy of (?:the |your |this )?(?:original )?message"
     r"|below (?:this line )?is (?:a copy|the original)|the message (?:header|text) follows"
     r"|(?:received|return-path|dkim-signature|arc-seal): "
@@ -29,7 +29,7 @@ ORIGINAL_STARTS = re.compile(
     re.I | re.M,
 )
 # Lines naming something other than a recipient: message ids and trace headers.
-NOT_A_RECIPIENT = re.compile(r"message-?id|msgid|\bid[ :]+<|^\s*(?:received|by|from|for)\b.*;", re.I)
+NOT_A_RECIPIENT = re.compile(r"message-?id|msgid|\bid[ :]+<|^\s*(?:received|by|from|for)\b.*;|\bfor <[^>]+>;", re.I)
 REPORTER_LOCALS = (
     "mailer-daemon",
     "postmaster",
@@ -96,6 +96,11 @@ def mentions(msg: Message) -> list[Mention]:
         about = "\n".join(lines[max(first - 1, 0) if _codes_before(lines, first) else first : max(end, first + 1)])
         result.append(Mention(recipient, about[:MAX_CHARS]))
     return result
+
+
+def failed_recipients(msg: Message) -> list[str]:
+    """The addresses of an `X-Failed-Recipients` header (Exim, Google): the MTA's own list."""
+    return unique(address(a) for _, a in getaddresses(all_values(msg, "X-Failed-Recipients")))
 
 
 def original_recipients(msg: Message) -> list[str]:

@@ -142,6 +142,7 @@ _NO_USER = _words(
     r"(?:recipient|address|mailbox|user|account) (?:is )?no longer (?:valid|available|exists)",
     r"invalid (?:recipient|mailbox|address|user)",
     r"recip(?:ient)?notfound",
+    r"recipient address rejected(?:\.|\s*$)",  # Postfix's refusal with no reason given
     r"address (?:couldn'?t|could not|cannot|can'?t) be found",
     r"not a valid (?:mailbox|recipient|user)",
     r"mailbox (?:not found|unavailable|does not exist|name not allowed)",
@@ -168,6 +169,7 @@ _MAILBOX = _words(
     r"suspend|(?:mailbox|account|address) (?:is |has been )?(?:disabled|deactivated|inactive\b)",
     r"account that you tried to reach is (?:disabled|inactive)",
     r"too many messages (?:in|for) (?:this|the) mailbox",
+    r"procmail|maildrop|couldn'?t create|can'?t create|cannot create",  # the local delivery agent failed
 )
 _MESSAGE = _words(
     r"line (?:is )?too long",

@@ -176,6 +176,9 @@ def test_user_unknown_bounces_only_when_pinned_on_the_address() -> None:
     # Postfix says "Recipient address rejected" only at RCPT, whatever stage a filter's report names.
     postfix = "550 5.1.1 <b@x.jp>: Recipient address rejected: User unknown in local recipient table"
     assert judge(None, "", postfix, stage=Stage.DATA).hard
+    assert judge(550, "", "<bob@example.jp>: Recipient address rejected.", stage=Stage.RCPT).hard
+    # A local delivery agent that failed is the receiving system's trouble, not a dead address.
+    assert not judge(550, "5.1.1", 'procmail: Couldn\'t create "/var/spool/mail/bob": No such user').hard
     # A domain that does not exist is about the domain, whatever was quoted.
     assert judge(None, "5.0.0", "No such domain.").hard
     assert judge(554, "5.5.0", "The mail could not be delivered because the domain is not reachable.").hard

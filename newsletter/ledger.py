@@ -211,8 +211,14 @@ def _claimable(issue_id: int, live: Sequence[str], now: datetime) -> ColumnEleme
     )
 
 
-def claim_batch(session: Session, issue_id: int, worker: str, limit: int) -> list[Job]:
-    """Reserve up to `limit` due pending rows for `worker`.
+def claim_batch(session: Session, issue_id: int, worker: str, limit: int, after: int = 0) -> list[Job]:
+    """Reserve up to `limit` due pending rows for `worker`, in id order from `after` on.
+
+    `after` is where the sender's last full batch ended: the rows before it are settled
+    or reserved, and reading past them made each claim cost more than the one before
+    (PostgreSQL walked the primary key past every row sent: 0.1 s a claim after 20,000,
+    2.2 s when it sorted all 180,000 pending rows instead). A sender starts again from 0
+    once a claim comes back short, which picks up retries and rows a dead sender left.
 
     On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several senders reserve at the same
     moment without waiting on, or taking, each other's rows; the reservation is then
@@ -225,7 +231,7 @@ def claim_batch(session: Session, issue_id: int, worker: str, limit: int) -> lis
             Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant, Delivery.attempts
         )
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(_claimable(issue_id, [*live, worker], now))
+        .where(_claimable(issue_id, [*live, worker], now), Delivery.id > after)
         .order_by(Delivery.id)
         .limit(limit)
     )

@@ -386,11 +386,18 @@ class SendRun:
     async def reserve(self) -> None:
         """Feed the queue until nothing claimable is left (or due within max_wait)."""
         left = self.limit
+        after = 0  # the last id of the previous full batch (see ledger.claim_batch)
         while self.fatal is None and (left is None or left > 0):
             size = self.tuning.batch_size if left is None else min(left, self.tuning.batch_size)
             jobs = await self.writer.call(
-                partial(ledger.claim_batch, issue_id=self.content.issue_id, worker=self.worker, limit=size)
+                partial(ledger.claim_batch, issue_id=self.content.issue_id, worker=self.worker, limit=size, after=after)
             )
+            if len(jobs) == size:
+                after = jobs[-1].delivery_id
+            elif after:  # short: the end is reached; look once more from the start
+                after = 0
+                if not jobs:
+                    continue
             for job in jobs:
                 await self.queue.put(job)
             if left is not None:

@@ -191,7 +191,10 @@ def publisher_site(html: str) -> Iterator[str]:
 def uvicorn_in_thread(app: Starlette) -> Iterator[int]:
     """The app under a real uvicorn on a free port (keep-alive connections, raw sockets, the
     app's lifespan); stopped in finally, which runs the app's shutdown."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    # An idle keep-alive connection stays open for 120 s (uvicorn's default 5 s could pass
+    # between two requests of a test on a loaded machine).
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", timeout_keep_alive=120)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -166,6 +166,15 @@ def _inline_css(document: str) -> str:
     ).transform()
 
 
+def warm(settings: Settings) -> None:
+    """Pay before the first preview what it would (the desk does, as the server starts):
+    compiling the issue's templates, and premailer's first run, where cssutils loads."""
+    env = environment(settings)
+    for name in ("email/issue.html", "email/issue.txt", "web/issue.html"):
+        env.get_template(name)
+    _inline_css("<html><head><style>p{color:#111}@media (max-width:600px){p{margin:0}}</style></head><body><p>.</p>")
+
+
 def render_variant(settings: Settings, content: IssueContent, sections: Iterable[str]) -> Variant:
     """HTML and text of the issue with only the given section slugs (unknown ones are
     ignored; an empty iterable gives none, see `sections_for`). The lead and intro are

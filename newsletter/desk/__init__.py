@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from newsletter import render
 from newsletter.config import Settings
 from newsletter.db import Sessions
 from newsletter.desk.base import HEADERS, DeskState
@@ -46,12 +47,14 @@ class Desk:
 
     def warm(self) -> None:
         """What the first desk pages after a start would otherwise pay for: every sent issue's
-        delivery counts (seconds with 5,000,000 ledger rows) and the compiled templates."""
+        delivery counts (seconds with 5,000,000 ledger rows), the compiled templates and the
+        first CSS inlining of a preview."""
         try:
             with self.state.sessions.reading() as session:
                 self.state.sent_counts.warm(session)
             for name in TEMPLATES:
                 self.state.templates.get_template(name)
+            render.warm(self.state.settings)
         except Exception as exc:  # a page counts for itself then; the server serves on
             log.warning("desk: warming up failed (%s); the first pages will be slower", exc.__class__.__name__)
         finally:

@@ -269,6 +269,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--naive", type=int, default=3000, help="messages for the naive script (rate only)")
+    parser.add_argument("--rounds", type=int, default=1, help="engine runs with and without PIPELINING, alternating")
     parser.add_argument("--engine-child", nargs=2, metavar=("CONFIG", "WEEK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_child:
@@ -281,18 +282,24 @@ def main() -> None:
             plain = write_config(folder, plain_port, args.concurrency, name="plain.toml")
             settings = config.load(cfg, environ={})
             week = populate(settings, args.subscribers)
-            runs = []
-            for path in (cfg, plain):  # the same issue and list, pipelined and not; the ledger emptied between
-                if runs:
-                    reset(settings.database_url)
-                child = subprocess.run(
-                    [sys.executable, __file__, "--engine-child", str(path), week],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
-            ours, unpiped = runs
+            piped: list[dict[str, float]] = []
+            unpiped: list[dict[str, float]] = []
+            # The same issue and list, pipelined and not, the ledger emptied before each run;
+            # the order alternates each round (ABBA), so a machine getting busier favours neither.
+            for i in range(args.rounds):
+                order = [(cfg, piped), (plain, unpiped)]
+                for path, results in order if i % 2 == 0 else order[::-1]:
+                    if piped or unpiped:
+                        reset(settings.database_url)
+                    child = subprocess.run(
+                        [sys.executable, __file__, "--engine-child", str(path), week],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            ours = max(piped, key=lambda r: r["rate"])
+            plain_best = max(unpiped, key=lambda r: r["rate"])
             naive = naive_run(settings, week, port, args.naive)
             source = smtp_source_run(port, args.subscribers, int(naive["size"]))
     finally:
@@ -306,9 +313,11 @@ def main() -> None:
         f"({ours['sent']} sent in {ours['elapsed']:.1f} s, peak RSS {ours['rss_mb']:.0f} MB)"
     )
     print(
-        f"  the same, server without PIPELINING:   {unpiped['rate']:7.0f} msg/s  "
-        f"(pipelining gains {ours['rate'] / unpiped['rate']:.2f}x)"
+        f"  the same, server without PIPELINING:   {plain_best['rate']:7.0f} msg/s  "
+        f"(pipelining gains {ours['rate'] / plain_best['rate']:.2f}x; best of {args.rounds} each)"
     )
+    for i, (a, b) in enumerate(zip(piped, unpiped, strict=True)):
+        print(f"  round {i + 1}: pipelined {a['rate']:5.0f} msg/s, not pipelined {b['rate']:5.0f} msg/s")
     print(
         f"naive EmailMessage + smtplib:            {naive['rate']:7.0f} msg/s  "
         f"(engine is {ours['rate'] / naive['rate']:.1f}x)"

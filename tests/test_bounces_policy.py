@@ -359,3 +359,39 @@ def test_with_verp_only_a_valid_token_changes_anything(sessions: sessionmaker[Se
     assert _run(sessions, policy, own).applied == {"hard": 1}
     assert _status(sessions, "other@example.org") == SubscriberStatus.BOUNCED
     assert victim != other
+
+
+def test_without_verp_an_address_read_out_of_prose_only_counts_soft(
+    sessions: sessionmaker[Session], policy: Policy, settings: Settings
+) -> None:
+    """A prose bounce (qmail style) names addresses in free text, where a quoted line can name
+    another reader: without our token it is not evidence enough to remove anyone at once."""
+    with sessions.begin() as s:
+        issues = _issues(s, 1)
+        sid = _mailed(s, "gone@example.org", issues)
+        token = tokens.make(settings.newsletter.secret_key, tokens.BOUNCE, sid, issues[0].id)
+
+    def prose(msgid: str, delivered_to: str = "news@example.com") -> bytes:
+        return f"""Delivered-To: {delivered_to}
+From: MAILER-DAEMON@mx.example.net
+To: news@example.com
+Subject: failure notice
+Message-ID: {msgid}
+
+Hi. This is the qmail-send program at mx.example.net.
+I'm afraid I wasn't able to deliver your message to the following addresses.
+
+<gone@example.org>:
+192.0.2.1 does not like recipient.
+Remote host said: 550 5.1.1 <gone@example.org>... User unknown
+""".encode()
+
+    tally = _run(sessions, policy, prose("<p-1@x>"))
+    assert tally.applied == {"soft": 1} and tally.suppressed == 0
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.ACTIVE
+    with sessions.begin() as s:
+        assert s.scalars(select(Bounce.blame)).one() == "address"  # the reply's words are kept
+    # The same report carrying our token names the reader for sure: hard.
+    tally = _run(sessions, policy, prose("<p-2@x>", delivered_to=f"bounces+{token}@bounce.example.com"))
+    assert tally.applied == {"hard": 1} and tally.suppressed == 1
+    assert _status(sessions, "gone@example.org") == SubscriberStatus.BOUNCED

@@ -15,6 +15,7 @@ and issue even when the report itself names nobody.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from email.message import Message
 
 from newsletter.inbound import complaints, dsn, plaintext
@@ -85,6 +86,7 @@ def _bounces(msg: Message) -> list[Finding]:
     if failed:  # the MTA's own list outranks addresses read out of prose
         about = {m.recipient: m.about for m in mentions}
         mentions = [plaintext.Mention(r, about.get(r, text)) for r in failed]
+    prose = not failed
     if not mentions:
         named = plaintext.original_recipients(msg)
         mentions = [plaintext.Mention(r, text) for r in named[:1]]
@@ -92,7 +94,7 @@ def _bounces(msg: Message) -> list[Finding]:
         # Nobody named: worth keeping (a VERP token may still tie it to a reader) only if it says why.
         anonymous = _judge_mention(plaintext.Mention("", text), text)
         return [anonymous] if anonymous.status or anonymous.blame is not Blame.UNKNOWN else []
-    return [_judge_mention(m, text if len(mentions) == 1 else m.about) for m in mentions]
+    return [replace(_judge_mention(m, text if len(mentions) == 1 else m.about), from_text=prose) for m in mentions]
 
 
 def _from_dsn(msg: Message, entries: list[dsn.Entry]) -> list[Finding]:
@@ -116,7 +118,7 @@ def _from_dsn(msg: Message, entries: list[dsn.Entry]) -> list[Finding]:
             stage=_stage(about or text),
             permanent=False if entry.action == "delayed" else None,
         )
-        found.append(finding)
+        found.append(replace(finding, from_text=not entry.recipient))
     return found
 
 

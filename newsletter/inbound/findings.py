@@ -29,6 +29,7 @@ class Finding:
     diagnostic: str = ""  # the server's own words, kept in the bounces table
     feedback_type: str = ""  # ARF Feedback-Type (abuse, opt-out …) for complaints
     blame: Blame | None = None  # what the reply blames; None for complaints
+    from_text: bool = False  # the recipient was read out of prose, not out of a field that names it
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ subscriber, so a second delivery of the same report is a no-op) plus an audit Ev
 Who a report is about: with VERP on (`[bounces] return_path_domain`), returned mail must
 carry a valid token of ours, and it changes only the subscriber the token names; anyone
 can send mail to the bounce address, so a report without one changes nothing. Without
-VERP, the address in the report is used (see README, "Security model"). Provider webhooks
+VERP, the address in the report is used (see README, "Security model"), and a hard
+finding stays hard only when a field names the address (a DSN's Final-Recipient, an
+X-Failed-Recipients header): an address read out of prose counts soft. Provider webhooks
 are authenticated by their signatures instead. Bad input is counted in the `Tally` and
 skipped; nothing here raises on it.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -145,10 +147,11 @@ def apply_report(
             tally.skip(found, where, label)
             continue
         sub, issue_id, named = found
-        if not named and finding.kind is Kind.HARD:
-            # The token names the reader, the report another address (a forward): not evidence
-            # that the reader's own address is gone, so it only counts as soft.
-            finding = Finding(finding.recipient, Kind.SOFT, finding.status, finding.diagnostic, blame=finding.blame)
+        if finding.kind is Kind.HARD and (not named or (target is None and finding.from_text)):
+            # The token names the reader, the report another address (a forward); or, without a
+            # token, the address was read out of prose, where a quoted line can name someone else.
+            # Neither is evidence that this reader's own address is gone: it only counts as soft.
+            finding = replace(finding, kind=Kind.SOFT)
         key = _report_key(report_id, sub.id)
         if session.scalar(select(Bounce.id).where(Bounce.report_id == key)) is not None:
             tally.skip("duplicate report", where, label)

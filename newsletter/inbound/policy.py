@@ -263,15 +263,7 @@ def _apply(
             detail="spam complaint: never mailed again",
         )
     elif kind is BounceKind.HARD:
-        changed = sub.status not in SUPPRESSED and subscribers.change_status(
-            session,
-            sub,
-            SubscriberStatus.BOUNCED,
-            kind=EventKind.BOUNCE,
-            source=source,
-            issue_id=issue_id,
-            detail=f"hard bounce {finding.status}".strip(),
-        )
+        changed = _bounced(session, sub, source=source, issue_id=issue_id, why=f"hard bounce {finding.status}".strip())
     else:
         changed = finding.blame in COUNTED and _soft(session, policy, sub, source=source, issue_id=issue_id)
     tally.suppressed += bool(changed)
@@ -299,14 +291,14 @@ def _soft(session: Session, policy: Policy, sub: Subscriber, *, source: str, iss
         )
     )
     sub.soft_bounces = len(bounced_issues)
-    if sub.soft_bounces < policy.soft_limit or sub.status in SUPPRESSED:
+    if sub.soft_bounces < policy.soft_limit:
         return False
-    return subscribers.change_status(
-        session,
-        sub,
-        SubscriberStatus.BOUNCED,
-        kind=EventKind.BOUNCE,
-        source=source,
-        issue_id=issue_id,
-        detail=f"soft bounces in {sub.soft_bounces} of the last {policy.soft_issues} issues",
+    why = f"soft bounces in {sub.soft_bounces} of the last {policy.soft_issues} issues"
+    return _bounced(session, sub, source=source, issue_id=issue_id, why=why)
+
+
+def _bounced(session: Session, sub: Subscriber, *, source: str, issue_id: int, why: str) -> bool:
+    """Mark `sub` bounced, unless already suppressed (a complaint or unsubscribe outranks it)."""
+    return sub.status not in SUPPRESSED and subscribers.change_status(
+        session, sub, SubscriberStatus.BOUNCED, kind=EventKind.BOUNCE, source=source, issue_id=issue_id, detail=why
     )

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import cached_property
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -276,6 +276,11 @@ def subscribers_import(
     console.print(("dry run: " if dry_run else "") + report.summary)
 
 
+def _private_csv(path: Path) -> IO[str]:
+    """A CSV file for personal data, created readable by its owner only (0600)."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", newline="")
+
+
 @subscribers_app.command("export")
 def subscribers_export(
     ctx: typer.Context,
@@ -293,7 +298,7 @@ def subscribers_export(
         if file is None:
             subscribers.export_csv(s, sys.stdout, status=_status(status))
             return
-        with file.open("w", encoding="utf-8", newline="") as fp:
+        with _private_csv(file) as fp:
             n = subscribers.export_csv(s, fp, status=_status(status))
     err_console.print(f"exported {n} subscribers to {file}")
 
@@ -902,7 +907,7 @@ def deliveries_export(
         if file is None:
             stats.export_deliveries(s, c.settings, week, sys.stdout)
             return
-        with file.open("w", encoding="utf-8", newline="") as fp:
+        with _private_csv(file) as fp:
             n = stats.export_deliveries(s, c.settings, week, fp)
     typer.echo(f"wrote {n} deliveries to {file}", err=True)
 

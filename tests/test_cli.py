@@ -104,6 +104,7 @@ def test_export_roundtrip_through_cli(cli_db: Path, tmp_path: Path) -> None:
     run(cli_db, "subscribers", "add", "a@example.com", "--categories", "news,events")
     out_file = tmp_path / "out.csv"
     assert run(cli_db, "subscribers", "export", str(out_file))[0] == 0
+    assert out_file.stat().st_mode & 0o777 == 0o600  # personal data: readable by its owner only
     assert out_file.read_text().splitlines()[1].startswith('a@example.com,,active,"news,events"')
     code, out, _ = run(cli_db, "subscribers", "import", str(out_file))
     assert out == "added 0, updated 0, unchanged 1, invalid 0, warnings 0\n"

@@ -76,6 +76,7 @@ def test_send_summary_stats_and_export(
     target = tmp_path / "d.csv"
     code, _, err = run(config_path, "deliveries", "export", "--week", week, str(target))
     assert code == 0 and err.strip() == f"wrote 3 deliveries to {target}"
+    assert target.stat().st_mode & 0o777 == 0o600  # who was mailed what: readable by its owner only
     rows = {r["email"]: r for r in csv.DictReader(target.open(encoding="utf-8"))}
     assert rows["reader1@example.org"]["status"] == "failed"
     assert rows["reader1@example.org"]["last_reply"] == "550 5.1.1 user unknown"

@@ -445,7 +445,9 @@ _DIALECTS = {
         json_column="{value}::json",
     ),
     # SQLite keeps JSON as text: json() and json_patch() both write it minified, keys in
-    # the stored order, so equal text is equal content.
+    # the stored order, so equal text is equal content. group_concat follows the ordered
+    # subquery (SQLite does not promise it; were it ever out of order, an unchanged row
+    # would count as updated and get the same categories again: nothing is lost).
     "sqlite": _Sql(
         old_attributes=_SQLITE_OLD,
         new_attributes=f"CASE WHEN p.forget_unknown THEN json_remove(json_patch({_SQLITE_OLD}, p.attributes), "

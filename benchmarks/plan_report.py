@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, os.path.dirname(__file__))
-from import_speed import database, drop, server_cpu, settings, write_csv  # noqa: E402
+from import_speed import database, drop, peak_rss_mib, server_cpu, settings, write_csv  # noqa: E402
 
 from newsletter import builder, ledger, render, sender, stats, subscriber_import, subscribers  # noqa: E402
 from newsletter.db import make_engine, session_factory  # noqa: E402
@@ -170,7 +169,7 @@ def child(name: str, url: str, week: str, out: str, limit: str) -> None:
         "seconds": time.perf_counter() - t,
         "cpu": cpu,
         "did": did,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
     print(json.dumps(result))
 
@@ -186,9 +185,13 @@ def main() -> None:
     parser.add_argument("--no-pg", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--setup", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.setup:
+        print(setup(args.setup[0], Path(args.setup[1])))
         return
     with tempfile.TemporaryDirectory() as tmp:
         csv_path, out = Path(tmp) / "members.csv", Path(tmp) / "out.csv"
@@ -198,7 +201,8 @@ def main() -> None:
         targets = ([] if args.no_sqlite else [("SQLite", None)]) + ([] if args.no_pg else [("PostgreSQL", args.pg)])
         for label, base_url in targets:
             url, schema = database(base_url, tmp)
-            week = setup(url, csv_path)
+            cmd = [sys.executable, __file__, "--setup", url, str(csv_path)]  # in a child: the parent stays small
+            week = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1]
             limit = str(min(args.subscribers, args.baseline_subscribers))
 
             def run(name: str, url: str = url, week: str = week, label: str = label, limit: str = limit) -> None:

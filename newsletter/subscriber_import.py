@@ -49,7 +49,7 @@ HEADER_ALIASES = {
 IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
 MAX_CELL_CHARS = csv.field_size_limit()  # 131072 (128 KB): the csv module's own limit
 MAX_LINE_BYTES = 1024 * 1024  # a physical line; longer means this is not a list of people
-ANALYZE_AFTER = 10_000  # rows added at once that make the tables' statistics stale
+ANALYZE_AFTER = 1_000  # rows added at once that make the tables' statistics stale
 
 
 @dataclass

@@ -174,6 +174,17 @@ def child(name: str, url: str, week: str, out: str, limit: str) -> None:
     print(json.dumps(result))
 
 
+STEPS = [
+    "old plan",
+    "plan",
+    "send --dry-run",
+    "stats",
+    "deliveries export",
+    "old deliveries export",
+    "subscribers export",
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=1_000_000)
@@ -184,6 +195,7 @@ def main() -> None:
     )
     parser.add_argument("--no-pg", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--steps", help="comma-separated subset, e.g. 'plan,send --dry-run' (default: all)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--setup", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,12 +225,14 @@ def main() -> None:
                     f"{result['peak_rss_mib']:>7.0f} MiB  {result['did']}"
                 )
 
-            run("old plan")
-            with session_factory(make_engine(url)).begin() as s:
-                s.execute(delete(Delivery))
-            for name in ("plan", "send --dry-run", "stats", "deliveries export", "old deliveries export"):
-                run(name)
-            run("subscribers export")
+            chosen = args.steps.split(",") if args.steps else STEPS
+            if "old plan" in chosen:
+                run("old plan")
+                with session_factory(make_engine(url)).begin() as s:
+                    s.execute(delete(Delivery))
+            for name in STEPS[1:]:
+                if name in chosen:
+                    run(name)
             drop(url, schema)
 
 

@@ -277,8 +277,10 @@ def subscribers_import(
 
 
 def _private_csv(path: Path) -> IO[str]:
-    """A CSV file for personal data, created readable by its owner only (0600)."""
-    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", newline="")
+    """A CSV file for personal data, readable by its owner only (0600), also when it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return open(fd, "w", encoding="utf-8", newline="")
 
 
 @subscribers_app.command("export")

@@ -123,6 +123,7 @@ _BLOCKLIST = _words(
     r"permanently deferred",
     r"quota exceeded for (?:the )?(?:sender|domain|account)|daily (?:message|sending) quota",
     r"tls (?:is )?required|must issue a starttls",
+    r"\bhelo\b|\behlo\b",  # our greeting name refused ("Helo command rejected: Host not found")
     r"not allowed to send",
     r"\bcredits? exceeded|maximum credits",
 )
@@ -131,8 +132,9 @@ _NO_DOMAIN = _words(
     r"no such domain|\bhost [\w.-]+\.[a-z]{2,} not found|illegal (?:host|domain)",
     r"name or service not known|nxdomain|no (?:valid )?mx (?:record|host)|null mx|does not accept mail",
     r"indicated no smtp service|not accepting network messages|domain is not reachable",
-    r"unrouteable|unroutable|no route to (?:host|domain)",
+    r"unrouteable|unroutable",
 )
+_DNS_TRY_AGAIN = _words(r"try again", r"temporar(?:y|ily)", r"timed? ?out", r"servfail", r"no route to")
 _NO_USER = _words(
     r"user unknown|unknown user|unknown (?:recipient|local[- ]?part|address|mailbox|account)",
     r"no such (?:user|mailbox|recipient|address|account|person|local user)",
@@ -304,7 +306,11 @@ def _blame(code: int | None, status: str, text: str, permanent: bool) -> Blame:
     if _MAILBOX.search(text):  # before ADDRESS: "unknown address error ... mailbox full" is ambiguous, so soft
         return Blame.MAILBOX
     if _NO_DOMAIN.search(text):
-        return Blame.ADDRESS
+        # A lookup that may succeed later ("Host not found, try again") is not a dead domain; nor
+        # is a domain refusal under a policy code, unless it is null MX's own (RFC 7505).
+        if _DNS_TRY_AGAIN.search(text):
+            return Blame.TEMPORARY
+        return Blame.UNKNOWN if detail.startswith("7.") and detail != "7.27" else Blame.ADDRESS
     if _NO_USER.search(text):
         # "User unknown" under a security or policy code (550 5.7.1, also one quoted inside the
         # text): evidence that disagrees with itself never names the address.

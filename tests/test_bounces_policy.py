@@ -391,6 +391,7 @@ Remote host said: 550 5.1.1 <gone@example.org>... User unknown
     assert _status(sessions, "gone@example.org") == SubscriberStatus.ACTIVE
     with sessions.begin() as s:
         assert s.scalars(select(Bounce.blame)).one() == "address"  # the reply's words are kept
+        assert subscribers.get_by_email(s, "gone@example.org").soft_bounces == 1  # counted in the window
     # The same report carrying our token names the reader for sure: hard.
     tally = _run(sessions, policy, prose("<p-2@x>", delivered_to=f"bounces+{token}@bounce.example.com"))
     assert tally.applied == {"hard": 1} and tally.suppressed == 1

@@ -184,6 +184,14 @@ def test_user_unknown_bounces_only_when_pinned_on_the_address() -> None:
     assert judge(554, "5.5.0", "The mail could not be delivered because the domain is not reachable.").hard
 
 
+def test_a_lookup_that_may_work_later_or_a_refusal_of_our_name_is_no_dead_domain() -> None:
+    assert not judge(None, "5.4.4", "Host not found, try again").hard  # Postfix's TRY_AGAIN, queue expired
+    assert not judge(None, "5.0.0", "connect to mx.example.org[192.0.2.1]:25: No route to host").hard
+    helo = "<mail.news.example>: Helo command rejected: Host not found"
+    assert judge(550, "5.7.1", helo, stage=Stage.RCPT).blame is Blame.SENDER
+    assert judge(550, "5.1.10", "Recipient address has null MX").hard
+
+
 def test_a_policy_code_inside_the_text_outranks_user_unknown_words() -> None:
     text = "5.1.0 - Unknown address error 550-'5.7.1 <x@email-bounces.example>... Access denied'"
     assert not judge(None, "5.1.0", text).hard

@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 OPT_OUT_TYPES = ("opt-out", "unsubscribe")
 # A delivery in one of these states means the address was handed to a mail server.
 MAILED = (DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.FAILED)
-# Soft bounces that say something about the reader's mailbox; the others blame us.
-COUNTED = (Blame.MAILBOX, Blame.CONTENT, Blame.GREYLIST, Blame.TEMPORARY, Blame.UNKNOWN)
+# Soft bounces that say something about the reader's address or mailbox; the others blame us.
+# ADDRESS is here for "user unknown" that was not pinned on the address (or read out of prose):
+# not enough to remove the reader at once, but it counts in the window like any soft bounce.
+COUNTED = (Blame.ADDRESS, Blame.MAILBOX, Blame.CONTENT, Blame.GREYLIST, Blame.TEMPORARY, Blame.UNKNOWN)
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,9 @@ def reset(database_url: str) -> None:
     """Empty the ledger and make the issue a draft again, for the next run of a sender."""
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM deliveries"))
+        # PostgreSQL: TRUNCATE, not DELETE, leaves no dead rows for the next plan to wade through
+        # (the development server runs without autovacuum).
+        conn.execute(text("TRUNCATE deliveries" if engine.dialect.name == "postgresql" else "DELETE FROM deliveries"))
         conn.execute(text("UPDATE issues SET status = 'draft', sent_at = NULL, send_started_at = NULL"))
     engine.dispose()
 

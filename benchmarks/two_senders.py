@@ -203,6 +203,11 @@ def main() -> None:
             if len(per) != senders:
                 sys.exit(f"{senders} senders but rows claimed by {len(per)}: {per}")
             results[senders] = (run, sorted(per.values(), reverse=True))
+            print(
+                f"{senders} sender(s): {args.subscribers / run.elapsed:,.0f} msg/s, peak RSS "
+                f"{' + '.join(f'{r:.0f} MB' for r in run.rss)}",
+                flush=True,
+            )
     rate1, rate2 = (args.subscribers / results[n][0].elapsed for n in (1, 2))
     print(
         f"PostgreSQL, concurrency {args.concurrency} per sender, smtp-sink (PIPELINING) on 127.0.0.1; "

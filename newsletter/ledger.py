@@ -136,7 +136,16 @@ def unplanned(content: IssueContent) -> Select[int, str]:
 
 def plan(session: Session, content: IssueContent) -> int:
     """Add a `pending` row for each active subscriber not yet planned (a `skipped` one if
-    no section matches their categories), in one statement; returns the number of rows added."""
+    no section matches their categories), in one statement; returns the number of rows added.
+
+    On PostgreSQL, senders on several hosts planning the same issue at once take turns (a
+    transaction-scoped advisory lock): the second then finds everyone planned and adds nobody
+    at once, instead of racing the first row by row on the unique key (minutes at 100,000,
+    measured). SQLite's write lock already makes them take turns."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('newsletter.plan'), :issue)"), {"issue": content.issue_id}
+        )
     todo = unplanned(content).subquery("todo")
     skip = todo.c.variant == ""
     rows = select(

@@ -3,7 +3,10 @@ gives each subscriber in Python, on SQLite and PostgreSQL; `send --dry-run` coun
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import threading
+import time
+
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, ledger, render, sender, subscribers
@@ -84,3 +87,45 @@ def test_dry_run_counts_open_rows_and_unplanned_subscribers_alike(
         sender.VariantPlan(("events",), 1, ("ev@example.org",)),
         sender.VariantPlan(("news", "products", "events"), 4, ("r0@example.org", "r2@example.org", "r3@example.org")),
     ]
+
+
+def test_two_senders_planning_one_issue_take_turns(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Senders on two hosts start together: the second waits for the first's plan, then adds nobody."""
+    week = build_issue(sessions, settings)
+    with sessions.begin() as s:
+        for i in range(50):
+            subscribers.add(s, f"r{i}@example.org")
+        content = builder.load_content(s, settings, week)
+    first = sessions()
+    first.begin()
+    assert ledger.plan(first, content) == 50  # holds its plan uncommitted: the second must wait for it
+    result: list[int] = []
+    second = threading.Thread(target=lambda: result.append(_plan_in_own_transaction(sessions, content)))
+    second.start()
+    try:
+        if sessions.kw["bind"].dialect.name == "postgresql":
+            _wait_for_a_waiting_advisory_lock(sessions)
+        assert second.is_alive() and not result  # on SQLite the write lock holds it back the same way
+    finally:
+        first.commit()
+        first.close()
+        second.join(timeout=60)
+    assert result == [0]
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 50
+
+
+def _plan_in_own_transaction(sessions: sessionmaker[Session], content: builder.IssueContent) -> int:
+    with sessions.begin() as s:
+        return ledger.plan(s, content)
+
+
+def _wait_for_a_waiting_advisory_lock(sessions: sessionmaker[Session]) -> None:
+    """Until PostgreSQL shows the second planner queued on the plan lock (bounded: 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with sessions.begin() as s:
+            if s.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")):
+                return
+        time.sleep(0.05)  # polling another connection's state: there is nothing to wait on
+    raise AssertionError("the second planner never queued on the plan lock")

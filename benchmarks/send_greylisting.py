@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from send_throughput import free_port, populate, write_config  # noqa: E402
+from bench_support import free_port  # noqa: E402
+from send_throughput import populate, write_config  # noqa: E402
 
 from newsletter import config, db  # noqa: E402
 from newsletter.sender import SendReport, send  # noqa: E402

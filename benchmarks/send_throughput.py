@@ -34,6 +34,8 @@ from sqlalchemy import create_engine, insert, select, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_support import free_port  # noqa: E402
+
 from newsletter import builder, config, db, render, tokens  # noqa: E402
 from newsletter.models import (  # noqa: E402
     Article,
@@ -70,12 +72,6 @@ WORDS = (
     "safety",
     "audit",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -35,7 +35,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from send_throughput import PEER, free_port, populate, reset, write_config  # noqa: E402
+from bench_support import free_port  # noqa: E402
+from send_throughput import PEER, populate, reset, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 BUSY_TIMEOUT_MS = 30_000  # a SQLite writer waits this long for the write lock, then fails
+# Rows added at once (a plan, an import) past which PostgreSQL's statistics of the table are
+# stale enough for a quadratic plan until autovacuum runs: the writer ANALYZEs it then.
+ANALYZE_AFTER = 1_000
 _READ_ONLY = "newsletter_read_only"  # execution option of the engine behind `Sessions.reading()`
 
 

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from newsletter import locks, subscribers
 from newsletter.builder import IssueContent
+from newsletter.db import ANALYZE_AFTER
 from newsletter.models import (
     SUPPRESSED,
     Category,
@@ -62,7 +63,6 @@ SENDER_LEASE = locks.SENDER
 NO_SECTIONS = "not sent: none of the subscriber's categories is in this issue"
 REFUSED_US = "deferred, the server refuses us: "  # a pending row's reply that blames the sender
 RESERVED_POLL = timedelta(seconds=1)  # how often a sender looks whether another's reservations came free
-ANALYZE_AFTER = 1_000  # rows planned at once that make the table's statistics stale (a quadratic plan past it)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from newsletter import spreadsheets
+from newsletter.db import ANALYZE_AFTER
 from newsletter.errors import InvalidInput
 from newsletter.models import SUPPRESSED, Category, Erased, EventKind, SubscriberStatus, UTCDateTime, utcnow
 from newsletter.subscribers import ALL, UNKNOWN_CATEGORIES, clean_name, email_key, erased, normalize_email
@@ -49,7 +50,6 @@ HEADER_ALIASES = {
 IMPORT_STATUSES = {s.value: s for s in SubscriberStatus}
 MAX_CELL_CHARS = csv.field_size_limit()  # 131072 (128 KB): the csv module's own limit
 MAX_LINE_BYTES = 1024 * 1024  # a physical line; longer means this is not a list of people
-ANALYZE_AFTER = 1_000  # rows added at once that make the tables' statistics stale
 
 
 @dataclass

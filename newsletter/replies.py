@@ -82,7 +82,8 @@ _STAGE_WORDS = (
 
 # Words only ever said in reply to RCPT, whatever stage a report names: Postfix's recipient
 # restrictions ("<a@b>: Recipient address rejected: …") and qmail's "does not like recipient".
-_RCPT_ONLY = _words(r"recipient address rejected", r"does not like recipient")
+# They name the stage only when it is not known: at send time the sender knows it for sure.
+RCPT_ONLY = _words(r"recipient address rejected", r"does not like recipient")
 
 _GREYLIST = _words(r"grey-?list", r"gray-?list", r"greylisting in action", r"try again in \d+ (?:sec|min)")
 _THROTTLE = _words(
@@ -252,10 +253,9 @@ def judge(code: int | None, status: str, text: str, *, stage: Stage = Stage.UNKN
         reply = REPLY_CODE.search(text)
         code = int(reply.group(1)) if reply else None
     permanent = status.startswith("5") if status[:1] in ("4", "5") else code is None or code >= 500
-    if _RCPT_ONLY.search(text):
-        stage = Stage.RCPT
-    elif stage is Stage.UNKNOWN:
-        stage = next((named for named, words in _STAGE_WORDS if words.search(text)), Stage.UNKNOWN)
+    if stage is Stage.UNKNOWN:
+        rcpt = RCPT_ONLY.search(text)
+        stage = Stage.RCPT if rcpt else next((s for s, words in _STAGE_WORDS if words.search(text)), Stage.UNKNOWN)
     blame = _blame(code, status, text, permanent)
     if blame is Blame.ADDRESS and stage is Stage.DATA:
         blame = Blame.CONTENT

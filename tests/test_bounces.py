@@ -284,3 +284,22 @@ def test_crlf_line_ends_as_imap_delivers_them_read_the_same() -> None:
         if classify(path.read_bytes().replace(b"\n", b"\r\n")).findings != classify(path.read_bytes()).findings
     ]
     assert not differ
+
+
+def test_a_filters_report_naming_data_for_a_postfix_rcpt_refusal_reads_rcpt() -> None:
+    """m-FILTER names the last command it sent (DATA); Postfix says "Recipient address rejected"
+    only at RCPT, so the report's own reply pins the refusal on the address."""
+    raw = b"""From: MAILER-DAEMON@filter.example.jp
+To: news@example.com
+Subject: Mail delivery failed
+
+kijitora@example.co.jp
+
+-------server message
+550 5.1.1 <kijitora@example.co.jp>: Recipient address rejected: User unknown in local recipient table
+
+-------SMTP command
+DATA
+"""
+    [finding] = classify(raw).findings
+    assert (finding.recipient, finding.kind) == ("kijitora@example.co.jp", Kind.HARD)

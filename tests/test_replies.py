@@ -173,9 +173,11 @@ def test_user_unknown_bounces_only_when_pinned_on_the_address() -> None:
     ).hard
     assert judge(None, "", "Remote host said: 550 5.2.1 <b@x.jp>... User Unknown [RCPT_TO]").hard
     assert judge(None, "5.3.0", "Technical details: SMTP:RCPT host 192.0.2.8: 553 5.3.0 <b@x.com>... No such user").hard
-    # Postfix says "Recipient address rejected" only at RCPT, whatever stage a filter's report names.
+    # Postfix says "Recipient address rejected" only at RCPT: that names the stage when none is
+    # known, never over the stage the sender saw (a filter quoting it after DATA stays soft).
     postfix = "550 5.1.1 <b@x.jp>: Recipient address rejected: User unknown in local recipient table"
-    assert judge(None, "", postfix, stage=Stage.DATA).hard
+    assert judge(None, "", postfix).hard
+    assert not judge(None, "", postfix, stage=Stage.DATA).hard
     assert judge(550, "", "<bob@example.jp>: Recipient address rejected.", stage=Stage.RCPT).hard
     # A local delivery agent that failed is the receiving system's trouble, not a dead address.
     assert not judge(550, "5.1.1", 'procmail: Couldn\'t create "/var/spool/mail/bob": No such user').hard

@@ -21,7 +21,7 @@ from email.message import Message
 from newsletter.inbound import complaints, dsn, plaintext
 from newsletter.inbound.findings import Finding, Kind, Report, judged
 from newsletter.inbound.mimetext import all_values, enclosed, header, parse
-from newsletter.replies import Blame, Stage
+from newsletter.replies import RCPT_ONLY, Blame, Stage
 
 __all__ = ["Finding", "Kind", "Report", "classify", "judged", "ses_findings", "verp_token"]
 ses_findings = complaints.ses_findings
@@ -124,7 +124,10 @@ def _from_dsn(msg: Message, entries: list[dsn.Entry]) -> list[Finding]:
 
 def _stage(text: str) -> Stage:
     """The SMTP command a transcript's first failure answered: the last `>>> COMMAND` before the
-    first 4xx/5xx `<<<` reply, or a report's own words for it."""
+    first 4xx/5xx `<<<` reply, or a report's own words for it. Words only ever said at RCPT
+    outrank a command a filter's report names (m-FILTER reports DATA for Postfix's RCPT refusal)."""
+    if RCPT_ONLY.search(text):
+        return Stage.RCPT
     command = ""
     for match in TRANSCRIPT.finditer(text):
         if match.group("sent"):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import threading
 import time
 
+from sending_support import build_issue
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, ledger, render, sender, subscribers
 from newsletter.config import Settings
 from newsletter.models import Category, Delivery, DeliveryStatus, EventKind, Subscriber, SubscriberStatus, utcnow
-from tests.sending_support import build_issue
 
 
 def test_plan_gives_each_subscriber_the_sections_of_their_categories(

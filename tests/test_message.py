@@ -14,6 +14,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sending_support import body, build_issue
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, message, render, tokens
@@ -21,7 +22,6 @@ from newsletter.config import DkimSettings, Settings
 from newsletter.errors import InvalidInput
 from newsletter.message import MessageFactory
 from newsletter.transport import wire_form
-from tests.sending_support import body, build_issue
 
 
 @pytest.fixture

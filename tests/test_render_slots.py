@@ -10,13 +10,13 @@ import dataclasses
 import json
 import re
 
+from content_support import full_issue
+from sending_support import body
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import articles, builder, render, sender, subscribers, tokens
 from newsletter.config import Settings
 from newsletter.models import Delivery, Subscriber
-from tests.content_support import full_issue
-from tests.sending_support import body
 
 MARKERS = "u=@@unsubscribe_url@@&p=@@preferences_url@@&n=@@subscriber_name@@"
 ATTACK = {

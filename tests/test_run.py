@@ -6,14 +6,14 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from conftest import SmtpServer
+from sending_support import add_articles, add_subscribers, body, cli, issue_status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, locks, scheduler
 from newsletter.config import Settings
 from newsletter.models import Issue, Lock, utcnow
-from tests.conftest import SmtpServer
-from tests.sending_support import add_articles, add_subscribers, body, cli, issue_status
 
 RSS = """<?xml version="1.0"?>
 <rss version="2.0"><channel><title>Trade site</title><link>https://example.com/</link>

@@ -12,6 +12,8 @@ from email.header import decode_header, make_header
 
 import pytest
 from aiosmtpd.controller import Controller
+from conftest import Received, RecordingHandler, SmtpServer, free_port
+from sending_support import add_subscribers, body, build_issue, deliveries, issue_status, with_smtp
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,8 +23,6 @@ from newsletter.db import make_engine, session_factory
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
 from newsletter.models import Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
 from newsletter.transport import SmtpTransport
-from tests.conftest import Received, RecordingHandler, SmtpServer, free_port
-from tests.sending_support import add_subscribers, body, build_issue, deliveries, issue_status, with_smtp
 
 
 def smtp_at(port: int, **changes: object) -> SmtpTransport:

@@ -7,13 +7,13 @@ import io
 from email import message_from_bytes
 from pathlib import Path
 
+from conftest import SmtpServer, free_port
+from sending_support import add_subscribers, build_issue, deliveries
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from newsletter.cli import app
 from newsletter.config import Settings
-from tests.conftest import SmtpServer, free_port
-from tests.sending_support import add_subscribers, build_issue, deliveries
 
 runner = CliRunner()
 

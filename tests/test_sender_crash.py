@@ -16,13 +16,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import Gate, SmtpServer
+from sending_support import ROOT, add_subscribers, build_issue, cli, deliveries, issue_status, start_cli
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.config import Settings
 from newsletter.models import Lock
-from tests.conftest import Gate, SmtpServer
-from tests.sending_support import ROOT, add_subscribers, build_issue, cli, deliveries, issue_status, start_cli
 
 # `newsletter send` as if on another machine: its leases name the host "elsewhere", so the
 # others judge it by its lease alone (on one host they would ask the kernel about its pid).

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import SmtpServer
+from sending_support import add_subscribers, build_issue, deliveries, issue_status, with_smtp
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,8 +17,6 @@ from newsletter.config import Settings
 from newsletter.errors import RefusedByServer
 from newsletter.feedback import HOLD, MIN_RATE, SPREAD, Pace
 from newsletter.models import Subscriber, SubscriberStatus
-from tests.conftest import SmtpServer
-from tests.sending_support import add_subscribers, build_issue, deliveries, issue_status, with_smtp
 
 BLOCKLISTED = "550 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org"
 

@@ -11,14 +11,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from conftest import SmtpServer
+from sending_support import add_subscribers, build_issue, deliveries
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from newsletter import db, subscribers, tokens
 from newsletter.cli import app
 from newsletter.config import EXAMPLE_SECRET, MAKE_A_KEY, Settings
-from tests.conftest import SmtpServer
-from tests.sending_support import add_subscribers, build_issue, deliveries
 
 runner = CliRunner()
 

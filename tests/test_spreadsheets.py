@@ -8,11 +8,11 @@ import io
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
+from web_support import make_issue
 
 from newsletter import spreadsheets, stats, subscribers
 from newsletter.config import Settings
 from newsletter.models import Delivery, DeliveryStatus
-from tests.web_support import make_issue
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

@@ -17,6 +17,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdServer
 from aiosmtpd.smtp import Envelope, Session
+from conftest import RecordingHandler, free_port
+from sending_support import add_subscribers, build_issue, deliveries, issue_status, with_smtp
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
@@ -27,8 +29,6 @@ from newsletter.errors import PermanentDeliveryError
 from newsletter.models import Delivery, Subscriber
 from newsletter.replies import Stage
 from newsletter.transport import SmtpTransport
-from tests.conftest import RecordingHandler, free_port
-from tests.sending_support import add_subscribers, build_issue, deliveries, issue_status, with_smtp
 
 COMMANDS = (b"MAIL ", b"RCPT ", b"DATA\r\n", b"RSET\r\n", b"QUIT\r\n")
 

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from conftest import RecordingHandler, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sending_support import add_subscribers, build_issue, deliveries, issue_status
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import sender
 from newsletter.config import Password, Settings, SmtpSettings
 from newsletter.errors import ConfigError, TransportUnavailable
 from newsletter.transport import SmtpTransport
-from tests.conftest import RecordingHandler, free_port
-from tests.sending_support import add_subscribers, build_issue, deliveries, issue_status
 
 
 @dataclass

@@ -270,6 +270,8 @@ class MessageFactory:
         self.domain = domain_of(settings)
         self.key = settings.newsletter.secret_key.encode()
         self.signer = DkimSigner.from_settings(settings)
+        self.unsubscribe_token = tokens.Minter(settings.newsletter.secret_key, tokens.UNSUBSCRIBE)
+        self.preferences_token = tokens.Minter(settings.newsletter.secret_key, tokens.PREFERENCES)
 
     def prepare(self, variant: Variant) -> Template:
         """The expensive step, once per variant: headers, encoding, slots."""
@@ -305,8 +307,10 @@ class MessageFactory:
         """One subscriber's slot values, in slot order. Line breaks in a name are dropped."""
         check_header("To", address)
         name = " ".join(name.split())
-        unsubscribe = tokens.unsubscribe_url(self.settings, subscriber_id, self.issue_id)
-        preferences = tokens.preferences_url(self.settings, subscriber_id)
+        unsubscribe = tokens.link(
+            self.settings, tokens.UNSUBSCRIBE, self.unsubscribe_token(subscriber_id, self.issue_id)
+        )
+        preferences = tokens.link(self.settings, tokens.PREFERENCES, self.preferences_token(subscriber_id))
         to = to_header(address, name)
         token = unsubscribe.rpartition("/")[2].encode()
         list_unsubscribe = (

@@ -115,7 +115,11 @@ class LedgerWriter:
         self.issue_id, self.worker, self.lease, self.lease_ttl = issue_id, worker, lease, lease_ttl
         self.on_commit = on_commit
         self.connection = engine.connect()
+        # The session joins each round's transaction on the connection (and never commits
+        # it): claims, leases and the rare paths go through it, marks and results through
+        # `hot`, the same connection's cursor.
         self.session = Session(bind=self.connection, expire_on_commit=False)
+        self.hot = ledger.HotPath(self.connection)
         self.marks: list[tuple[Job, asyncio.Future[bool]]] = []
         self.outcomes: list[Outcome] = []
         self.wake = asyncio.Event()
@@ -127,16 +131,20 @@ class LedgerWriter:
         self.thread = ThreadPoolExecutor(1, "ledger") if engine.dialect.name == "postgresql" else None
 
     def db(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn(session)` and commit (renewing this sender's lease now and then)."""
+        """Run `fn(session)` in one transaction and commit (renewing this sender's lease now
+        and then). The transaction is the connection's: a round that only marks and settles
+        never touches the Session."""
         try:
-            if time.monotonic() - self.renewed > self.lease_ttl / 6:
-                locks.renew(self.session, self.lease, self.worker, self.lease_ttl)
-                self.renewed = time.monotonic()
-            result = fn(self.session)
-            self.session.commit()
-        except BaseException:
-            self.session.rollback()
-            raise
+            with self.connection.begin():
+                if time.monotonic() - self.renewed > self.lease_ttl / 6:
+                    locks.renew(self.session, self.lease, self.worker, self.lease_ttl)
+                    self.renewed = time.monotonic()
+                result = fn(self.session)
+                if self.session.in_transaction():
+                    self.session.commit()  # flushes; the connection's transaction commits on leaving
+        finally:
+            if self.session.in_transaction():  # an error: forget what the rolled-back transaction loaded
+                self.session.close()
         return result
 
     async def call(self, fn: Callable[[Session], T]) -> T:
@@ -153,6 +161,7 @@ class LedgerWriter:
         try:
             self.db(fn)
         finally:
+            self.hot.cursor.close()
             self.session.close()
             self.connection.close()
 
@@ -203,8 +212,8 @@ class LedgerWriter:
             self.on_commit(outcomes)
 
     def _round(self, jobs: list[Job], outcomes: list[Outcome], session: Session) -> set[int]:
-        ok = ledger.mark_sending(session, jobs, self.worker)
-        ledger.settle(session, outcomes, self.worker, self.issue_id)
+        ok = self.hot.mark_sending(session, jobs, self.worker)
+        self.hot.settle(session, outcomes, self.worker, self.issue_id)
         return ok
 
     async def close(self) -> None:

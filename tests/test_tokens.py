@@ -107,3 +107,18 @@ def test_a_guessable_secret_key_signs_and_checks_nothing(weak: str) -> None:
 @pytest.mark.parametrize("strong", [secrets.token_urlsafe(32), secrets.token_hex(32), secrets.token_urlsafe(48)])
 def test_keys_of_32_random_bytes_are_accepted(strong: str) -> None:
     assert tokens.read(strong, tokens.CONFIRM, tokens.make(strong, tokens.CONFIRM, 5)).subscriber_id == 5
+
+
+def test_a_minter_makes_the_tokens_make_makes() -> None:
+    """The sender's bulk path: the same link, read back to the same ids, for many in a row
+    (one cipher context serves them all); timed purposes are refused."""
+    unsubscribe = tokens.Minter(SECRET, tokens.UNSUBSCRIBE)
+    preferences = tokens.Minter(SECRET, tokens.PREFERENCES)
+    for sid in (1, 2, 41, 2**40):
+        assert unsubscribe(sid, 7) == tokens.make(SECRET, tokens.UNSUBSCRIBE, sid, 7)
+        assert preferences(sid) == tokens.make(SECRET, tokens.PREFERENCES, sid)
+        assert tokens.read(SECRET, tokens.UNSUBSCRIBE, unsubscribe(sid, 7)).subscriber_id == sid
+    with pytest.raises(ValueError, match="signing time"):
+        tokens.Minter(SECRET, tokens.CONFIRM)
+    with pytest.raises(ConfigError):
+        tokens.Minter("secret", tokens.UNSUBSCRIBE)

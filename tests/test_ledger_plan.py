@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
+import pytest
 from sending_support import build_issue
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import builder, ledger, render, sender, subscribers
 from newsletter.config import Settings
+from newsletter.errors import ConfigError
 from newsletter.models import Category, Delivery, DeliveryStatus, EventKind, Subscriber, SubscriberStatus, utcnow
 
 
@@ -67,6 +70,20 @@ def test_plan_gives_each_subscriber_the_sections_of_their_categories(
         }
         for email, slugs in choices.items():  # the same rule as the Python one the renderer uses
             assert rows[email][0] == ledger.variant_key(render.sections_for(content, slugs))
+
+
+def test_an_issue_with_more_sections_than_a_plan_can_hold_is_refused(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """The plan gives each section a bit of a 64-bit number: past 62 it says so, plans nobody."""
+    week = build_issue(sessions, settings)
+    with sessions.begin() as s:
+        subscribers.add(s, "r@example.org")
+        content = builder.load_content(s, settings, week)
+        many = replace(content, sections=tuple(replace(content.sections[0], slug=f"c{i}") for i in range(63)))
+        with pytest.raises(ConfigError, match=r"63 in one issue; at most 62 can be sent"):
+            ledger.plan(s, many)
+        assert ledger.plan(s, replace(many, sections=many.sections[:62])) == 1
 
 
 def test_dry_run_counts_open_rows_and_unplanned_subscribers_alike(

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    bindparam,
     case,
     func,
     literal,
@@ -225,17 +226,30 @@ def recipients_per_variant(
     return [(variant, n, emails) for variant, (n, emails) in found.items()]
 
 
-def _claimable(issue_id: int, live: Sequence[str], now: datetime) -> ColumnElement[bool]:
-    """Pending, due, and not reserved by a live sender (this one included)."""
-    free = Delivery.claimed_by == ""
-    if live:
-        free = or_(free, Delivery.claimed_by.not_in(live))
-    return and_(
-        Delivery.issue_id == issue_id,
+# Built once (with `_RESERVE` below): a claim's own SQL work is a fraction of what
+# building and coercing the statement cost each time (measured: 3.7 ms a claim of 100
+# rows on SQLite, 2.7 ms with the UPDATE prebuilt). A row is claimable when pending, due,
+# and not reserved by a live sender (this one included): `live` is never empty, and ''
+# (no reservation) is never a holder.
+_CLAIMABLE = (
+    select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant, Delivery.attempts)
+    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+    .where(
+        Delivery.issue_id == bindparam("issue"),
         Delivery.status == DeliveryStatus.PENDING,
-        free,
-        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        Delivery.claimed_by.not_in(bindparam("live", expanding=True)),
+        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= bindparam("now")),
+        Delivery.id > bindparam("after"),
     )
+    .order_by(Delivery.id)
+    .limit(bindparam("limit"))
+)
+_CLAIMABLE_SKIP_LOCKED = _CLAIMABLE.with_for_update(skip_locked=True, of=Delivery)
+_RESERVE = (
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .values(claimed_by=bindparam("worker"), claimed_at=bindparam("now"))
+)
 
 
 def claim_batch(session: Session, issue_id: int, worker: str, limit: int, after: int = 0) -> list[Job]:
@@ -252,25 +266,13 @@ def claim_batch(session: Session, issue_id: int, worker: str, limit: int, after:
     visible as `claimed_by` (a live sender's rows are skipped by the others). On SQLite
     one sender runs at a time (see sender.py), and the plain SELECT is enough."""
     now = utcnow()
-    live = locks.live_holders(session, SENDER_LEASE)
-    query = (
-        select(
-            Delivery.id, Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.variant, Delivery.attempts
-        )
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(_claimable(issue_id, [*live, worker], now), Delivery.id > after)
-        .order_by(Delivery.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Delivery)
-    jobs = [Job(*row) for row in session.execute(query)]
+    live = [*locks.live_holders(session, SENDER_LEASE), worker]
+    connection = session.connection()
+    query = _CLAIMABLE_SKIP_LOCKED if connection.dialect.name == "postgresql" else _CLAIMABLE
+    params = {"issue": issue_id, "live": live, "now": now, "after": after, "limit": limit}
+    jobs = [Job(*row) for row in connection.execute(query, params)]
     if jobs:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_([j.delivery_id for j in jobs]))
-            .values(claimed_by=worker, claimed_at=now)
-        )
+        connection.execute(_RESERVE, {"ids": [j.delivery_id for j in jobs], "worker": worker, "now": now})
     return jobs
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import subscriber_import, subscribers
+from newsletter import privacy, subscriber_import, subscribers
 from newsletter.errors import Conflict, InvalidInput
 from newsletter.models import Category, Event, EventKind, Subscriber, SubscriberStatus
 
@@ -242,6 +242,63 @@ def test_fast_path_agrees_with_email_validator(raw: str) -> None:
     except InvalidInput:
         got = InvalidInput
     assert got == expected
+
+
+def test_an_import_in_many_chunks_merges_as_one(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is merged a chunk at a time while the next is parsed: with chunks of two rows,
+    repeats across chunks, updates, events, erased addresses and categories come out as from
+    one merge, and new subscribers are listed in file order (not in address order)."""
+    with sessions.begin() as s:
+        subscribers.add(s, "wait@example.com", status=SubscriberStatus.PENDING)
+        subscribers.add(s, "gone@example.com", status=SubscriberStatus.UNSUBSCRIBED)
+        privacy.erase(s, subscribers.add(s, "erased@example.com").id)
+    monkeypatch.setattr(subscriber_import, "CHUNK_ROWS", 2)
+    report = imp(
+        sessions,
+        "email,status,categories\n"
+        "zoe@example.com,,events\n"
+        "yan@example.com,,news;events\n"
+        "wait@example.com,active,\n"
+        "gone@example.com,active,news\n"
+        "ZOE@example.com,,\n"
+        "erased@example.com,,\n"
+        "xia@example.com,bogus,\n"
+        "abe@example.com,pending,\n",
+    )
+    assert report.summary == "added 3, updated 2, unchanged 0, invalid 3, warnings 0"
+    assert [str(e) for e in report.invalid] == [
+        "6: 'ZOE@example.com' repeats line 2 (row skipped)",
+        "7: 'erased@example.com' was erased at their request; only they can subscribe again (row skipped)",
+        "8: 'xia@example.com' has unknown status 'bogus' (use pending, active, unsubscribed, bounced, "
+        "complained) (row skipped)",
+    ]
+    got = state(sessions)
+    assert list(got) == [
+        "wait@example.com",
+        "gone@example.com",
+        "zoe@example.com",
+        "yan@example.com",
+        "abe@example.com",
+    ]
+    assert {email: got[email][1:4] for email in got} == {
+        "wait@example.com": ("active", "cli", ()),
+        "gone@example.com": ("unsubscribed", "cli", ("news",)),  # never re-activated
+        "zoe@example.com": ("active", "import:members.csv", ("events",)),
+        "yan@example.com": ("active", "import:members.csv", ("news", "events")),
+        "abe@example.com": ("pending", "import:members.csv", ()),
+    }
+    with sessions.begin() as s:
+        events = s.execute(
+            select(Subscriber.email, Event.detail)
+            .join(Subscriber, Subscriber.id == Event.subscriber_id)
+            .where(Event.source == "import:members.csv")
+        ).all()
+    assert [tuple(e) for e in events] == [("wait@example.com", "pending -> active")]
+    assert imp(sessions, "email\nabe@example.com\nzoe@example.com\nnew@example.com\n").summary == (
+        "added 1, updated 0, unchanged 2, invalid 0, warnings 0"
+    )
 
 
 def test_blank_cells_keep_what_the_subscriber_chose(sessions: sessionmaker[Session]) -> None:

@@ -216,6 +216,16 @@ _CATEGORY_SEPARATORS = re.compile(r"[,;|]")
 _json_string = json.encoder.encode_basestring_ascii
 
 
+def _category_cell(cell: str, category_ids: dict[str, int]) -> tuple[str | None, list[str]]:
+    """A categories cell as (sorted configured ids "1,3", names not configured). "all" (what
+    export writes for no choice) resets to every category: ''. Nothing configured named but
+    unknown names: None, keep the current choice (new rows: every category)."""
+    slugs = [s for s in (s.strip() for s in _CATEGORY_SEPARATORS.split(cell)) if s and s.lower() != ALL]
+    unknown = [s for s in slugs if s not in category_ids]
+    cats = ",".join(map(str, sorted({category_ids[s] for s in slugs if s in category_ids})))
+    return (None if unknown and not cats else cats), unknown
+
+
 def _attribute_patch(attributes: dict[str, str], unknown: list[str] | None) -> tuple[dict[str, str], bool]:
     """What the row does to the stored attributes: (keys to set, whether to drop the list of
     unconfigured categories). A categories cell replaces that list with the names it asked
@@ -269,21 +279,24 @@ def _parse_rows(
     split_names = "first_name" in known or "last_name" in known
     extras = [(k, _json_string(k), i) for k, i in extra.items()]
 
+    # A categories cell as (ids, unknown names): a file repeats a few spellings.
+    categories: dict[str, tuple[str | None, list[str]]] = {}
+    forget_from_cell = UNKNOWN_CATEGORIES not in extra
+
     for line, row in rows:
         if len(row) < width:
             row.extend(padding[len(row) :])
         row.append("")
-        if not "".join(row).strip():
-            continue
         raw_email = row[i_email].strip()
+        if not raw_email:
+            if "".join(row).strip():
+                report.invalid.append(RowError(line, "", "has no email address"))
+            continue
         try:
-            email = normalize_email(raw_email) if raw_email else ""
+            email = normalize_email(raw_email)
         except InvalidInput as exc:
             reason = str(exc.__cause__ or exc).rstrip(".")
             report.invalid.append(RowError(line, raw_email, f"is not an email address: {reason}"))
-            continue
-        if not email:
-            report.invalid.append(RowError(line, "", "has no email address"))
             continue
         key = email_key(email)
         if key in seen:
@@ -303,17 +316,17 @@ def _parse_rows(
         cats: str | None = None
         unknown: list[str] | None = None
         if cats_raw:
-            # "all" (what export writes for no choice) resets to every category.
-            slugs = [s for s in (s.strip() for s in _CATEGORY_SEPARATORS.split(cats_raw)) if s and s.lower() != ALL]
-            unknown = [s for s in slugs if s not in category_ids]
-            cats = ",".join(map(str, sorted({category_ids[s] for s in slugs if s in category_ids})))
+            cell = categories.get(cats_raw)
+            if cell is None:
+                cell = _category_cell(cats_raw, category_ids)
+                if len(categories) < 10_000:
+                    categories[cats_raw] = cell
+            cats, unknown = cell
             if unknown:
                 # The reader is imported all the same; what they asked for is kept, not guessed.
                 asked = ", ".join(map(repr, unknown))
                 kept = f"kept in the attribute '{UNKNOWN_CATEGORIES}' until configured"
                 report.warnings.append(RowWarning(line, email, f"asks for {asked}, not in [[categories]]: {kept}"))
-                if not cats:
-                    cats = None  # nothing known chosen: keep the current choice (new rows: every category)
         consent_raw = row[i_consent].strip()
         consent_at = _parse_time(consent_raw) if consent_raw else None
         if consent_raw and consent_at is None:
@@ -327,8 +340,11 @@ def _parse_rows(
             )
         seen[key] = line
         forget = False
-        if unknown is None:
+        if unknown is None or (not unknown and forget_from_cell):
+            # The common cases: no categories cell, or one naming only configured categories
+            # (then the stored list of unconfigured ones is dropped).
             attributes = ", ".join(f"{k}: {_json_string(row[i])}" for _, k, i in extras if row[i] != "")
+            forget = unknown is not None
         else:
             patch, forget = _attribute_patch({k: row[i] for k, _, i in extras if row[i] != ""}, unknown)
             attributes = ", ".join(f"{_json_string(k)}: {_json_string(v)}" for k, v in patch.items())

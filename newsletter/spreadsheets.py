@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterable
 from typing import IO, Any
 
-_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is read as a formula
+_FORMULA = re.compile("'*[" + re.escape("".join(FORMULA_STARTS)) + "]")
 
 
 def neutralise(value: object) -> str:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from sqlalchemy import Select, distinct, func, select, union
+from sqlalchemy import Select, String, distinct, func, select, type_coerce, union
 from sqlalchemy.orm import Session
 
-from newsletter import builder, ledger, selfservice, spreadsheets
+from newsletter import builder, exports, ledger, selfservice
 from newsletter.config import Settings
 from newsletter.models import Bounce, BounceKind, Delivery, DeliveryStatus, Event, EventKind, Issue, Subscriber
 
@@ -27,7 +27,6 @@ EXPORT_COLUMNS = [
     "sections",
 ]
 AMBIGUOUS_SHOWN = 20
-EXPORT_BATCH = 2000  # rows fetched per round trip while streaming the export
 
 
 # Gmail and Yahoo ask bulk senders to stay under 0.3% spam complaints; warn well before.
@@ -206,39 +205,25 @@ def issue_stats(
 def export_deliveries(session: Session, settings: Settings, week: str | None, fp: IO[str]) -> int:
     """Write every recipient of the issue as CSV (status, attempts, last reply, times); returns the row count.
 
-    Streamed as plain rows (no ORM objects: a million of them took ~30 s), so memory stays flat."""
+    Streamed, the cells made by the database (`exports`): a million rows took 15 CPU
+    seconds as plain rows through Python's CSV writer, ~30 s as ORM objects."""
     issue = builder.get_issue(session, settings, week)
-    writer = spreadsheets.writer(fp)
-    writer.writerow(EXPORT_COLUMNS)
-    rows = session.connection().execute(
+    dialect = session.get_bind().dialect.name
+    query = (
         select(
-            Subscriber.email,
-            Subscriber.name,
-            Delivery.status,
+            exports.cell(Subscriber.email),
+            exports.cell(Subscriber.name),
+            exports.cell(type_coerce(Delivery.status, String)),
             Delivery.attempts,
-            Delivery.last_reply,
-            Delivery.sent_at,
-            Delivery.claimed_at,
-            Delivery.next_attempt_at,
-            Delivery.variant,
+            exports.cell(Delivery.last_reply),
+            *(exports.utc_time(dialect, t, fraction=False) for t in _EXPORT_TIMES),
+            exports.cell(func.replace(Delivery.variant, ",", " ")),
         )
         .join(Delivery, Delivery.subscriber_id == Subscriber.id)
         .where(Delivery.issue_id == issue.id)
         .order_by(Delivery.id)
-        .execution_options(yield_per=EXPORT_BATCH)
     )
-    n = 0
-    for email, name, status, attempts, reply, *times, variant in rows:
-        writer.writerow(
-            [
-                email,
-                name,
-                status,
-                attempts,
-                reply,
-                *(t.isoformat(timespec="seconds") if t else "" for t in times),
-                variant.replace(",", " "),
-            ]
-        )
-        n += 1
-    return n
+    return exports.write(session, EXPORT_COLUMNS, query, fp)
+
+
+_EXPORT_TIMES = (Delivery.sent_at, Delivery.claimed_at, Delivery.next_attempt_at)

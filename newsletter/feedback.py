@@ -28,6 +28,7 @@ MIN_RATE = 0.5  # messages/s: the pace never stops the send altogether
 WINDOW = 10.0  # seconds of per-recipient temporary failures looked at together
 SPREAD = 10  # distinct recipients failing temporarily within WINDOW that may mean "slow down"
 BREAKER_WINDOW = 30  # the last replies per recipient the breaker looks at
+FLAGGED = (Blame.SENDER, Blame.MESSAGE)  # the replies the breaker counts
 MESSAGE_LIMIT = 3  # recipients whose message the server calls malformed, within the window, that stop the run
 
 
@@ -118,10 +119,18 @@ class Breaker:
     def __init__(self, window: int = BREAKER_WINDOW) -> None:
         # (blame, or None if accepted; the recipient)
         self.recent: deque[tuple[Blame | None, str]] = deque(maxlen=window)
+        self.flagged = 0  # replies in `recent` that blame us or our message
 
     def record(self, verdict: Verdict | None, recipient: str, reply: str) -> str | None:
         """Count one recipient's outcome (None: accepted); a one-line reason if the run must stop."""
-        self.recent.append((verdict.blame if verdict is not None else None, recipient.lower()))
+        blame = verdict.blame if verdict is not None else None
+        if len(self.recent) == self.recent.maxlen and self.recent[0][0] in FLAGGED:
+            self.flagged -= 1  # about to leave the window
+        self.recent.append((blame, recipient.lower()))
+        if blame in FLAGGED:
+            self.flagged += 1
+        if not self.flagged:  # the common case, once per message: nothing in the window to count
+            return None
         ours = [r.rpartition("@")[2] for b, r in self.recent if b is Blame.SENDER]
         full = len(self.recent) == self.recent.maxlen
         if len(ours) * 2 > len(self.recent) and full and (len(set(ours)) > 1 or len(ours) == len(self.recent)):

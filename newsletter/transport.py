@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -67,6 +68,15 @@ class Command:
     @property
     def line(self) -> bytes:
         return self.text + b"\r\n"
+
+
+DATA = Command(b"DATA", "DATA", Stage.DATA, (354,))
+
+
+@lru_cache(maxsize=16)
+def _mail_from(envelope_from: str, options: bytes) -> Command:
+    """MAIL FROM, made once per envelope sender (the same for every message unless VERP)."""
+    return Command(b"MAIL FROM:<" + envelope_from.encode() + b">" + options, "MAIL FROM", Stage.MAIL)
 
 
 class Transport(Protocol):
@@ -392,9 +402,9 @@ class SmtpTransport:
                         )
                     options = b" SMTPUTF8"
                 commands = (
-                    Command(b"MAIL FROM:<" + envelope_from.encode() + b">" + options, "MAIL FROM", Stage.MAIL),
+                    _mail_from(envelope_from, options),
                     Command(b"RCPT TO:<" + recipient.encode() + b">", f"RCPT TO {recipient}", Stage.RCPT, (250, 251)),
-                    Command(b"DATA", "DATA", Stage.DATA, (354,)),
+                    DATA,
                 )
                 try:
                     await self._envelope(wire, commands)

@@ -451,6 +451,20 @@ def test_a_cell_over_128_kb_is_one_line_and_imports_nothing(sessions: sessionmak
     assert state(sessions) == {}
 
 
+def test_lines_are_read_in_blocks_and_decoded_a_line_at_a_time_when_not_utf8(sessions: sessionmaker[Session]) -> None:
+    """The file is read in blocks of whole lines: a cp1252 line among UTF-8 ones is still
+    decoded on its own, and a line over 1 MB after many short ones is named by its number."""
+    rows = "".join(f"r{i}@example.com,Reader {i}\n" for i in range(5000)).encode()
+    imp(sessions, b"email,name\n" + rows + "zoe@example.com,Zoë\n".encode("cp1252") + "ann@example.com,Änne\n".encode())
+    got = state(sessions)
+    assert (len(got), got["zoe@example.com"][0], got["ann@example.com"][0]) == (5002, "Zoë", "Änne")
+    with pytest.raises(InvalidInput) as exc:
+        imp(sessions, b"email,name\n" + rows + b"x@example.com," + b"x" * 2**20 + b"\n")
+    assert str(exc.value) == (
+        "members.csv:5002: a line longer than 1 MB; is this the subscriber list as CSV? (nothing imported)"
+    )
+
+
 def test_a_dry_run_streams_the_file_in_flat_memory(sessions: sessionmaker[Session], tmp_path: Path) -> None:
     """Memory stays near one chunk of rows however large the file (a 50 MB file took 1 GB)."""
     path = tmp_path / "members.csv"

@@ -3,8 +3,8 @@
 Prints, measured in the same run, each in a fresh process (so each has its own peak RSS),
 wall seconds and CPU seconds (this process plus its PostgreSQL backend, read from /proc:
 on a shared machine the wall clock says more about the neighbours than about the import):
-  - `subscriber_import.import_csv` on an empty database (staging table + one merge;
-    COPY on PostgreSQL),
+  - `subscriber_import.import_csv` on an empty database (chunks staged and merged while a
+    second thread parses the next; COPY on PostgreSQL),
   - a re-import of the same file (every row "unchanged"),
   - the baseline a user would otherwise write: csv.DictReader, the same email validation,
     one ORM object per row (`session.add`), flushed every 10,000 rows, on the first
@@ -153,6 +153,11 @@ def child_naive(url: str, path: str, rows: int) -> dict[str, object]:
     return {"seconds": time.perf_counter() - t, "cpu": cpu, "summary": f"added {rows}"}
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: on 2 cores, above ~1 the wall clock is shared."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def run_child(*args: str) -> dict[str, object]:
     out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,7 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "members.csv"
         write_csv(path, args.rows)
-        print(f"{args.rows:,} rows, {path.stat().st_size / 2**20:.0f} MiB CSV; load average {os.getloadavg()[0]:.1f}")
+        print(f"{args.rows:,} rows, {path.stat().st_size / 2**20:.0f} MiB CSV; load average {_load()}")
         columns = ("rows", 10), ("seconds", 9), ("rows/s", 9), ("CPU s", 7), ("rows/CPU s", 11), ("peak RSS", 10)
         print(f"{'database':<12}{'run':<28}" + "".join(f"{name:>{width}}" for name, width in columns))
         targets = [("SQLite", None)] + ([] if args.no_pg else [("PostgreSQL", args.pg)])
@@ -199,7 +204,7 @@ def main() -> None:
                     f"{label:<12}{name:<28}{rows:>10,}{seconds:>9.1f}{rows / seconds:>9,.0f}{cpu:>7.1f}"
                     f"{rows / cpu:>11,.0f}{result['peak_rss_mib']:>7.0f} MiB"
                 )
-            print(f"{'':<12}(reports: {runs[0][2]['summary']} / {runs[1][2]['summary']})")
+            print(f"{'':<12}(reports: {runs[0][2]['summary']} / {runs[1][2]['summary']}; load average {_load()})")
 
 
 if __name__ == "__main__":

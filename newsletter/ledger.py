@@ -291,7 +291,7 @@ class HotPath:
     def __init__(self, connection: Connection) -> None:
         dialect = connection.dialect
         self.cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]  # None only once detached
-        when = Delivery.__table__.c.claimed_at.type.bind_processor(dialect)
+        when = Delivery.__table__.c.claimed_at.type.dialect_impl(dialect).bind_processor(dialect)
         self.when: Callable[[datetime | None], Any] = when or (lambda value: value)
         if dialect.name == "postgresql":
             self.ids: Callable[[list[int]], Any] = list

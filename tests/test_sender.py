@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 
@@ -14,14 +14,14 @@ import pytest
 from aiosmtpd.controller import Controller
 from conftest import Received, RecordingHandler, SmtpServer, free_port
 from sending_support import add_subscribers, body, build_issue, deliveries, issue_status, with_smtp
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import sender, subscribers, tokens
+from newsletter import ledger, sender, subscribers, tokens
 from newsletter.config import Password, Settings, SmtpSettings
 from newsletter.db import make_engine, session_factory
 from newsletter.errors import Conflict, InvalidInput, NotFound, TransportUnavailable
-from newsletter.models import Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
+from newsletter.models import Delivery, Event, EventKind, Issue, Subscriber, SubscriberStatus, utcnow
 from newsletter.transport import SmtpTransport
 
 
@@ -507,3 +507,20 @@ def test_a_3000_character_name_is_folded_and_capped_and_the_reader_gets_the_issu
         str(make_header(decode_header(by_rcpt["long@example.org"].message["To"])))
         == f"{'N' * length} <long@example.org>"
     )
+
+
+def test_times_the_ledger_writes_compare_like_any_other(
+    sessions: sessionmaker[Session], settings: Settings, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marks and results skip SQLAlchemy (ledger.HotPath) but bind times as the column type
+    does: a time on a whole second is stored so that a query for it finds it."""
+    whole = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    week = build_issue(sessions, settings)
+    add_subscribers(sessions, 2)
+    monkeypatch.setattr(ledger, "utcnow", lambda: whole)
+
+    assert sender.send(sessions, settings, week).sent == 2
+
+    with sessions.begin() as s:
+        found = select(func.count()).where(Delivery.sent_at == whole, Delivery.claimed_at == whole)
+        assert s.scalar(found) == 2

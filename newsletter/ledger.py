@@ -50,7 +50,6 @@ from sqlalchemy.orm import Session
 from newsletter import locks, subscribers
 from newsletter.builder import IssueContent
 from newsletter.db import ANALYZE_AFTER
-from newsletter.errors import ConfigError
 from newsletter.models import (
     SUPPRESSED,
     Category,
@@ -68,7 +67,7 @@ SENDER_LEASE = locks.SENDER
 NO_SECTIONS = "not sent: none of the subscriber's categories is in this issue"
 REFUSED_US = "deferred, the server refuses us: "  # a pending row's reply that blames the sender
 RESERVED_POLL = timedelta(seconds=1)  # how often a sender looks whether another's reservations came free
-_MAX_SECTIONS = 62  # unplanned() gives each section a bit of a 64-bit integer
+_MASK_BITS = 62  # unplanned() gives each section a bit of a 64-bit integer, a new integer every 62
 
 
 @dataclass(frozen=True)
@@ -115,28 +114,33 @@ def unplanned(content: IssueContent) -> Select[int, str, bool]:
 
     Computed in SQL, so planning is one INSERT … SELECT (from Python in chunks of 1,000,
     a million subscribers took minutes). A subscriber's categories become one number, a
-    bit per section (a sum: each category once, each section one category), the key is
-    read off its bits, and `skip` is the number being 0, so the key is built once a row.
+    bit per section (a sum: each category once, each section one category; a further
+    number for each further 62 sections), the key is read off its bits, and `skip` is
+    every number being 0, so the key is built once a row.
     (A million on PostgreSQL: this SELECT 0.9 s; a max() per section over a join to
     categories, the key compared for `skip`, took 1.6 s, and the INSERT built the key thrice.)"""
     slugs = [section.slug for section in content.sections]
-    if len(slugs) > _MAX_SECTIONS:
-        raise ConfigError(f"[[categories]]: {len(slugs)} in one issue; at most {_MAX_SECTIONS} can be sent")
-    bits = [
-        (SubscriberCategory.category_id == select(Category.id).where(Category.slug == slug).scalar_subquery(), 1 << i)
-        for i, slug in enumerate(slugs)
-    ]
+    groups = [slugs[i : i + _MASK_BITS] for i in range(0, len(slugs), _MASK_BITS)] or [[]]
+    masks = []
+    for k, group in enumerate(groups):
+        bits = [
+            (
+                SubscriberCategory.category_id == select(Category.id).where(Category.slug == slug).scalar_subquery(),
+                1 << j,
+            )
+            for j, slug in enumerate(group)
+        ]
+        mask = func.sum(case(*bits, else_=0) if bits else 0).cast(BigInteger)  # PG: sum(bigint) is numeric
+        masks.append(mask.label(f"mask{k}"))
     chosen = (
-        select(
-            SubscriberCategory.subscriber_id,
-            func.sum(case(*bits, else_=0) if bits else 0).cast(BigInteger).label("mask"),  # PG: sum(bigint) is numeric
-        )
-        .group_by(SubscriberCategory.subscriber_id)
-        .subquery("chosen")
+        select(SubscriberCategory.subscriber_id, *masks).group_by(SubscriberCategory.subscriber_id).subquery("chosen")
     )
-    every = chosen.c.mask.is_(None)  # no choice: every section
+    every = chosen.c.mask0.is_(None)  # no choice: every section
     parts = [
-        case((or_(every, chosen.c.mask.op("&")(1 << i) != 0), literal(f"{slug},")), else_=literal(""))
+        case(
+            (or_(every, chosen.c[f"mask{i // _MASK_BITS}"].op("&")(1 << (i % _MASK_BITS)) != 0), literal(f"{slug},")),
+            else_=literal(""),
+        )
         for i, slug in enumerate(slugs)
     ]
     variant = func.rtrim(functools.reduce(operator.add, parts), ",") if parts else literal("")
@@ -145,7 +149,7 @@ def unplanned(content: IssueContent) -> Select[int, str, bool]:
         select(
             Subscriber.id,
             type_coerce(variant, String).label("variant"),
-            (and_(chosen.c.mask.is_not(None), chosen.c.mask == 0) if parts else true()).label("skip"),
+            (and_(~every, *(chosen.c[m.name] == 0 for m in masks)) if parts else true()).label("skip"),
         )
         .outerjoin(chosen, chosen.c.subscriber_id == Subscriber.id)
         .where(Subscriber.status == SubscriberStatus.ACTIVE, ~planned.exists())

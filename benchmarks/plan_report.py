@@ -3,7 +3,8 @@
 Builds a list of --subscribers (default 1,000,000; imported with `subscriber_import`, a sixth
 with no category choice, the rest one category each) and an issue with a section per
 category, then runs each step in a fresh process (so each has its own peak RSS):
-  - plan: `ledger.plan`, one INSERT … SELECT of the whole ledger;
+  - plan: `ledger.plan`, one INSERT … SELECT of the whole ledger; last, "plan, next issue"
+    plans the following week's issue beside the first one's million rows;
     baseline: the previous planner (1,000 subscribers per round trip, sections computed in
     Python, rows inserted with executemany) on the first --baseline-subscribers;
   - `send --dry-run` (`sender.dry_run`), `stats` (`stats.issue_stats`), `deliveries export`
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import String, delete, select, text, type_coerce
@@ -52,25 +53,35 @@ from newsletter.models import (  # noqa: E402
 
 
 def setup(url: str, csv_path: Path) -> str:
-    """Import the list and build this week's issue (an article per category); its week."""
+    """Import the list and build this week's issue and the next (an article per category in
+    each); this week's key."""
     sessions = session_factory(make_engine(url))
     with sessions.begin() as s, csv_path.open("rb") as fp:
         subscriber_import.import_csv(s, fp, source="bench.csv")
     now = utcnow()
     with sessions.begin() as s:
         for i, slug in enumerate(s.scalars(select(Category.slug).order_by(Category.position))):
-            s.add(
-                Article(
-                    guid=f"bench-{i}",
-                    url=f"https://example.com/{slug}/{i}",
-                    title=f"{slug.title()} headline",
-                    category=slug,
-                    summary=f"<p>About {slug}.</p>",
-                    published_at=now - timedelta(minutes=i),
+            for weeks in (0, 1):
+                s.add(
+                    Article(
+                        guid=f"bench-{weeks}-{i}",
+                        url=f"https://example.com/{slug}/{weeks}/{i}",
+                        title=f"{slug.title()} headline",
+                        category=slug,
+                        summary=f"<p>About {slug}.</p>",
+                        published_at=now + timedelta(weeks=weeks, minutes=-i),
+                    )
                 )
-            )
     with sessions.begin() as s:
-        return builder.build(s, settings()).week
+        week = builder.build(s, settings()).week
+        builder.build(s, settings(), next_week(week))
+    return week
+
+
+def next_week(week: str) -> str:
+    monday = date.fromisocalendar(int(week[:4]), int(week[-2:]), 1) + timedelta(weeks=1)
+    year, number, _ = monday.isocalendar()
+    return f"{year}-W{number:02d}"
 
 
 def old_plan(session: Session, content: builder.IssueContent, limit: int) -> int:
@@ -204,6 +215,7 @@ def step(s: Session, name: str, week: str, out: Path, limit: int) -> str:
     cfg = settings()
     actions: dict[str, Callable[[], str]] = {
         "plan": lambda: f"{ledger.plan(s, builder.load_content(s, cfg, week)):,} rows",
+        "plan, next issue": lambda: f"{ledger.plan(s, builder.load_content(s, cfg, next_week(week))):,} rows",
         "old plan": lambda: f"{old_plan(s, builder.load_content(s, cfg, week), limit):,} rows",
         "send --dry-run": lambda: f"{sum(p.recipients for p in sender.dry_run(s, cfg, week)):,} recipients",
         "stats": lambda: f"{stats.issue_stats(s, cfg, week).deliveries.get('pending', 0):,} pending",
@@ -244,6 +256,7 @@ STEPS = [
     "old deliveries export",
     "subscribers export",
     "old subscribers export",
+    "plan, next issue",
 ]
 
 

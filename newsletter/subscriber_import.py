@@ -467,7 +467,7 @@ def _create_staging(connection: Connection) -> None:
 
 
 def _load(connection: Connection, chunk: list[Staged]) -> None:
-    """Put one chunk into the (empty) staging table import_rows and find who is listed."""
+    """Put one chunk into the (empty) staging table import_rows."""
     driver = connection.connection.driver_connection
     columns = ", ".join(STAGE_COLUMNS)
     if connection.dialect.name == "postgresql":
@@ -477,16 +477,37 @@ def _load(connection: Connection, chunk: list[Staged]) -> None:
     else:
         marks = ", ".join("?" * len(STAGE_COLUMNS))
         driver.executemany(f"INSERT INTO import_rows ({columns}) VALUES ({marks})", chunk)  # type: ignore[union-attr]  # sqlite3's connection
+
+
+def _stage(session: Session, chunk: list[Staged], report: ImportReport, *, erasures: bool) -> int:
+    """Stage one chunk while the parser waits: load it into import_rows, look each row's
+    subscriber up, refuse erased addresses (if any were ever erased), set the rows of listed
+    subscribers aside in import_listed. Returns how many rows are new.
+
+    The listed ones are merged by _merge_listed in one join for the whole file: per chunk,
+    PostgreSQL read all of `subscribers` each time."""
+    connection = session.connection()
+    connection.exec_driver_sql(
+        "TRUNCATE import_rows" if connection.dialect.name == "postgresql" else "DELETE FROM import_rows"
+    )
+    _load(connection, chunk)
     # Every later statement reads subscriber_id. A look-up per row, spelled so: as a join,
     # PostgreSQL read all of `subscribers` for each chunk (a hash join: 3 s of a million).
     listed = "(SELECT s.id FROM subscribers s WHERE s.email_key = import_rows.email_key)"
-    connection.exec_driver_sql(f"UPDATE import_rows SET subscriber_id = {listed} WHERE {listed} IS NOT NULL")
+    matched = connection.exec_driver_sql(
+        f"UPDATE import_rows SET subscriber_id = {listed} WHERE {listed} IS NOT NULL"
+    ).rowcount
+    refused = _drop_erased(session, report) if erasures else 0
+    if matched:
+        connection.exec_driver_sql(
+            "INSERT INTO import_listed SELECT * FROM import_rows WHERE subscriber_id IS NOT NULL"
+        )
+    return len(chunk) - matched - refused
 
 
-def _drop_erased(session: Session, report: ImportReport) -> None:
-    """Refuse new rows whose address was erased at the person's request (only a hash is kept)."""
-    if session.scalar(select(Erased.email_hash).limit(1)) is None:
-        return
+def _drop_erased(session: Session, report: ImportReport) -> int:
+    """Refuse new rows whose address was erased at the person's request (only a hash is
+    kept); returns how many."""
     connection = session.connection()
     new_rows = connection.execute(
         text("SELECT p.line, p.email, p.email_key FROM import_rows p WHERE p.subscriber_id IS NULL")
@@ -506,6 +527,7 @@ def _drop_erased(session: Session, report: ImportReport) -> None:
             text("DELETE FROM import_rows WHERE line IN :lines").bindparams(bindparam("lines", expanding=True)),
             {"lines": refused[start : start + 1000]},
         )
+    return len(refused)
 
 
 # -- the merge ------------------------------------------------------------------------------
@@ -565,20 +587,6 @@ _DIALECTS = {
         json_column="{value}",
     ),
 }
-
-
-def _merge_chunk(connection: Connection, report: ImportReport, *, now: datetime, consent: str, dry_run: bool) -> None:
-    """Insert the staged chunk's new subscribers; set its rows of listed ones aside in
-    import_listed for _merge_listed (one join with `subscribers` for the whole file: per
-    chunk, PostgreSQL read all of `subscribers` each time)."""
-    staged, matched = connection.exec_driver_sql("SELECT count(*), count(subscriber_id) FROM import_rows").one()
-    report.added += staged - matched
-    if matched:
-        connection.exec_driver_sql(
-            "INSERT INTO import_listed SELECT * FROM import_rows WHERE subscriber_id IS NOT NULL"
-        )
-    if staged > matched and not dry_run:
-        _insert_new(connection, now=now, consent=consent)
 
 
 def _merge_listed(connection: Connection, report: ImportReport, *, now: datetime, consent: str, dry_run: bool) -> None:
@@ -659,17 +667,16 @@ def _write_changes(connection: Connection, sql: _Sql, *, now: datetime, consent:
     )
 
 
-def _insert_new(connection: Connection, *, now: datetime, consent: str) -> None:
-    """The staged rows of new subscribers, and their categories."""
+def _insert_new(connection: Connection, *, sequence: str | None, now: datetime, consent: str) -> None:
+    """The staged rows of new subscribers, and their categories. `sequence`: PostgreSQL's
+    for subscribers.id (looked up once: as a function of each row it cost 5 µs a row)."""
     sql = _DIALECTS[connection.dialect.name]
 
     def run(statement: str, **params: Any) -> None:
         _run(connection, statement, now=now, consent=consent, **params)
 
     ids = sql.category_ids.format(cats="p.categories")
-    if connection.dialect.name == "postgresql":
-        # Looked up once: as a function of each row it cost 5 µs a row.
-        sequence = connection.exec_driver_sql("SELECT pg_get_serial_sequence('subscribers', 'id')").scalar_one()
+    if sequence is not None:
         # Ids in file order (nextval runs after the ORDER BY), rows written in email_key order:
         # the two email_key indexes then grow at few places instead of one random page a row
         # (7 instead of 12 s of server CPU for a million), and the categories take their
@@ -713,18 +720,23 @@ def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = 
     processor = UTCDateTime().dialect_impl(connection.dialect).bind_processor(connection.dialect)
     stored_time = processor or (lambda value: value)
     now, consent = utcnow(), f"import:{source.rsplit('/', 1)[-1]}"
-    clear = "TRUNCATE import_rows" if connection.dialect.name == "postgresql" else "DELETE FROM import_rows"
+    erasures = session.scalar(select(Erased.email_hash).limit(1)) is not None
+    sequence = None
+    if connection.dialect.name == "postgresql":
+        sequence = connection.exec_driver_sql("SELECT pg_get_serial_sequence('subscribers', 'id')").scalar_one()
     _create_staging(connection)
     parser = _ParseAhead(_chunks(_parse_rows(fp, source, category_ids, report, stored_time)))
     try:
         parser.parse_next()
         while chunk := parser.take():
-            _load(connection, chunk)
+            new = _stage(session, chunk, report, erasures=erasures)
             del chunk
+            report.added += new
+            # From here on one statement per chunk, the database's work: the parser runs meanwhile
+            # (the two threads trade the GIL slowly, so the small statements came first).
             parser.parse_next()
-            _drop_erased(session, report)
-            _merge_chunk(connection, report, now=now, consent=consent, dry_run=dry_run)
-            connection.exec_driver_sql(clear)
+            if new and not dry_run:
+                _insert_new(connection, sequence=sequence, now=now, consent=consent)
     finally:
         parser.close()
     _merge_listed(connection, report, now=now, consent=consent, dry_run=dry_run)

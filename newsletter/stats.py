@@ -213,7 +213,7 @@ def export_deliveries(session: Session, settings: Settings, week: str | None, fp
         select(
             exports.cell(Subscriber.email),
             exports.cell(Subscriber.name),
-            exports.cell(type_coerce(Delivery.status, String)),
+            type_coerce(Delivery.status, String),  # a status is a plain word
             Delivery.attempts,
             exports.cell(Delivery.last_reply),
             *(exports.utc_time(dialect, t, fraction=False) for t in _EXPORT_TIMES),

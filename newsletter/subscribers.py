@@ -16,10 +16,10 @@ from typing import IO, Any, NamedTuple
 from email_validator import EmailNotValidError, validate_email
 from email_validator.syntax import DOT_ATOM_TEXT
 from email_validator.validate_email import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import String, cast, delete, func, insert, literal, select, true, type_coerce, update
+from sqlalchemy import ColumnElement, String, cast, delete, func, insert, literal, select, true, type_coerce, update
 from sqlalchemy.orm import Session
 
-from newsletter import exports
+from newsletter import exports, spreadsheets
 from newsletter.errors import Conflict, InvalidInput, NotFound
 from newsletter.models import (
     SUPPRESSED,
@@ -393,12 +393,16 @@ def export_csv(session: Session, fp: IO[str], *, status: SubscriberStatus | None
     in Python, ~50 µs a row for the attributes' JSON, the times and the formula check."""
     dialect = session.get_bind().dialect.name
     extra = [k for k in attribute_names(session, status) if k not in EXPORT_COLUMNS]
+    chosen: ColumnElement[str] = func.coalesce(_categories_cell(dialect), ALL)
+    # The cell starts with a slug: checked only if one needs it (SQLite reads the slugs twice then).
+    if any(spreadsheets.neutralise(slug) != slug for slug in session.scalars(select(Category.slug))):
+        chosen = exports.cell(chosen)
     query = (
         select(
             exports.cell(Subscriber.email),
             exports.cell(Subscriber.name),
-            exports.cell(type_coerce(Subscriber.status, String)),
-            exports.cell(func.coalesce(_categories_cell(dialect), ALL)),
+            type_coerce(Subscriber.status, String),  # a status is a plain word
+            chosen,
             exports.cell(Subscriber.consent_source),
             exports.utc_time(dialect, Subscriber.consent_at, fraction=True),
             exports.utc_time(dialect, Subscriber.created_at, fraction=True),

@@ -383,7 +383,7 @@ def _parse_rows(
 CHUNK_ROWS = 50_000
 CHUNK_ATTRIBUTE_CHARS = 1_500_000
 
-# `subscriber_id`: the existing subscriber with this email_key, filled by _match.
+# `subscriber_id`: the listed subscriber with this email_key, filled by _stage.
 _STAGE_TYPES = {
     "postgresql": "line integer, email text, email_key text, name text, status text, categories text, "
     "consent_source text, consent_at timestamptz, consent_unknown boolean, attributes text, forget_unknown boolean, "
@@ -413,10 +413,11 @@ class _ParseAhead:
     """Parses the next chunk in a second thread while the caller's thread merges this one.
 
     The merge is the database's work (the GIL is released while it runs), so parsing and
-    merging use two cores. The two threads take turns otherwise: the caller's thread loads a
-    chunk (per-row Python work) only while the parser waits. The parser touches only the
-    file and the report's lists (appends are atomic); all database work stays on the caller's
-    thread and its connection. An error while parsing is raised by `take`."""
+    merging use two cores. The two threads take turns otherwise: the caller's thread stages
+    a chunk (per-row Python work, a few short statements) only while the parser waits, as
+    two busy Python threads only trade the GIL. The parser touches only the file and the
+    report's lists (appends are atomic); all database work stays on the caller's thread and
+    its connection. An error while parsing is raised by `take`."""
 
     def __init__(self, chunks: Iterator[list[Staged]]) -> None:
         self._chunks = chunks
@@ -450,12 +451,15 @@ class _ParseAhead:
         return item
 
     def close(self) -> None:
+        """Stop after the chunk being parsed, if any, and wait for the thread."""
         self._closed = True
         self._go.release()
         self._thread.join()
 
 
 def _create_staging(connection: Connection) -> None:
+    """The temporary tables: import_rows holds one chunk, import_listed the file's rows of
+    subscribers already listed."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
         # For this transaction: JIT compiling the merge took a second of a five-second

@@ -647,17 +647,24 @@ def _write_changes(connection: Connection, sql: _Sql, *, now: datetime, consent:
     def run(statement: str) -> None:
         _run(connection, statement, now=now, consent=consent)
 
+    # A status changed since import_changes read it (a reader unsubscribed meanwhile: on
+    # PostgreSQL nothing locks the rows in between) is the newer word and is kept; the
+    # UPDATE reads the row as it is now, and locks it until the import commits.
+    kept = "subscribers.status <> c.old_status"
     run(
-        f"""UPDATE subscribers SET name = c.name, status = c.status,
+        f"""UPDATE subscribers SET name = c.name,
+            status = CASE WHEN {kept} THEN subscribers.status ELSE c.status END,
             attributes = {sql.json_column.format(value="c.attributes")},
-            status_changed_at = CASE WHEN c.status <> c.old_status THEN :now ELSE subscribers.status_changed_at END
+            status_changed_at = CASE WHEN c.status <> c.old_status AND NOT ({kept}) THEN :now
+                ELSE subscribers.status_changed_at END
         FROM import_changes c WHERE subscribers.id = c.subscriber_id"""
     )
     # Events for status changes only, so an import of 100k rows does not write 100k events.
     run(
         f"""INSERT INTO events (kind, subscriber_id, source, detail, created_at)
         SELECT {_EVENT_KIND}, c.subscriber_id, :consent, c.old_status || ' -> ' || c.status, :now
-        FROM import_changes c WHERE c.status <> c.old_status ORDER BY c.line"""
+        FROM import_changes c JOIN subscribers s ON s.id = c.subscriber_id
+        WHERE c.status <> c.old_status AND s.status = c.status ORDER BY c.line"""
     )
     run(
         "DELETE FROM subscriber_categories WHERE subscriber_id IN "

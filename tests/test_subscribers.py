@@ -7,6 +7,7 @@ import io
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -152,6 +153,34 @@ def test_import_never_reactivates_suppressed(sessions: sessionmaker[Session]) ->
         "b@example.com": "bounced",
         "c@example.com": "complained",
     }
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: the import holds the write lock
+def test_an_unsubscribe_during_an_import_is_not_undone(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader who unsubscribes after the import read their row, before it writes, stays
+    unsubscribed: the import's other changes (name) still apply, and no event claims a change."""
+    with sessions.begin() as s:
+        subscribers.add(s, "r@example.com", name="Old")
+        subscribers.add(s, "p@example.com", status=SubscriberStatus.PENDING)
+    write_changes = subscriber_import._write_changes
+
+    def unsubscribe_first(*args: Any, **kwargs: Any) -> None:
+        with sessions.begin() as other:  # another connection, committed before the import writes
+            for email in ("r@example.com", "p@example.com"):
+                sub = other.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+                subscribers.unsubscribe(other, sub, source="test")
+        write_changes(*args, **kwargs)
+
+    monkeypatch.setattr(subscriber_import, "_write_changes", unsubscribe_first)
+    imp(sessions, "email,name,status\nr@example.com,New Name,\np@example.com,,active\n")
+    after = state(sessions)
+    assert after["r@example.com"][:2] == ("New Name", "unsubscribed")
+    assert after["p@example.com"][1] == "unsubscribed"
+    with sessions.begin() as s:
+        details = s.scalars(select(Event.detail)).all()
+    assert not any("-> active" in d for d in details), details
 
 
 def test_latin1_file_is_decoded(sessions: sessionmaker[Session]) -> None:

@@ -265,10 +265,8 @@ def subscribers_import(
     from newsletter import subscriber_import
 
     c = get(ctx)
-    with c.sessions.begin() as s, file.open("rb") as fp:
+    with c.sessions.scratch() if dry_run else c.sessions.begin() as s, file.open("rb") as fp:
         report = subscriber_import.import_csv(s, fp, source=str(file), dry_run=dry_run)
-        if dry_run:
-            s.rollback()
     for row_error in report.invalid:
         typer.echo(f"{file}:{row_error}", err=True)
     for warning in report.warnings:

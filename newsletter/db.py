@@ -1,10 +1,11 @@
 """Engine and sessions, and `upgrade()` running Alembic in-process.
 
-Two kinds of transaction (`Sessions`): `sessions.begin()` may write; `sessions.reading()`
-only reads. On SQLite (WAL) a writing transaction starts with BEGIN IMMEDIATE: it takes the
-write lock first and waits up to `busy_timeout` for it, because a deferred one that reads
-and then writes fails at once with "database is locked" when another process committed in
-between (its snapshot cannot be upgraded; measured during a send: 96 of 400 one-click
+Three kinds of transaction (`Sessions`): `sessions.begin()` may write; `sessions.reading()`
+only reads; `sessions.scratch()` writes only temporary tables and is rolled back (dry runs).
+On SQLite (WAL) a writing transaction starts with BEGIN IMMEDIATE: it takes the write lock
+first and waits up to `busy_timeout` for it, because a deferred one that reads and then
+writes fails at once with "database is locked" when another process committed in between
+(its snapshot cannot be upgraded; measured during a send: 96 of 400 one-click
 unsubscribes failed). A reading transaction is a plain BEGIN: a snapshot that never takes
 the write lock, so web pages, `list`, `export`, `stats` and previews never block a writer,
 and writers never block them. It is also read-only (SQLite `query_only`, PostgreSQL `READ
@@ -42,6 +43,7 @@ BUSY_TIMEOUT_MS = 30_000  # a SQLite writer waits this long for the write lock, 
 # stale enough for a quadratic plan until autovacuum runs: the writer ANALYZEs it then.
 ANALYZE_AFTER = 1_000
 _READ_ONLY = "newsletter_read_only"  # execution option of the engine behind `Sessions.reading()`
+_SCRATCH = "newsletter_scratch"  # execution option of the engine behind `Sessions.scratch()`
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -92,7 +94,7 @@ class _SqliteWriters:
         if conn.info.get("query_only") != read_only:  # the pooled connection remembers its last mode
             conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
             conn.info["query_only"] = read_only
-        if read_only:
+        if read_only or conn.get_execution_options().get(_SCRATCH):
             conn.exec_driver_sql("BEGIN")
             return
         if not self.mutex.acquire(timeout=BUSY_TIMEOUT_MS / 1000):  # as SQLite would fail after busy_timeout
@@ -118,6 +120,15 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(**{_READ_ONLY: True})
 
 
+def scratch(engine: Engine) -> Engine:
+    """`engine` for transactions that write only TEMPORARY tables and are rolled back (a dry
+    run): on SQLite a deferred BEGIN, which takes no lock on the database file for them; on
+    PostgreSQL, where no writer waits for another's temporary tables, the engine as it is."""
+    if engine.dialect.name == "postgresql":
+        return engine
+    return engine.execution_options(**{_SCRATCH: True})
+
+
 class Sessions(sessionmaker[Session]):
     """`begin()`: a transaction that may write. `reading()`: a read-only one that never
     blocks (nor waits for) a writer. Use `reading()` for everything that only looks."""
@@ -131,6 +142,22 @@ class Sessions(sessionmaker[Session]):
         """A read-only transaction for the block (a snapshot: it sees no commit made after its first read)."""
         with self._reader() as session, session.begin():
             yield session
+
+    @cached_property
+    def _scratch(self) -> sessionmaker[Session]:
+        return sessionmaker(scratch(self.kw["bind"]), expire_on_commit=False)
+
+    @contextmanager
+    def scratch(self) -> Iterator[Session]:
+        """A transaction that may write only temporary tables, always rolled back: a dry run.
+        On SQLite it holds up no writer (a dry run of a million-row import takes seconds, and
+        an unsubscribe waiting that long behind it would fail)."""
+        with self._scratch() as session:
+            session.begin()
+            try:
+                yield session
+            finally:
+                session.rollback()
 
 
 def session_factory(engine: Engine) -> Sessions:

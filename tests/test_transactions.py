@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, event, insert, text
 from sqlalchemy.exc import DBAPIError
 
-from newsletter import subscribers
+from newsletter import subscriber_import, subscribers
 from newsletter.db import Sessions, make_engine, session_factory
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
 
@@ -67,6 +67,62 @@ def test_a_reader_never_holds_up_a_writer(sessions: Sessions, db_url: str) -> No
         other.dispose()
     with sessions.reading() as s:
         assert s.scalar(text("SELECT count(*) FROM subscribers")) == 2
+
+
+class _PausedFile(io.BytesIO):
+    """A CSV that stops after its first block until the test lets it go on."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.paused, self.go_on = threading.Event(), threading.Event()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() > 0 and not self.paused.is_set():
+            self.paused.set()
+            self.go_on.wait(timeout=60)
+        return super().read(min(size, 4096) if size and size > 0 else 4096)
+
+
+def test_a_dry_run_import_holds_up_no_writer(sessions: Sessions, db_url: str) -> None:
+    """`subscribers import --dry-run` stages the file in temporary tables: while it runs,
+    a reader unsubscribes in another process at once, and the dry run writes nothing.
+    (Before: on SQLite it held the write lock for the whole file, so the unsubscribe waited.)"""
+    add_many(sessions, 1)
+    rows = "".join(f"n{i:05d}@example.com,N {i}\n" for i in range(2000))
+    csv_file = _PausedFile(f"email,name\ns0000@example.com,Renamed\n{rows}".encode())
+    other = make_engine(db_url)
+    reports: list[subscriber_import.ImportReport] = []
+    unsubscribed = threading.Event()
+
+    def dry_run() -> None:
+        with sessions.scratch() as s:
+            reports.append(subscriber_import.import_csv(s, csv_file, source="m.csv", dry_run=True))
+
+    def unsubscribe() -> None:
+        with session_factory(other).begin() as s:
+            reader = subscribers.get_by_email(s, "s0000@example.com")
+            assert reader is not None
+            subscribers.unsubscribe(s, reader, source="test")
+        unsubscribed.set()
+
+    importer = threading.Thread(target=dry_run)
+    importer.start()
+    try:
+        assert csv_file.paused.wait(timeout=60), "the dry run never read past its first block"
+        writer = threading.Thread(target=unsubscribe)
+        writer.start()
+        writer.join(timeout=20)
+        assert unsubscribed.is_set(), "the unsubscribe waited for a dry run"
+    finally:
+        csv_file.go_on.set()
+        importer.join(timeout=120)
+        other.dispose()
+    assert [(r.added, r.updated, len(r.invalid)) for r in reports] == [(2000, 1, 0)]
+    with sessions.reading() as s:
+        assert s.scalar(text("SELECT count(*) FROM subscribers")) == 1
+        sub = subscribers.get_by_email(s, "s0000@example.com")
+        assert sub is not None
+        assert (sub.name, sub.status) == ("S 0", SubscriberStatus.UNSUBSCRIBED)
 
 
 def test_a_write_inside_a_reading_transaction_fails_and_changes_nothing(sessions: Sessions) -> None:

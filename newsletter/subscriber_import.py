@@ -396,15 +396,17 @@ _STAGE_TYPES = {
 
 
 def _chunks(rows: Iterator[Staged]) -> Iterator[list[Staged]]:
-    """The rows in lists of at most CHUNK_ROWS rows or CHUNK_ATTRIBUTE_CHARS of attributes."""
+    """The rows in lists of at most CHUNK_ROWS rows or CHUNK_ATTRIBUTE_CHARS of attributes.
+    The first is a tenth as long: nothing else can happen while it is parsed."""
     chunk: list[Staged] = []
     size = 0
+    limit = max(1, CHUNK_ROWS // 10)
     for row in rows:
         chunk.append(row)
         size += len(row[9])
-        if len(chunk) == CHUNK_ROWS or size >= CHUNK_ATTRIBUTE_CHARS:
+        if len(chunk) == limit or size >= CHUNK_ATTRIBUTE_CHARS:
             yield chunk
-            chunk, size = [], 0
+            chunk, size, limit = [], 0, CHUNK_ROWS
     if chunk:
         yield chunk
 

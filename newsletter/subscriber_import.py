@@ -278,7 +278,7 @@ def _parse_rows(
     never wipes a name or topics a subscriber chose since. Memory grows with the number of
     distinct addresses only (to report repeats), not with the file. `stored_time` turns a
     datetime into the database's own form. Written for speed (~5.5 µs a row): it runs beside
-    the database's work, and on SQLite it is half of an import's CPU."""
+    the database's work, and on SQLite it is a third of an import's CPU."""
     rows = _Rows(fp, source)
     known, extra = _map_header(rows.header, source)
     seen: dict[str, int] = {}

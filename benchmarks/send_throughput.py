@@ -80,7 +80,7 @@ def sink(*flags: str) -> Iterator[int]:
     unless `flags` has "-p"."""
     binary = PEER / "smtp-sink"
     if not binary.exists():
-        sys.exit(f"{binary} not found; run: bash /work/shared/tools/install-smtp-peer.sh")
+        sys.exit(f"{binary} not found; run: bash ../shared/tools/install-smtp-peer.sh")
     port = free_port()
     proc = subprocess.Popen(
         [str(binary), *flags, "-u", "nobody", f"127.0.0.1:{port}", "1000"],

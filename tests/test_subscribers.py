@@ -156,31 +156,48 @@ def test_import_never_reactivates_suppressed(sessions: sessionmaker[Session]) ->
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: the import holds the write lock
-def test_an_unsubscribe_during_an_import_is_not_undone(
+def test_what_readers_do_while_an_import_runs_is_not_undone(
     sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reader who unsubscribes after the import read their row, before it writes, stays
-    unsubscribed: the import's other changes (name) still apply, and no event claims a change."""
+    """Readers act after the import read their rows and before it writes (PostgreSQL lets
+    them): the result is theirs and the import's one after the other. An unsubscribe stays;
+    a suppression in the file still applies to a reader who confirmed meanwhile; the same
+    unsubscribe twice is one event; a reader erased meanwhile is simply gone."""
     with sessions.begin() as s:
         subscribers.add(s, "r@example.com", name="Old")
         subscribers.add(s, "p@example.com", status=SubscriberStatus.PENDING)
+        subscribers.add(s, "q@example.com", status=SubscriberStatus.PENDING)
+        subscribers.add(s, "u@example.com")
+        gone = subscribers.add(s, "e@example.com", categories=["news"]).id
     write_changes = subscriber_import._write_changes
 
-    def unsubscribe_first(*args: Any, **kwargs: Any) -> None:
+    def readers_act_first(*args: Any, **kwargs: Any) -> None:
         with sessions.begin() as other:  # another connection, committed before the import writes
-            for email in ("r@example.com", "p@example.com"):
-                sub = other.scalars(select(Subscriber).where(Subscriber.email == email)).one()
-                subscribers.unsubscribe(other, sub, source="test")
+            for email in ("r@example.com", "p@example.com", "u@example.com"):
+                subscribers.unsubscribe(other, subscribers.require(other, email), source="test")
+            subscribers.confirm(other, subscribers.require(other, "q@example.com"))
+            privacy.erase(other, gone)
         write_changes(*args, **kwargs)
 
-    monkeypatch.setattr(subscriber_import, "_write_changes", unsubscribe_first)
-    imp(sessions, "email,name,status\nr@example.com,New Name,\np@example.com,,active\n")
+    monkeypatch.setattr(subscriber_import, "_write_changes", readers_act_first)
+    imp(
+        sessions,
+        "email,name,status,categories\n"
+        "r@example.com,New Name,,\np@example.com,,active,\nq@example.com,,bounced,\n"
+        "u@example.com,,unsubscribed,\ne@example.com,,,events\n",
+    )
     after = state(sessions)
     assert after["r@example.com"][:2] == ("New Name", "unsubscribed")
     assert after["p@example.com"][1] == "unsubscribed"
+    assert after["q@example.com"][1] == "bounced"
+    assert after["u@example.com"][1] == "unsubscribed"
+    assert "e@example.com" not in after
     with sessions.begin() as s:
-        details = s.scalars(select(Event.detail)).all()
-    assert not any("-> active" in d for d in details), details
+        events = s.execute(select(Subscriber.email, Event.kind, Event.source, Event.detail).join(Subscriber)).all()
+    assert not any(detail.endswith("-> active") for *_, detail in events), events
+    assert [
+        source for email, kind, source, _ in events if email == "u@example.com" and kind == EventKind.UNSUBSCRIBE
+    ] == ["test"]
 
 
 def test_latin1_file_is_decoded(sessions: sessionmaker[Session]) -> None:

@@ -94,7 +94,13 @@ class _SqliteWriters:
         if conn.info.get("query_only") != read_only:  # the pooled connection remembers its last mode
             conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
             conn.info["query_only"] = read_only
-        if read_only or conn.get_execution_options().get(_SCRATCH):
+        if read_only:
+            conn.exec_driver_sql("BEGIN")
+            return
+        if conn.get_execution_options().get(_SCRATCH):
+            # No write lock: the authorizer refuses any change to the database file itself.
+            conn.connection.driver_connection.set_authorizer(_temporary_only)  # type: ignore[union-attr]  # None only once detached
+            conn.info["scratch"] = True
             conn.exec_driver_sql("BEGIN")
             return
         if not self.mutex.acquire(timeout=BUSY_TIMEOUT_MS / 1000):  # as SQLite would fail after busy_timeout
@@ -109,6 +115,35 @@ class _SqliteWriters:
     def end(self, conn: Connection) -> None:
         if conn.info.pop("writing", False):
             self.mutex.release()
+        if conn.info.pop("scratch", False):
+            conn.connection.driver_connection.set_authorizer(None)  # type: ignore[union-attr]  # None only once detached
+
+
+# What a scratch transaction may not do to the database file (its temporary tables are in "temp").
+_CHANGES = frozenset(
+    {
+        sqlite3.SQLITE_INSERT,
+        sqlite3.SQLITE_UPDATE,
+        sqlite3.SQLITE_DELETE,
+        sqlite3.SQLITE_CREATE_TABLE,
+        sqlite3.SQLITE_CREATE_INDEX,
+        sqlite3.SQLITE_CREATE_TRIGGER,
+        sqlite3.SQLITE_CREATE_VIEW,
+        sqlite3.SQLITE_DROP_TABLE,
+        sqlite3.SQLITE_DROP_INDEX,
+        sqlite3.SQLITE_DROP_TRIGGER,
+        sqlite3.SQLITE_DROP_VIEW,
+        sqlite3.SQLITE_ALTER_TABLE,
+        sqlite3.SQLITE_ANALYZE,
+    }
+)
+
+
+def _temporary_only(
+    action: int, _arg1: str | None, _arg2: str | None, database: str | None, _trigger: str | None
+) -> int:
+    """sqlite3 authorizer for `Sessions.scratch()`: changes to temporary tables only."""
+    return sqlite3.SQLITE_DENY if action in _CHANGES and database == "main" else sqlite3.SQLITE_OK
 
 
 def read_only(engine: Engine) -> Engine:

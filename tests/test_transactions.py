@@ -125,6 +125,27 @@ def test_a_dry_run_import_holds_up_no_writer(sessions: Sessions, db_url: str) ->
         assert (sub.name, sub.status) == ("S 0", SubscriberStatus.UNSUBSCRIBED)
 
 
+def test_a_scratch_transaction_writes_temporary_tables_only(sessions: Sessions, db_url: str) -> None:
+    """A dry run's transaction may fill temporary tables; on SQLite, where it holds no write
+    lock, a change to the database itself is refused at once, and nothing is kept either way."""
+    add_many(sessions, 1)
+    with sessions.scratch() as s:
+        s.execute(text("CREATE TEMPORARY TABLE t (x integer)"))
+        s.execute(text("INSERT INTO t VALUES (1)"))
+        assert s.scalar(text("SELECT count(*) FROM t")) == 1
+        if db_url.startswith("sqlite"):
+            with pytest.raises(DBAPIError, match="not authorized"):
+                s.execute(text("UPDATE subscribers SET name = 'changed'"))
+        else:  # PostgreSQL: rolled back at the end, and no other writer waits for temporary tables
+            s.execute(text("UPDATE subscribers SET name = 'changed'"))
+    with sessions.begin() as s:  # the connection goes back clean: a writer can write
+        s.execute(text("UPDATE subscribers SET name = 'kept'"))
+    with sessions.reading() as s:
+        assert s.scalar(text("SELECT name FROM subscribers")) == "kept"
+        with pytest.raises(DBAPIError):
+            s.execute(text("SELECT count(*) FROM t"))  # gone with the scratch transaction
+
+
 def test_a_write_inside_a_reading_transaction_fails_and_changes_nothing(sessions: Sessions) -> None:
     with pytest.raises(DBAPIError, match="read-only|readonly"), sessions.reading() as s:
         subscribers.add(s, "sneaky@example.com", source="test")

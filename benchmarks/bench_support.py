@@ -1,10 +1,11 @@
-"""What the web benchmarks share: a free port, active subscribers inserted in bulk,
+"""What the benchmarks (and the tests) share: a free port, active subscribers inserted in bulk,
 `newsletter serve` as a child process, and the databases to run on (SQLite in a scratch
 folder, and PostgreSQL in a scratch schema when a URL is given)."""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -21,11 +22,25 @@ from sqlalchemy import Connection, create_engine, insert, make_url
 
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
 
+# Ports for the servers tests and benchmarks start come from below the kernel's ephemeral
+# range (32768-60999 on Linux): a port the kernel hands out for bind(0) can be taken again as
+# the source port of any outgoing connection (to PostgreSQL, to an SMTP server) before the
+# server binds it. Each is handed out once per process, in an order of the process's own.
+_PORTS = list(range(20000, 32000))
+random.Random(os.getpid()).shuffle(_PORTS)
+_unused_ports = iter(_PORTS)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no server holds now and no earlier call in this process handed out."""
+    for port in _unused_ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("every port from 20000 to 31999 was handed out or taken")
 
 
 def insert_subscribers(conn: Connection, count: int, *, source: str) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +33,10 @@ from sqlalchemy.orm import sessionmaker
 
 from newsletter import config as config_mod
 from newsletter.db import make_engine, session_factory, upgrade
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # bench_support: one free_port
+
+from bench_support import free_port  # noqa: E402
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -221,27 +223,6 @@ def settings(config_path: Path) -> config_mod.Settings:
 
 
 # --- a real SMTP server ---------------------------------------------------------------
-
-
-# Ports for the servers tests start come from below the kernel's ephemeral range (32768-60999
-# on Linux): a port the kernel hands out for bind(0) can be taken again as the source port of any
-# outgoing connection (to PostgreSQL, to an SMTP server) before the test's server binds it. Each
-# is handed out once per run, in an order of this process's own.
-_PORTS = list(range(20000, 32000))
-random.Random(os.getpid()).shuffle(_PORTS)
-_unused_ports = iter(_PORTS)
-
-
-def free_port() -> int:
-    """A port no server holds now and no earlier call of this run handed out."""
-    for port in _unused_ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("every port from 20000 to 31999 was handed out or taken")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from newsletter import spreadsheets
 from newsletter.errors import InvalidInput
@@ -42,23 +42,24 @@ MAX_LINE_BYTES = 1024 * 1024  # a physical line; longer means this is not a list
 
 
 @dataclass
-class RowError:
+class RowNote:
+    """What the report says about one row: its line, the value in question and why."""
+
     line: int
     value: str
     reason: str
+    outcome: ClassVar[str]
 
     def __str__(self) -> str:
-        return f"{self.line}: {self.value!r} {self.reason} (row skipped)"
+        return f"{self.line}: {self.value!r} {self.reason} ({self.outcome})"
 
 
-@dataclass
-class RowWarning:
-    line: int
-    value: str
-    reason: str
+class RowError(RowNote):
+    outcome = "row skipped"
 
-    def __str__(self) -> str:
-        return f"{self.line}: {self.value!r} {self.reason} (row imported)"
+
+class RowWarning(RowNote):
+    outcome = "row imported"
 
 
 @dataclass

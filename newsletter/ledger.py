@@ -60,6 +60,7 @@ from newsletter.models import (
     SubscriberCategory,
     SubscriberStatus,
     UTCDateTime,
+    stored_time,
     utcnow,
 )
 
@@ -295,8 +296,7 @@ class HotPath:
     def __init__(self, connection: Connection) -> None:
         dialect = connection.dialect
         self.cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]  # None only once detached
-        when = Delivery.__table__.c.claimed_at.type.dialect_impl(dialect).bind_processor(dialect)
-        self.when: Callable[[datetime | None], Any] = when or (lambda value: value)
+        self.when = stored_time(dialect)
         if dialect.name == "postgresql":
             self.ids: Callable[[list[int]], Any] = list
             in_ids, self.param = "id = ANY(:ids)", r"%(\1)s"

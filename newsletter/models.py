@@ -8,6 +8,7 @@ key, one delivery per (issue, subscriber). Statuses are StrEnums, never bare str
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -51,6 +53,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def stored_time(dialect: Dialect) -> Callable[[datetime | None], Any]:
+    """A datetime as a UTCDateTime column stores it on `dialect`: for driver SQL and COPY,
+    which bypass SQLAlchemy's binding (SQLite: naive UTC text; PostgreSQL: as it is)."""
+    processor = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    return processor or (lambda value: value)
 
 
 class Base(DeclarativeBase):

@@ -30,7 +30,16 @@ from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from newsletter.db import ANALYZE_AFTER
-from newsletter.models import SUPPRESSED, Category, Erased, EventKind, SubscriberStatus, UTCDateTime, utcnow
+from newsletter.models import (
+    SUPPRESSED,
+    Category,
+    Erased,
+    EventKind,
+    SubscriberStatus,
+    UTCDateTime,
+    stored_time,
+    utcnow,
+)
 from newsletter.subscriber_csv import STAGE_COLUMNS, ImportReport, RowError, Staged, parse_rows
 from newsletter.subscribers import UNKNOWN_CATEGORIES, erased
 
@@ -412,15 +421,13 @@ def import_csv(session: Session, fp: IO[bytes], *, source: str, dry_run: bool = 
     report = ImportReport(dry_run=dry_run)
     category_ids: dict[str, int] = dict(session.execute(select(Category.slug, Category.id)).all())
     connection = session.connection()
-    processor = UTCDateTime().dialect_impl(connection.dialect).bind_processor(connection.dialect)
-    stored_time = processor or (lambda value: value)
     now, consent = utcnow(), f"import:{source.rsplit('/', 1)[-1]}"
     erasures = session.scalar(select(Erased.email_hash).limit(1)) is not None
     sequence = None
     if connection.dialect.name == "postgresql":
         sequence = connection.exec_driver_sql("SELECT pg_get_serial_sequence('subscribers', 'id')").scalar_one()
     _create_staging(connection)
-    parser = _ParseAhead(_chunks(parse_rows(fp, source, category_ids, report, stored_time)))
+    parser = _ParseAhead(_chunks(parse_rows(fp, source, category_ids, report, stored_time(connection.dialect))))
     try:
         parser.parse_next()
         while chunk := parser.take():

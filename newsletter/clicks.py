@@ -37,17 +37,24 @@ def tracked_url(settings: Settings, issue_id: int, article_id: int) -> str:
     return f"{settings.newsletter.base_url.rstrip('/')}/c/{token}"
 
 
-def reader_path(settings: Settings, subscriber_id: int, issue_id: int) -> str:
+class ReaderPaths:
     """What follows a tracked link's token in one subscriber's message: `/<reader token>`
-    with [tracking] per_subscriber, else nothing (and for test copies, subscriber 0)."""
-    if not (settings.tracking.per_subscriber and subscriber_id):
-        return ""
-    return "/" + tokens.make(settings.newsletter.secret_key, tokens.READER, subscriber_id, issue_id)
+    with [tracking] per_subscriber, else nothing (and for test copies, subscriber 0). The
+    sender makes one a message, so the tokens come from a `tokens.Minter`."""
+
+    def __init__(self, settings: Settings) -> None:
+        per_subscriber = settings.tracking.per_subscriber
+        self._mint = tokens.Minter(settings.newsletter.secret_key, tokens.READER) if per_subscriber else None
+
+    def __call__(self, subscriber_id: int, issue_id: int) -> str:
+        if self._mint is None or not subscriber_id:
+            return ""
+        return "/" + self._mint(subscriber_id, issue_id)
 
 
 def tracked(settings: Settings, content: IssueContent, *, reader: str = "") -> IssueContent:
     """The content with every article link through the click redirect (when [tracking] clicks),
-    each followed by `reader` (the render's slot for `reader_path`) with per_subscriber."""
+    each followed by `reader` (the render's slot for `ReaderPaths`) with per_subscriber."""
     if not settings.tracking.clicks:
         return content
     after = reader if settings.tracking.per_subscriber else ""

@@ -272,6 +272,7 @@ class MessageFactory:
         self.signer = DkimSigner.from_settings(settings)
         self.unsubscribe_token = tokens.Minter(settings.newsletter.secret_key, tokens.UNSUBSCRIBE)
         self.preferences_token = tokens.Minter(settings.newsletter.secret_key, tokens.PREFERENCES)
+        self.reader_path = clicks.ReaderPaths(settings)
 
     def prepare(self, variant: Variant) -> Template:
         """The expensive step, once per variant: headers, encoding, slots."""
@@ -326,7 +327,7 @@ class MessageFactory:
         greeting = render.greeting_name(name)
         name_text = _qp_value(greeting) if greeting else b""
         name_html = _qp_value(html.escape(greeting, quote=True)) if greeting else b""
-        reader = clicks.reader_path(self.settings, subscriber_id, self.issue_id)  # URL-safe: one value for both parts
+        reader = self.reader_path(subscriber_id, self.issue_id)  # URL-safe: one value for both parts
         return (
             to,
             _message_id(self.key, self.domain, self.issue_id, subscriber_id).encode(),

@@ -48,7 +48,7 @@ class Slots:
     unsubscribe_url: str
     preferences_url: str
     subscriber_name: str
-    reader: str  # after each tracked link's token, with [tracking] per_subscriber (clicks.reader_path)
+    reader: str  # after each tracked link's token, with [tracking] per_subscriber (clicks.ReaderPaths)
 
     @classmethod
     def fresh(cls) -> Slots:
@@ -219,7 +219,7 @@ def personalize(
 ) -> tuple[str, str]:
     """(html, text) of the variant for one subscriber: its slots filled, the values
     HTML-escaped in the HTML part. Line breaks in the name are dropped (`greeting_name`).
-    `reader`: what follows each tracked link's token (`clicks.reader_path`)."""
+    `reader`: what follows each tracked link's token (`clicks.ReaderPaths`)."""
     slots, greeting = variant.slots, greeting_name(name)
 
     def fill(doc: str, esc: Callable[[str], str]) -> str:
